@@ -1,0 +1,89 @@
+"""Cells: the units of work a suite's grid expands into, each with a stable id derived from its config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.errors import BenchError
+from bench.suites import Suite
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (dataset class, method, encoder, resolution, seed) combination and how to run it."""
+
+    suite: str
+    dataset: str
+    class_name: str
+    method: str
+    encoder: str
+    resolution: int
+    resize: int
+    seed: int
+    weights: str
+    protocol: str
+    metrics_resolution: str
+    batch_size: int
+    params_json: str = "{}"  # method parameters from the suite, canonical JSON (hashable)
+    dataset_options_json: str = "{}"
+    measure_only: bool = False
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return json.loads(self.params_json)
+
+    @property
+    def dataset_options(self) -> dict[str, Any]:
+        return json.loads(self.dataset_options_json)
+
+    def config(self) -> dict[str, Any]:
+        """What determines the result (no suite name, no machine): cells with equal configs are comparable."""
+        config = asdict(self)
+        del config["suite"], config["params_json"], config["dataset_options_json"]
+        config["class"] = config.pop("class_name")
+        config["params"] = self.params
+        config["dataset_options"] = self.dataset_options
+        return config
+
+    @property
+    def cell_id(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.dataset}/{self.class_name}/{self.method}-{self.encoder}@{self.resolution}/s{self.seed}-{digest}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}-{self.encoder}@{self.resolution} {self.class_name} s{self.seed}"
+
+
+def _canonical(value: dict[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def expand(suite: Suite, classes: list[str], *, weights: str | None = None) -> list[Cell]:
+    """The suite's grid as cells, in grid order: block, class, method, encoder, resolution, seed."""
+    cells = []
+    for block in suite.grid:
+        block_classes = [c for c in classes if block.classes is None or c in block.classes]
+        for class_name in block_classes:
+            for method in block.methods:
+                for encoder in block.encoders:
+                    for resolution in block.resolutions:
+                        resolution = block.class_resolutions.get(class_name, resolution)
+                        if block.resize is not None and block.resize < resolution:
+                            raise BenchError(f"Suite file {suite.path}: resize {block.resize} is smaller than "
+                                             f"the resolution {resolution}; the crop must fit in the resized image.")
+                        for seed in suite.seeds:
+                            cells.append(Cell(
+                                suite=suite.name, dataset=suite.dataset.name, class_name=class_name,
+                                method=method, encoder=encoder, resolution=resolution,
+                                resize=block.resize or resolution, seed=seed,
+                                weights=weights or suite.weights, protocol=suite.protocol,
+                                metrics_resolution=suite.metrics_resolution, batch_size=suite.batch_size,
+                                params_json=_canonical(block.params),
+                                dataset_options_json=_canonical(suite.dataset.options),
+                                measure_only=block.measure_only,
+                            ))
+    return list(dict.fromkeys(cells))  # per-class resolutions can make two grid points one cell

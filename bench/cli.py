@@ -1,0 +1,150 @@
+"""The ``bench`` command line.
+
+Bad input (unknown names, missing data, bad suite files) ends with one sentence on stderr and exit code 2;
+``bench run`` exits 1 when a cell failed. ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+import datasets
+import methods
+import reports
+from bench.environment import resolve_device
+from bench.errors import BenchError
+from bench.runner import RunOptions, check_names, next_run_dir, run_suite, suite_of_run
+from bench.suites import available_suites, load_suite
+from datasets.synthetic import CLASSES as SYNTH_CLASSES
+from datasets.synthetic import SynthSpec, write_dataset
+
+DEVICES = click.Choice(["auto", "cpu", "cuda"])
+
+
+@click.group()
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="anobench")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Benchmark unsupervised visual anomaly detection (CFLOW-AD, PaDiM, SPADE) reproducibly."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.option("--suite", "suite_name", help="Suite name (bench list suites) or path to a suite TOML file.")
+@click.option("--data-root", type=click.Path(), help="Dataset folder (e.g. MVTec AD's root, or a folder in its layout).")
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Run folder; an existing one is continued. Default: runs/NNNN-<suite>.")
+@click.option("--weights", help="Encoder weights: imagenet, random, or a path to a weights file.")
+@click.option("--allow-random", is_flag=True, help="Allow --weights random in suites that reproduce papers.")
+@click.option("--retry-failed", is_flag=True, help="Run again cells whose record says failed.")
+@click.option("--suite-path", multiple=True, type=click.Path(), help="Extra folder of suite files.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Write report.md at the end.")
+def run(suite_name, data_root, device, out, weights, allow_random, retry_failed, suite_path, report):
+    """Run a suite: every cell of its grid, one record each, then the report."""
+    if suite_name is None and (out is None or not (out / "run.json").is_file()):
+        raise BenchError("Pass --suite NAME (see bench list suites), or --out with an existing run folder to continue it.")
+    suite = load_suite(suite_name, suite_path) if suite_name else suite_of_run(out)
+    run_dir = out or next_run_dir(Path("runs"), suite.name)
+    options = RunOptions(device=resolve_device(device), data_root=data_root, weights=weights,
+                         retry_failed=retry_failed, allow_random=allow_random,
+                         command=shlex.join(["bench", *sys.argv[1:]]))
+    click.echo(f"Suite {suite.name} → {run_dir} (device {options.device})", err=True)
+    summary = run_suite(suite, run_dir, options)
+    if report:
+        for path in reports.write_reports(run_dir):
+            click.echo(f"Report: {path}")
+    click.echo(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done. Records: "
+               f"{run_dir / 'records.jsonl'}")
+    if summary.failed:
+        sys.exit(1)
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "formats", default=",".join(reports.DEFAULT_FORMATS), show_default=True,
+              help=f"Comma-separated formats: {', '.join(reports.FORMATS)}.")
+def report_command(run_dir: Path, formats: str) -> None:
+    """Render the reports of a run folder from its records."""
+    for path in reports.write_reports(run_dir, [f.strip() for f in formats.split(",") if f.strip()]):
+        click.echo(str(path))
+
+
+@cli.command("list")
+@click.argument("kind", type=click.Choice(["suites", "methods", "encoders", "datasets"]))
+def list_command(kind: str) -> None:
+    """List the registered suites, methods, encoders or datasets."""
+    if kind == "suites":
+        for name, path in available_suites().items():
+            suite = load_suite(str(path))
+            click.echo(f"{name:16s} {suite.description}")
+    elif kind == "methods":
+        for name in methods.list_methods():
+            click.echo(f"{name:16s} {(methods.METHODS.get(name).__doc__ or '').strip().splitlines()[0]}")
+    elif kind == "encoders":
+        for name in methods.list_encoders():
+            click.echo(f"{name:24s} {methods.ENCODERS.get(name)}")
+        click.echo("Any other timm model name works too (timm.list_models()).")
+    else:
+        for name in datasets.list_datasets():
+            click.echo(f"{name:16s} {(datasets.DATASETS.get(name).__doc__ or '').strip().splitlines()[0]}")
+
+
+@cli.command()
+@click.argument("suite_name")
+@click.option("--suite-path", multiple=True, type=click.Path())
+def validate(suite_name: str, suite_path) -> None:
+    """Check a suite file: keys, types and every method, encoder and dataset name, without running."""
+    suite = load_suite(suite_name, suite_path)
+    check_names(suite)
+    click.echo(f"{suite.path}: ok ({len(suite.grid)} grid block(s), {len(suite.references)} reference number(s)).")
+
+
+@cli.group()
+def data() -> None:
+    """Dataset utilities."""
+
+
+@data.command()
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write (MVTec layout).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--size", default=256, show_default=True, help="Image side in pixels.")
+@click.option("--classes", default=",".join(SYNTH_CLASSES), show_default=True)
+@click.option("--train", default=40, show_default=True, help="Defect-free training images per class.")
+@click.option("--test-good", default=12, show_default=True)
+@click.option("--test-per-defect", default=4, show_default=True, help="Test images per defect kind.")
+def synth(out: Path, seed: int, size: int, classes: str, train: int, test_good: int, test_per_defect: int) -> None:
+    """Write a deterministic generated dataset in MVTec layout (same seed → identical files)."""
+    spec = SynthSpec(seed=seed, size=size, classes=tuple(c.strip() for c in classes.split(",")), train=train,
+                     test_good=test_good, test_per_defect=test_per_defect)
+    write_dataset(out, spec)
+    click.echo(f"Wrote {out} ({len(spec.classes)} classes).")
+
+
+def main() -> None:
+    """Entry point: BenchError → one sentence and exit 2; anything else → one line unless --debug."""
+    debug = "--debug" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except BenchError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if debug:
+            raise
+        click.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        sys.exit(1)

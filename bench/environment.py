@@ -1,0 +1,111 @@
+"""What machine and code produced a result. Every probe is allowed to fail: it then records "unknown"
+and the reason, never raises (the detectron2 ``collect_env`` / pytest-benchmark ``commit_info`` idea)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pynvml
+import torch
+
+UNKNOWN = "unknown"
+SOURCE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return UNKNOWN
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or UNKNOWN
+
+
+def gpu_info() -> dict[str, Any]:
+    """GPU name, driver and memory from NVML; empty fields with a reason where there is none."""
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # no library, no driver, no GPU: all mean "no NVML here"
+        return {"nvml": False, "reason": f"NVML unavailable ({type(exc).__name__}: {exc})"}
+    try:
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        name = pynvml.nvmlDeviceGetName(handle)
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        return {"nvml": True, "name": name if isinstance(name, str) else name.decode(),
+                "driver": driver if isinstance(driver, str) else driver.decode(),
+                "memory_total_mb": memory.total / 1e6, "index": index}
+    except Exception as exc:
+        return {"nvml": False, "reason": f"NVML query failed ({type(exc).__name__}: {exc})"}
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+@functools.lru_cache(maxsize=1)
+def machine_info() -> dict[str, Any]:
+    """Hardware and software versions; cached per process."""
+    cuda = torch.cuda.is_available()
+    return {
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "timm": _version("timm"),
+        "freia": _version("FrEIA"),
+        "numpy": _version("numpy"),
+        "scikit_learn": _version("scikit-learn"),
+        "anobench": _version("anobench"),
+        "cuda_available": cuda,
+        "cuda": torch.version.cuda or None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "gpu": gpu_info(),
+    }
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=SOURCE_DIR, capture_output=True, text=True, timeout=10,
+                          check=True).stdout.strip()
+
+
+@functools.lru_cache(maxsize=1)
+def commit_info() -> dict[str, Any]:
+    """The git commit of the harness's source, and whether the tree had uncommitted changes."""
+    try:
+        return {"id": _git("rev-parse", "HEAD"), "short": _git("rev-parse", "--short", "HEAD"),
+                "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+                "branch": _git("rev-parse", "--abbrev-ref", "HEAD"), "time": _git("log", "-1", "--format=%cI")}
+    except Exception as exc:
+        return {"id": UNKNOWN, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def device_name(device: str) -> str:
+    """A human name for the device a result was measured on."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU: {cpu_model()}"
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested

@@ -1,0 +1,88 @@
+"""Peak memory of a region of work: host RSS (sampled), torch's CUDA peaks, and NVML's device-level use.
+
+Fields that cannot be measured on this machine are None with a reason, never 0.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psutil
+import pynvml
+import torch
+
+MB = 1e6
+
+
+class _NvmlSampler:
+    """Device-level used memory (all processes, the CUDA context included), sampled for its peak."""
+
+    def __init__(self, index: int):
+        pynvml.nvmlInit()
+        self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self.peak = 0
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, pynvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+
+    def close(self) -> None:
+        pynvml.nvmlShutdown()
+
+
+class PeakMemory:
+    """Context manager measuring peak memory of the enclosed work on ``device``."""
+
+    def __init__(self, device: str, interval_s: float = 0.02):
+        self.device = device
+        self.interval_s = interval_s
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+        self._nvml: _NvmlSampler | None = None
+        self._nvml_reason = ""
+        self.result: dict[str, Any] = {}
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        self._rss_peak = max(self._rss_peak, self._process.memory_info().rss)
+        if self._nvml is not None:
+            self._nvml.sample()
+
+    def __enter__(self) -> PeakMemory:
+        self._cuda = self.device.startswith("cuda") and torch.cuda.is_available()
+        if self._cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                self._nvml = _NvmlSampler(torch.device(self.device).index or 0)
+            except Exception as exc:
+                self._nvml_reason = f"NVML unavailable ({type(exc).__name__}: {exc})"
+        self._rss_start = self._rss_peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        result: dict[str, Any] = {"host_rss_start_mb": self._rss_start / MB, "host_peak_rss_mb": self._rss_peak / MB}
+        if self._cuda:
+            result["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / MB
+            result["gpu_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / MB
+            if self._nvml is not None:
+                result["gpu_device_used_peak_mb"] = self._nvml.peak / MB
+                self._nvml.close()
+            else:
+                result["gpu_device_used_peak_mb"] = None
+                result["gpu_device_reason"] = self._nvml_reason
+        else:
+            reason = "not a CUDA run" if torch.cuda.is_available() else "no CUDA device on this machine"
+            result.update({"gpu_peak_allocated_mb": None, "gpu_peak_reserved_mb": None,
+                           "gpu_device_used_peak_mb": None, "gpu_reason": reason})
+        self.result = result

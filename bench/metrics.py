@@ -1,0 +1,262 @@
+"""Detection and localization metrics as pure functions on numpy arrays, truth first (scikit-learn order).
+
+Scores are used as they are: no sigmoid, no min-max normalization. A higher score means more anomalous.
+Pixel metrics accept either an array of shape (n, H, W) or a sequence of 2-D arrays of differing sizes
+(datasets whose images are evaluated at their original resolution).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+PixelArrays = np.ndarray | Sequence[np.ndarray]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a report or a regression check needs to know about a metric."""
+
+    display: str
+    higher_is_better: bool
+    unit: str = ""
+    percent: bool = False  # stored as a fraction, shown ×100
+
+
+METRIC_INFO: dict[str, MetricInfo] = {
+    "image_auroc": MetricInfo("Image AUROC", True, "%", percent=True),
+    "pixel_auroc": MetricInfo("Pixel AUROC", True, "%", percent=True),
+    "aupro": MetricInfo("AUPRO@0.3", True, "%", percent=True),
+    "image_f1_max": MetricInfo("Image F1-max", True, "%", percent=True),
+    "pixel_f1_max": MetricInfo("Pixel F1-max", True, "%", percent=True),
+    "fps": MetricInfo("fps", True, "1/s"),
+    "latency_ms": MetricInfo("Latency", False, "ms"),
+    "size_mb": MetricInfo("Model size", False, "MB"),
+    "peak_rss_mb": MetricInfo("Peak host RSS", False, "MB"),
+    "peak_gpu_mb": MetricInfo("Peak GPU memory", False, "MB"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# input preamble
+
+
+def _as_binary(truth: np.ndarray, what: str) -> np.ndarray:
+    truth = np.asarray(truth)
+    if truth.dtype != bool:
+        values = np.unique(truth)
+        if not np.isin(values, (0, 1)).all():
+            raise ValueError(f"{what} must hold only 0 and 1 (or booleans), got values {values[:5]}")
+        truth = truth.astype(bool)
+    return truth
+
+
+def _as_scores(scores: np.ndarray, what: str) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64 if np.asarray(scores).dtype == np.float64 else np.float32)
+    if not np.isfinite(scores).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return scores
+
+
+def _check_vectors(truth, scores) -> tuple[np.ndarray, np.ndarray]:
+    truth = _as_binary(np.ravel(truth), "labels")
+    scores = _as_scores(np.ravel(scores), "scores")
+    if truth.shape != scores.shape:
+        raise ValueError(f"labels and scores differ in length: {truth.shape[0]} vs {scores.shape[0]}")
+    return truth, scores
+
+
+def _pixel_pairs(masks: PixelArrays, maps: PixelArrays) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Check masks and maps image by image; returns lists of 2-D boolean masks and float maps."""
+    if len(masks) != len(maps):
+        raise ValueError(f"masks and maps differ in number: {len(masks)} vs {len(maps)}")
+    mask_list, map_list = [], []
+    for i, (mask, amap) in enumerate(zip(masks, maps, strict=True)):
+        mask = _as_binary(mask, "masks")
+        amap = _as_scores(amap, "maps")
+        if mask.shape != amap.shape or mask.ndim != 2:
+            raise ValueError(f"image {i}: mask shape {mask.shape} and map shape {amap.shape} must be equal and 2-D")
+        mask_list.append(mask)
+        map_list.append(amap)
+    return mask_list, map_list
+
+
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([a.ravel() for a in arrays]) if arrays else np.empty(0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ROC and F1 from one sort
+
+
+def _counts_at_thresholds(truth: np.ndarray, scores: np.ndarray):
+    """Cumulative true and false positives at each distinct score, from the highest down (score >= t)."""
+    order = np.argsort(scores)[::-1]
+    sorted_scores = scores[order]
+    sorted_truth = truth[order]
+    last_of_tie = np.r_[np.diff(sorted_scores) != 0, True]
+    tps = np.cumsum(sorted_truth, dtype=np.int64)[last_of_tie]
+    fps = np.cumsum(~sorted_truth, dtype=np.int64)[last_of_tie]
+    return sorted_scores[last_of_tie], tps, fps
+
+
+def _one_class_nan(truth: np.ndarray, name: str) -> bool:
+    if truth.all() or not truth.any():
+        warnings.warn(f"{name} is undefined when only one class is present; returning nan", stacklevel=3)
+        return True
+    return False
+
+
+def roc_curve(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct threshold, starting at (0, 0); truth first."""
+    truth, scores = _check_vectors(truth, scores)
+    thresholds, tps, fps = _counts_at_thresholds(truth, scores)
+    tpr = np.r_[0.0, tps / max(tps[-1], 1)]
+    fpr = np.r_[0.0, fps / max(fps[-1], 1)]
+    return fpr, tpr, np.r_[np.inf, thresholds]
+
+
+def _auroc(truth: np.ndarray, scores: np.ndarray, name: str) -> float:
+    if _one_class_nan(truth, name):
+        return float("nan")
+    fpr, tpr, _ = roc_curve(truth, scores)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def image_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of image-level anomaly scores.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n,), 1 for anomalous images.
+    scores : ndarray of shape (n,), higher means more anomalous.
+
+    Returns nan (with a warning) when only one class is present.
+    """
+    truth, scores = _check_vectors(labels, scores)
+    return _auroc(truth, scores, "image AUROC")
+
+
+def pixel_auroc(masks: PixelArrays, maps: PixelArrays) -> float:
+    """Area under the ROC curve over all pixels of all images (anomaly-free images included)."""
+    mask_list, map_list = _pixel_pairs(masks, maps)
+    return _auroc(_concat(mask_list).astype(bool), _concat(map_list), "pixel AUROC")
+
+
+def f1_max(truth: np.ndarray | PixelArrays, scores: np.ndarray | PixelArrays) -> tuple[float, float]:
+    """Best F1 over all thresholds (predict anomalous when score >= threshold) and that threshold.
+
+    Works for image labels with scores, and for pixel masks with maps (same shapes, or equal-length
+    sequences of 2-D arrays).
+    """
+    if np.ndim(truth[0]) == 0:
+        flat_truth, flat_scores = _check_vectors(truth, scores)
+    else:
+        mask_list, map_list = _pixel_pairs(truth, scores)
+        flat_truth, flat_scores = _concat(mask_list).astype(bool), _concat(map_list)
+    if not flat_truth.any():
+        warnings.warn("F1 is undefined without positives; returning nan", stacklevel=2)
+        return float("nan"), float("nan")
+    thresholds, tps, fps = _counts_at_thresholds(flat_truth, flat_scores)
+    positives = tps[-1]
+    f1 = 2 * tps / (2 * tps + fps + (positives - tps))
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(thresholds[best])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PRO (MVTec definition)
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
+
+
+def pro_curve(masks: PixelArrays, maps: PixelArrays, *, fpr_limit: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-region overlap against false positive rate, at every distinct score, per the MVTec AD definition.
+
+    Regions are the 8-connected components of each image's mask. Over all pixels sorted by score
+    (descending), an anomaly-free pixel adds 1 to the false positives and a region pixel adds
+    1/(region size) to the overlap sum; runs of tied scores collapse to their last point. The curve starts
+    at (0, 0) and ends at (1, 1). One sort, no relabelling per threshold.
+
+    With ``fpr_limit`` < 1 the curve stops at its first point beyond the limit (enough to integrate up
+    to it), and only the pixels scoring at least that point's threshold are sorted.
+    """
+    mask_list, map_list = _pixel_pairs(masks, maps)
+    fp_weight, overlap_weight = [], []
+    n_regions = 0
+    for mask in mask_list:
+        labelled, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+        sizes = np.bincount(labelled.ravel(), minlength=n + 1).astype(np.float64)
+        inverse_size = np.zeros(n + 1)
+        inverse_size[1:] = 1.0 / sizes[1:]
+        overlap_weight.append(inverse_size[labelled].ravel())
+        fp_weight.append((labelled == 0).ravel())
+        n_regions += n
+    normal = _concat(fp_weight).astype(bool)
+    overlap = _concat(overlap_weight)
+    n_normal = int(normal.sum())
+    if n_regions == 0 or n_normal == 0:
+        raise ValueError("a PRO curve needs at least one anomalous region and one anomaly-free pixel")
+    scores = _concat(map_list)
+    first_past_limit = int(np.floor(fpr_limit * n_normal)) + 1  # false positives at the first point past it
+    truncated = first_past_limit <= n_normal
+    if truncated:
+        normal_scores = scores[normal]
+        threshold = np.partition(normal_scores, n_normal - first_past_limit)[n_normal - first_past_limit]
+        needed = scores >= threshold
+        scores, normal, overlap = scores[needed], normal[needed], overlap[needed]
+    order = np.argsort(scores)[::-1]
+    sorted_scores = scores[order]
+    last_of_tie = np.r_[np.diff(sorted_scores) != 0, True]
+    fpr = np.cumsum(normal[order], dtype=np.int64)[last_of_tie] / n_normal
+    pro = np.cumsum(overlap[order])[last_of_tie] / n_regions
+    np.clip(pro, None, 1.0, out=pro)  # cumulative float sums may overshoot 1 by rounding
+    if truncated:
+        return np.r_[0.0, fpr], np.r_[0.0, pro]
+    return np.r_[0.0, fpr, 1.0], np.r_[0.0, pro, 1.0]
+
+
+def _area_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
+    """Trapezoidal area under y(x) for x in [0, x_max], interpolating y linearly at x_max."""
+    inside = x <= x_max
+    area = float(np.trapezoid(y[inside], x[inside]))
+    last = int(np.flatnonzero(inside)[-1])
+    if x[last] < x_max and last + 1 < len(x):
+        x0, x1, y0, y1 = x[last], x[last + 1], y[last], y[last + 1]
+        y_at = y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)
+        area += (x_max - x0) * (y0 + y_at) / 2
+    return area
+
+
+def aupro(masks: PixelArrays, maps: PixelArrays, fpr_limit: float = 0.3) -> float:
+    """Area under the PRO curve up to ``fpr_limit``, divided by the limit (MVTec AD's AUPRO).
+
+    Parameters
+    ----------
+    masks : ndarray of shape (n, H, W) or sequence of 2-D arrays; 1 marks defect pixels.
+    maps : anomaly maps of the same shapes; higher means more anomalous.
+    fpr_limit : float, default=0.3
+
+    Returns nan (with a warning) when there is no anomalous region or no anomaly-free pixel.
+    """
+    if not 0 < fpr_limit <= 1:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    mask_list, map_list = _pixel_pairs(masks, maps)
+    if not any(m.any() for m in mask_list) or all(m.all() for m in mask_list):
+        warnings.warn("AUPRO is undefined without anomalous regions and anomaly-free pixels; returning nan",
+                      stacklevel=2)
+        return float("nan")
+    fpr, pro = pro_curve(mask_list, map_list, fpr_limit=fpr_limit)
+    return _area_to(fpr, pro, fpr_limit) / fpr_limit
+
+
+def downsample_curve(x: np.ndarray, y: np.ndarray, max_points: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Keep at most ``max_points`` points of a monotone curve (always its ends) for plots and artifacts."""
+    if len(x) <= max_points:
+        return x, y
+    keep = np.unique(np.r_[np.linspace(0, len(x) - 1, max_points).round().astype(int)])
+    return x[keep], y[keep]

@@ -1,0 +1,20 @@
+"""Dataset sources by name: ``mvtec``, ``folder``, ``synthetic`` (and more as files register themselves).
+
+Note: this top-level package shadows Hugging Face's ``datasets``; install anobench in its own environment.
+"""
+
+from datasets import mvtec, synthetic  # noqa: F401  (registers the sources)
+from datasets.base import DATASETS, AnomalyDataset, DatasetError, DatasetSource, Geometry, SampleRef
+
+
+def create_dataset(name: str, root=None, **options) -> DatasetSource:
+    """Build a registered dataset source by name (an unknown name gives the list of valid ones)."""
+    return DATASETS.get(name)(root, **options)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    return DATASETS.names(pattern)
+
+
+__all__ = ["AnomalyDataset", "DatasetError", "DatasetSource", "Geometry", "SampleRef", "create_dataset",
+           "list_datasets"]

@@ -1,0 +1,152 @@
+"""Datasets in MVTec AD layout: sample references, validation, and a torch Dataset of transformed samples."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, UnidentifiedImageError
+
+from bench.errors import BenchError
+from bench.registry import Registry
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MVTEC_LAYOUT = "<root>/<class>/train/good/*.png, <root>/<class>/test/<defect>/*.png and <root>/<class>/ground_truth/<defect>/<stem>_mask.png"
+
+
+class DatasetError(BenchError):
+    """The data on disk does not match what the dataset expects."""
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample lives and what it is; label 1 means anomalous."""
+
+    image_path: Path
+    mask_path: Path | None
+    label: int
+    defect_type: str
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Resize to ``resize``×``resize`` then centre-crop to ``crop``×``crop`` (PaDiM: 256 → 224)."""
+
+    resize: int
+    crop: int
+
+    def __post_init__(self):
+        if not 0 < self.crop <= self.resize:
+            raise BenchError(f"crop {self.crop} must be positive and at most the resize {self.resize}")
+
+
+def read_image(path: Path) -> Image.Image:
+    """Open an image as RGB (grayscale datasets such as grid, screw or magnetic tiles included)."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DatasetError(f"Cannot read image {path} ({exc}); replace or remove the file.") from None
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Read a mask as a boolean array (values of 128 and above are defect)."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L")) >= 128
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DatasetError(f"Cannot read mask {path} ({exc}); replace or remove the file.") from None
+
+
+class AnomalyDataset(torch.utils.data.Dataset):
+    """Transformed samples: image float (3, crop, crop) in [0, 1], mask uint8 (crop, crop), label, type, path.
+
+    Decoded, resized images are kept in memory as uint8 after the first read, so that multi-epoch
+    training does not decode the same files again.
+    """
+
+    def __init__(self, refs: list[SampleRef], geometry: Geometry):
+        self.refs = refs
+        self.geometry = geometry
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if index not in self._cache:
+            ref = self.refs[index]
+            g = self.geometry
+            image = TF.center_crop(TF.resize(read_image(ref.image_path), [g.resize, g.resize]), [g.crop, g.crop])
+            image_u8 = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+            if ref.mask_path is not None:
+                mask = Image.fromarray(read_mask(ref.mask_path).astype(np.uint8) * 255)
+                mask = TF.center_crop(TF.resize(mask, [g.resize, g.resize], TF.InterpolationMode.NEAREST),
+                                      [g.crop, g.crop])
+                mask_u8 = torch.from_numpy((np.asarray(mask) >= 128).astype(np.uint8))
+            else:
+                mask_u8 = torch.zeros((g.crop, g.crop), dtype=torch.uint8)
+            self._cache[index] = (image_u8, mask_u8)
+        return self._cache[index]
+
+    def __getitem__(self, index: int) -> dict:
+        image_u8, mask = self._load(index)
+        ref = self.refs[index]
+        return {"image": image_u8.float() / 255.0, "mask": mask, "label": ref.label, "defect_type": ref.defect_type,
+                "path": str(ref.image_path), "index": index}
+
+    def labels(self) -> np.ndarray:
+        return np.array([r.label for r in self.refs], dtype=np.int64)
+
+
+class DatasetSource(ABC):
+    """A dataset on disk: which classes it has, and the samples of a class split.
+
+    Subclasses take their options as keyword arguments (from the suite's ``[dataset]`` table) and must
+    check the layout in ``validate`` before any work starts, raising one-sentence ``DatasetError``s.
+    """
+
+    name: ClassVar[str]
+    needs_root: ClassVar[bool] = True
+
+    @abstractmethod
+    def classes(self) -> list[str]: ...
+
+    @abstractmethod
+    def validate(self, class_name: str) -> None: ...
+
+    @abstractmethod
+    def samples(self, class_name: str, split: str) -> list[SampleRef]: ...
+
+    def original_mask(self, ref: SampleRef) -> np.ndarray:
+        """The ground truth at the image's original resolution (zeros for a defect-free image)."""
+        if ref.mask_path is not None:
+            return read_mask(ref.mask_path)
+        with Image.open(ref.image_path) as img:
+            return np.zeros((img.height, img.width), dtype=bool)
+
+    def describe(self) -> dict:
+        """Plain-data description of this source for records."""
+        return {"name": self.name}
+
+
+DATASETS: Registry[type[DatasetSource]] = Registry("dataset")
+register_dataset = DATASETS.register
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+
+
+def subsample(refs: list[SampleRef], limit: int | None) -> list[SampleRef]:
+    """Keep at most ``limit`` samples, evenly spaced and deterministic (test-only overrides, quick suites)."""
+    if limit is None or limit >= len(refs):
+        return refs
+    step = len(refs) / limit
+    return [refs[math.floor(i * step)] for i in range(limit)]

@@ -1,0 +1,169 @@
+"""The method contract (scikit-learn's estimator idea, for anomaly maps).
+
+Every method:
+
+- takes only parameters in ``__init__`` (keyword-only) and stores them unchanged; ``get_params()``
+  returns them and is what a record stores as the method's configuration;
+- learns in ``fit(batches)`` from an iterable of image batches (float (B, 3, H, W) in [0, 1]) and keeps
+  learned state in attributes ending in ``_``;
+- scores in two stages, so that measurement can time them separately:
+  ``forward_scores`` (the network: encoder plus decoders/statistics on a ready tensor) and
+  ``postprocess`` (upsampling, smoothing, image score);
+- reports ``size_breakdown()``: bytes of everything needed to score.
+
+A higher score means more anomalous (the reverse of scikit-learn's ``score_samples``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from bench.errors import NotFittedError
+from bench.registry import Registry
+from methods.encoders import Encoder, Level
+
+SAVE_FORMAT = 1
+
+
+@dataclass
+class Prediction:
+    """Image scores (n,) and anomaly maps (n, H, W) at the input resolution, float32."""
+
+    image_scores: np.ndarray
+    maps: np.ndarray
+
+    @classmethod
+    def concatenate(cls, parts: list[Prediction]) -> Prediction:
+        return cls(np.concatenate([p.image_scores for p in parts]), np.concatenate([p.maps for p in parts]))
+
+
+def tensor_bytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class AnomalyMethod(ABC):
+    """Base class of all methods; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    #: True when an image's score depends on the other test images (a protocol choice, never hidden).
+    test_set_dependent: ClassVar[bool] = False
+
+    encoder: str
+    weights: str
+    seed: int
+    device: str
+
+    # -- parameters ------------------------------------------------------------------------------------
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's parameters and their current values (plain data)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: _plain(getattr(self, n)) for n in names}
+
+    def labels(self) -> dict[str, Any]:
+        """Facts a report must show beside this method's numbers (e.g. protocol, schedule)."""
+        return {}
+
+    # -- fitting ---------------------------------------------------------------------------------------
+
+    def fit(self, batches: Iterable[torch.Tensor]) -> AnomalyMethod:
+        torch.manual_seed(self.seed)
+        self.encoder_ = self._build_encoder(self.weights)
+        self._fit(batches)
+        return self
+
+    @abstractmethod
+    def _fit(self, batches: Iterable[torch.Tensor]) -> None: ...
+
+    @abstractmethod
+    def encoder_levels(self) -> tuple[Level, ...]:
+        """Which encoder levels the method taps."""
+
+    def _build_encoder(self, weights: str) -> Encoder:
+        return Encoder(self.encoder, self.encoder_levels(), weights=weights, seed=self.seed).to(self.device)
+
+    def check_fitted(self) -> None:
+        if not hasattr(self, "encoder_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet; call fit() before predicting.")
+
+    # -- scoring ---------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def forward_scores(self, images: torch.Tensor) -> Any:
+        """The network stage: raw scores at feature resolution for images already on the device."""
+
+    @abstractmethod
+    def postprocess(self, raw: Any, input_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The post-processing stage: (image scores (B,), maps (B, H, W)) at the input resolution."""
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Score a batch; each image's result does not depend on the others in the batch."""
+        self.check_fitted()
+        images = images.to(self.device)
+        scores, maps = self.postprocess(self.forward_scores(images), tuple(images.shape[-2:]))
+        return Prediction(scores.float().cpu().numpy(), maps.float().cpu().numpy())
+
+    def predict_dataset(self, batches: Iterable[torch.Tensor]) -> Prediction:
+        """Score a whole test set batch by batch (methods whose protocol normalizes over the set override)."""
+        return Prediction.concatenate([self.predict(b) for b in batches])
+
+    # -- size ------------------------------------------------------------------------------------------
+
+    def size_breakdown(self) -> dict[str, int]:
+        """Bytes of everything needed to score, by part; the encoder counts up to its last tapped level."""
+        self.check_fitted()
+        return {"encoder": self.encoder_.size_bytes(), **self._fitted_size()}
+
+    @abstractmethod
+    def _fitted_size(self) -> dict[str, int]: ...
+
+    def size_bytes(self) -> int:
+        return sum(self.size_breakdown().values())
+
+    # -- persistence -----------------------------------------------------------------------------------
+
+    @abstractmethod
+    def _fitted_state(self) -> dict[str, Any]:
+        """Learned state as tensors/plain data (the encoder is saved separately)."""
+
+    @abstractmethod
+    def _restore(self, state: dict[str, Any]) -> None: ...
+
+    def save(self, path: str | Path) -> None:
+        """Save parameters, encoder weights and learned state, so that loading needs no download."""
+        self.check_fitted()
+        blob = {"format": SAVE_FORMAT, "method": self.name, "params": self.get_params(),
+                "encoder_state": self.encoder_.state_dict(), "state": self._fitted_state()}
+        torch.save(blob, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> AnomalyMethod:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        params = dict(blob["params"])
+        if device is not None:
+            params["device"] = device
+        method = METHODS.get(blob["method"])(**params)
+        method.encoder_ = method._build_encoder("random")  # a skeleton; the saved weights fill it
+        method.encoder_.load_state_dict(blob["encoder_state"])
+        method.encoder_.weights = method.weights
+        method._restore(blob["state"])
+        return method
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+METHODS: Registry[type[AnomalyMethod]] = Registry("method")
+register_method = METHODS.register

@@ -1,0 +1,171 @@
+"""Frozen feature encoders over timm's feature API.
+
+A level is either an ``int`` (an index into timm's ``feature_info``; for ResNets 1..4 are layer1..layer4)
+or a ``str`` naming a module (e.g. ``"blocks.5"`` for MobileNetV3-L's 160-channel stage). Channels and
+strides come from the model, never from tables. Weights are ``"imagenet"`` (timm's download/cache),
+``"random"`` (seeded), or a path to a local weights file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import timm
+import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
+from timm.models import create_feature_extractor
+from torch import nn
+
+from bench.errors import BenchError, unknown_name
+from bench.registry import Registry
+
+Level = int | str
+
+# Encoders the harness knows by name, with the paper's name for each. Any other timm model name works
+# too (``timm.list_models()``); these are the ones listed by ``bench list encoders``.
+ENCODERS: Registry[str] = Registry("encoder")
+ENCODERS.add("resnet18", "ResNet-18")
+ENCODERS.add("wide_resnet50_2", "WideResNet-50")
+ENCODERS.add("mobilenetv3_large_100", "MobileNetV3-L")
+
+SHORT_NAMES = {"resnet18": "R18", "wide_resnet50_2": "WR50", "mobilenetv3_large_100": "MNetV3"}
+
+
+def short_name(encoder: str) -> str:
+    return SHORT_NAMES.get(encoder, encoder)
+
+
+def check_encoder_name(name: str, where: str | None = None) -> None:
+    if name not in ENCODERS and not timm.is_model(name):
+        raise unknown_name("encoder", name, ENCODERS.names(), where)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cached_on_hub(name: str) -> bool:
+    hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id
+    return bool(hub_id) and any(
+        isinstance(try_to_load_from_cache(hub_id, f), str) for f in ("model.safetensors", "pytorch_model.bin")
+    )
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Use the local hub cache without network retries (which take a minute when there is no network)."""
+    previous = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = previous or offline
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = previous
+
+
+def _create(name: str, weights: str, seed: int, **kwargs) -> nn.Module:
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return timm.create_model(name, pretrained=False, **kwargs)
+    if weights == "imagenet":
+        online = _hub_reachable()
+        try:
+            if not online and not _cached_on_hub(name):
+                raise ConnectionError("no network and no cached copy")
+            with _hub_offline(not online):
+                return timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as exc:  # no network, no cache, hub errors: all mean the same to the user
+            raise BenchError(
+                f"Could not fetch ImageNet weights for {name} ({type(exc).__name__}: {exc}); pass a local "
+                f"weights file with --weights PATH or run with --weights random."
+            ) from None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise BenchError(f"Weights file {path} does not exist; pass --weights imagenet, random or an existing file.")
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    except Exception as exc:
+        raise BenchError(f"Could not load weights file {path} into {name} ({exc}); is it a {name} checkpoint?") from None
+
+
+class Encoder(nn.Module):
+    """A frozen, eval-mode feature extractor returning one feature map per requested level.
+
+    Input images are float in [0, 1]; the model's own normalization (``resolve_model_data_config``)
+    is applied inside, so datasets stay encoder-agnostic.
+    """
+
+    def __init__(self, name: str, levels: Sequence[Level], weights: str = "random", seed: int = 0):
+        super().__init__()
+        check_encoder_name(name)
+        self.name = name
+        self.levels = tuple(levels)
+        self.weights = weights
+        if all(isinstance(level, int) for level in self.levels):
+            self.body = _create(name, weights, seed, features_only=True, out_indices=self.levels)
+            config_source = self.body
+        elif all(isinstance(level, str) for level in self.levels):
+            full = _create(name, weights, seed)
+            self.body = create_feature_extractor(full, return_nodes={lvl: lvl for lvl in self.levels})
+            config_source = full
+        else:
+            raise BenchError(f"Encoder levels must be all indices or all module names, got {self.levels}.")
+        data_config = timm.data.resolve_model_data_config(config_source)
+        self.register_buffer("mean", torch.tensor(data_config["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(data_config["std"]).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+        self.channels, self.strides = self._probe_shapes()
+
+    def train(self, mode: bool = True) -> Encoder:
+        return super().train(False)  # frozen: batch-norm statistics never update
+
+    @torch.no_grad()
+    def _probe_shapes(self) -> tuple[list[int], list[int]]:
+        size = 64
+        while True:
+            try:
+                feats = self(torch.zeros(1, 3, size, size))
+                break
+            except RuntimeError:
+                if size >= 512:
+                    raise
+                size *= 2
+        return [f.shape[1] for f in feats], [size // f.shape[-1] for f in feats]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = (images - self.mean) / self.std
+        out = self.body(x)
+        return list(out.values()) if isinstance(out, dict) else list(out)
+
+    def size_bytes(self) -> int:
+        """Bytes of parameters and buffers up to the last tapped level (what scoring needs)."""
+        return sum(t.numel() * t.element_size() for t in [*self.body.parameters(), *self.body.buffers()])
+
+    def weights_info(self) -> dict:
+        """How the weights were obtained, for the record."""
+        if self.weights == "random":
+            return {"source": "random"}
+        if self.weights == "imagenet":
+            cfg = getattr(self.body, "pretrained_cfg", None) or {}
+            return {"source": "imagenet", "tag": cfg.get("tag"), "hf_hub_id": cfg.get("hf_hub_id"),
+                    "url": cfg.get("url")}
+        path = Path(self.weights).expanduser()
+        return {"source": "file", "path": str(path), "sha256": sha256_of(path)}

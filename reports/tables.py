@@ -1,0 +1,258 @@
+"""Tables built only from records (and the suite's reference numbers), independent of the output format.
+
+A missing measurement stays an empty cell; a reference number is printed as the paper's, beside ours.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.metrics import METRIC_INFO
+from bench.records import Record, latest_by_cell, read_records
+from bench.runner import RUN_FILE
+from bench.suites import Reference, Suite, parse_suite
+from methods.encoders import short_name
+
+ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+METHOD_NAMES = {"cflow": "CFLOW-AD", "padim": "PaDiM", "spade": "SPADE"}
+MARKS = {"random": "†", "paper": "‡", "short": "§"}
+
+
+@dataclass
+class Table:
+    """A titled grid of cells (str, float or None) with footnotes; renderers decide the look."""
+
+    key: str
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+    decimals: dict[str, int] = field(default_factory=dict)
+    footnotes: list[str] = field(default_factory=list)
+    caption: str = ""
+
+
+@dataclass
+class RunData:
+    """What a report of one run folder is made of."""
+
+    run_dir: Path
+    records: list[Record]
+    suite: Suite | None
+    info: dict[str, Any]
+
+    @property
+    def ok(self) -> list[Record]:
+        return [r for r in self.records if r.get("status") == "ok"]
+
+    @property
+    def failed(self) -> list[Record]:
+        return [r for r in self.records if r.get("status") != "ok"]
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """The latest record of each cell, and the suite as the run recorded it (for reference numbers)."""
+    run_dir = Path(run_dir)
+    records = list(latest_by_cell(read_records(run_dir)).values())
+    info, suite = {}, None
+    if (run_dir / RUN_FILE).is_file():
+        info = json.loads((run_dir / RUN_FILE).read_text())
+        suite = parse_suite(info["suite"]["raw"], Path(info["suite"]["path"]))
+    return RunData(run_dir, records, suite, info)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# row identity
+
+
+def base_encoder(encoder: str) -> str:
+    return encoder.split(".")[0]
+
+
+def row_key(record: Record) -> tuple:
+    c = record["config"]
+    return (c["method"], c["encoder"], c["protocol"], c["weights"], json.dumps(c.get("params", {}), sort_keys=True))
+
+
+def row_marks(records: list[Record]) -> str:
+    marks = ""
+    labels = records[0].get("labels", {})
+    if labels.get("random_weights"):
+        marks += MARKS["random"]
+    if labels.get("test_set_dependent"):
+        marks += MARKS["paper"]
+    if labels.get("schedule") == "short":
+        marks += MARKS["short"]
+    return marks
+
+
+def row_name(records: list[Record]) -> str:
+    c = records[0]["config"]
+    name = f"{METHOD_NAMES.get(c['method'], c['method'])}-{short_name(base_encoder(c['encoder']))}"
+    params = c.get("params") or {}
+    if params:
+        name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
+    return name + row_marks(records)
+
+
+def resolutions(records: list[Record]) -> str:
+    values = sorted({r["config"]["resolution"] for r in records})
+    crops = {(r["config"]["resize"], r["config"]["resolution"]) for r in records}
+    if len(values) == 1 and len(crops) == 1:
+        resize, crop = crops.pop()
+        return f"{crop}" if resize == crop else f"{crop} (of {resize})"
+    return "/".join(str(v) for v in values) + " (per class)"
+
+
+def footnotes_for(records: Iterable[Record]) -> list[str]:
+    notes = []
+    records = list(records)
+    if any(r.get("labels", {}).get("random_weights") for r in records):
+        notes.append(f"{MARKS['random']} random encoder weights (not ImageNet): numbers check the harness, "
+                     "they are not comparable with published ones.")
+    if any(r.get("labels", {}).get("test_set_dependent") for r in records):
+        notes.append(f"{MARKS['paper']} 'paper' protocol: scores are normalized over the whole test set, as the "
+                     "reference code does; an image's score depends on the other test images.")
+    if any(r.get("labels", {}).get("schedule") == "short" for r in records):
+        notes.append(f"{MARKS['short']} short training schedule (see the record's method_params), not the paper's.")
+    protocols = sorted({r["config"]["protocol"] for r in records})
+    if protocols:
+        notes.append("Protocol: " + ", ".join(protocols) + " (strict: no normalizing constant comes from test "
+                     "images; no best-epoch selection in either).")
+    return notes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# references
+
+
+def find_reference(references: Iterable[Reference], method: str, encoder: str, metric: str,
+                   class_name: str = "mean", resolution: int | None = None) -> Reference | None:
+    for ref in references:
+        if (ref.method == method and base_encoder(ref.encoder) == base_encoder(encoder) and ref.metric == metric
+                and ref.class_name == class_name and (ref.resolution is None or ref.resolution == resolution)):
+            return ref
+    return None
+
+
+def percent(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+def display(metric: str, value: float | None) -> float | None:
+    info = METRIC_INFO.get(metric)
+    return percent(value) if info and info.percent else value
+
+
+def mean_or_none(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# accuracy tables
+
+
+def accuracy_tables(run: RunData) -> list[Table]:
+    """Per dataset: method rows averaged over classes (and seeds), ours beside the paper's; then per class."""
+    references = run.suite.references if run.suite else ()
+    tables = []
+    by_dataset: dict[str, list[Record]] = defaultdict(list)
+    for record in run.ok:
+        if not record["config"].get("measure_only"):
+            by_dataset[record["config"]["dataset"]].append(record)
+    for dataset, records in by_dataset.items():
+        rows_by_key: dict[tuple, list[Record]] = defaultdict(list)
+        for record in records:
+            rows_by_key[row_key(record)].append(record)
+        metric_names = [m for m in ACCURACY_METRICS if any(r["metrics"].get(m) is not None for r in records)]
+        with_reference = {m for m in metric_names
+                          if any(find_reference(references, k[0], k[1], m) for k in rows_by_key)}
+        columns = ["Model", "Input", "Classes"]
+        decimals = {}
+        for m in metric_names:
+            columns.append(METRIC_INFO[m].display)
+            decimals[METRIC_INFO[m].display] = 2
+            if m in with_reference:
+                columns += [f"{METRIC_INFO[m].display} (paper)", "Δ"]
+        table = Table(f"accuracy-{dataset}", f"Accuracy on {dataset} (mean over classes, %)", columns,
+                      decimals={**decimals, **{c: 2 for c in columns if c.endswith("(paper)") or c == "Δ"}})
+        n_classes = len({r["config"]["class"] for r in records})
+        for key, group in rows_by_key.items():
+            row = [row_name(group), resolutions(group), f"{len({r['config']['class'] for r in group})}/{n_classes}"]
+            for m in metric_names:
+                ours = percent(mean_or_none([r["metrics"].get(m) for r in group]))
+                row.append(ours)
+                if m in with_reference:
+                    ref = find_reference(references, key[0], key[1], m)
+                    row += [ref.value if ref else None,
+                            ours - ref.value if ref and ours is not None else None]
+            table.rows.append(row)
+        table.footnotes = footnotes_for(records)
+        if with_reference:
+            sources = sorted({ref.source for ref in references if ref.metric in with_reference})
+            table.footnotes.append("Paper numbers as published (" + "; ".join(sources) + "), not measured here.")
+        tables.append(table)
+        tables.append(per_class_table(dataset, records, rows_by_key, metric_names, references))
+    return tables
+
+
+def per_class_table(dataset: str, records: list[Record], rows_by_key: dict[tuple, list[Record]],
+                    metric_names: list[str], references: Iterable[Reference]) -> Table:
+    columns = ["Class", "Model", "Input"] + [METRIC_INFO[m].display for m in metric_names]
+    table = Table(f"per-class-{dataset}", f"Per class on {dataset} (%)", columns,
+                  decimals={METRIC_INFO[m].display: 2 for m in metric_names})
+    classes = sorted({r["config"]["class"] for r in records})
+    for class_name in classes:
+        for group in rows_by_key.values():
+            members = [r for r in group if r["config"]["class"] == class_name]
+            if not members:
+                continue
+            row = [class_name, row_name(group), resolutions(members)]
+            row += [percent(mean_or_none([r["metrics"].get(m) for r in members])) for m in metric_names]
+            table.rows.append(row)
+    table.footnotes = footnotes_for(records)
+    return table
+
+
+def failures_table(run: RunData) -> Table | None:
+    if not run.failed:
+        return None
+    table = Table("failures", "Failed cells", ["Cell", "Error"])
+    for record in run.failed:
+        table.rows.append([record["cell_id"], record.get("error", "")])
+    return table
+
+
+# ----------------------------------------------------------------------------------------------------------
+# environment
+
+
+def environment_lines(run: RunData) -> list[str]:
+    """Where the numbers come from: devices, versions, commits, date and the command line."""
+    lines = []
+    if run.info:
+        lines.append(f"Suite: {run.info['suite']['name']} (version {run.info['suite']['version']})")
+        if run.info.get("command"):
+            lines.append(f"Command: {run.info['command']}")
+        lines.append(f"Run started: {run.info.get('created_at', '')}")
+    seen = set()
+    for record in run.records:
+        m, c, d = record.get("machine_info", {}), record.get("commit_info", {}), record.get("device", {})
+        gpu = m.get("gpu", {})
+        gpu_text = (f"{gpu.get('name')} (driver {gpu.get('driver')}, {gpu.get('memory_total_mb', 0) / 1e3:.0f} GB)"
+                    if gpu.get("nvml") else f"none ({gpu.get('reason', 'unknown')})")
+        text = (f"Device: {d.get('name')} ({d.get('requested')}, {d.get('torch_threads')} torch threads) · GPU: {gpu_text} · "
+                f"CUDA {m.get('cuda')} cuDNN {m.get('cudnn')} · torch {m.get('torch')} · torchvision {m.get('torchvision')} · "
+                f"timm {m.get('timm')} · FrEIA {m.get('freia')} · Python {m.get('python')} · "
+                f"commit {c.get('short', c.get('id'))}{' (dirty)' if c.get('dirty') else ''} · host {m.get('hostname')}")
+        if text not in seen:
+            seen.add(text)
+            lines.append(text)
+    return lines
