@@ -37,6 +37,8 @@ class Record(TypedDict, total=False):
     memory: dict[str, Any]
     speed: dict[str, Any]
     weights: dict[str, Any]
+    dataset: dict[str, Any]  # the source as opened on this machine (root path, generator parameters)
+    method_params: dict[str, Any]  # get_params() of the fitted method, defaults included
     device: dict[str, Any]
     artifacts: dict[str, str]
     machine_info: dict[str, Any]

@@ -228,6 +228,7 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str) -> dict[str, Any]:
         "size": size_record(method),
         "memory": {"fit": fit_memory.result, "predict": predict_memory.result},
         "weights": method.encoder_.weights_info(),
+        "dataset": source.describe(),
     }
 
 

@@ -141,6 +141,13 @@ def find_reference(references: Iterable[Reference], method: str, encoder: str, m
     return None
 
 
+def dataset_title(records: list[Record]) -> str:
+    """The dataset's name, with the folder it was read from where that says more (``folder``)."""
+    name = records[0]["config"]["dataset"]
+    roots = sorted({Path(r["dataset"]["root"]).name for r in records if r.get("dataset", {}).get("root")})
+    return f"{name} ({', '.join(roots)})" if roots else name
+
+
 def percent(value: float | None) -> float | None:
     return None if value is None else 100.0 * value
 
@@ -181,7 +188,7 @@ def accuracy_tables(run: RunData) -> list[Table]:
             decimals[METRIC_INFO[m].display] = 2
             if m in with_reference:
                 columns += [f"{METRIC_INFO[m].display} (paper)", "Δ"]
-        table = Table(f"accuracy-{dataset}", f"Accuracy on {dataset} (mean over classes, %)", columns,
+        table = Table(f"accuracy-{dataset}", f"Accuracy on {dataset_title(records)} (mean over classes, %)", columns,
                       decimals={**decimals, **{c: 2 for c in columns if c.endswith("(paper)") or c == "Δ"}})
         n_classes = len({r["config"]["class"] for r in records})
         for key, group in rows_by_key.items():
@@ -206,7 +213,7 @@ def accuracy_tables(run: RunData) -> list[Table]:
 def per_class_table(dataset: str, records: list[Record], rows_by_key: dict[tuple, list[Record]],
                     metric_names: list[str], references: Iterable[Reference]) -> Table:
     columns = ["Class", "Model", "Input"] + [METRIC_INFO[m].display for m in metric_names]
-    table = Table(f"per-class-{dataset}", f"Per class on {dataset} (%)", columns,
+    table = Table(f"per-class-{dataset}", f"Per class on {dataset_title(records)} (%)", columns,
                   decimals={METRIC_INFO[m].display: 2 for m in metric_names})
     classes = sorted({r["config"]["class"] for r in records})
     for class_name in classes:
