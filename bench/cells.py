@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.errors import BenchError
-from bench.suites import Suite
+from bench.suites import MeasureSpec, Suite
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class Cell:
     batch_size: int
     params_json: str = "{}"  # method parameters from the suite, canonical JSON (hashable)
     dataset_options_json: str = "{}"
-    measure_only: bool = False
+    measure_only: bool = False  # speed and size only: no test-set prediction, no accuracy
+    measure: MeasureSpec = MeasureSpec()  # how speed is measured (not part of the config)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -42,7 +43,7 @@ class Cell:
     def config(self) -> dict[str, Any]:
         """What determines the result (no suite name, no machine): cells with equal configs are comparable."""
         config = asdict(self)
-        del config["suite"], config["params_json"], config["dataset_options_json"]
+        del config["suite"], config["params_json"], config["dataset_options_json"], config["measure"]
         config["class"] = config.pop("class_name")
         config["params"] = self.params
         config["dataset_options"] = self.dataset_options
@@ -84,6 +85,6 @@ def expand(suite: Suite, classes: list[str], *, weights: str | None = None) -> l
                                 metrics_resolution=suite.metrics_resolution, batch_size=suite.batch_size,
                                 params_json=_canonical(block.params),
                                 dataset_options_json=_canonical(suite.dataset.options),
-                                measure_only=block.measure_only,
+                                measure_only=block.measure_only, measure=suite.measure,
                             ))
     return list(dict.fromkeys(cells))  # per-class resolutions can make two grid points one cell

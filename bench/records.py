@@ -39,6 +39,7 @@ class Record(TypedDict, total=False):
     weights: dict[str, Any]
     dataset: dict[str, Any]  # the source as opened on this machine (root path, generator parameters)
     method_params: dict[str, Any]  # get_params() of the fitted method, defaults included
+    fit_stats: dict[str, Any]  # what training did (steps, fibers/s, losses)
     device: dict[str, Any]
     artifacts: dict[str, str]
     machine_info: dict[str, Any]

@@ -33,6 +33,7 @@ from bench.errors import BenchError
 from bench.memory import PeakMemory
 from bench.progress import progress
 from bench.records import SCHEMA_VERSION, Record, append_record, latest_by_cell, read_records
+from bench.speed import measure_speed
 from bench.suites import Suite, parse_suite
 from datasets import AnomalyDataset, DatasetSource, Geometry
 from methods.base import AnomalyMethod, Prediction
@@ -197,39 +198,51 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str) -> dict[str, Any]:
     seed_everything(cell.seed)
     geometry = Geometry(cell.resize, cell.resolution)
     train = AnomalyDataset(source.samples(cell.class_name, "train"), geometry)
-    test = AnomalyDataset(source.samples(cell.class_name, "test"), geometry)
     method = build_method(cell, device)
+    result: dict[str, Any] = {"n_images": {"train": len(train)}, "memory": {}, "timings": {
+        "note": "wall clock of fit() and of predict over the test set, data loading included; "
+                "see 'speed' for the timed network/end-to-end regions"}}
 
-    with PeakMemory(device) as fit_memory:
+    with PeakMemory(device) as memory:
         start = time.perf_counter()
         method.fit(ImageBatches(train, cell.batch_size, shuffle_seed=cell.seed))
-        fit_s = time.perf_counter() - start
-    with PeakMemory(device) as predict_memory:
-        start = time.perf_counter()
-        prediction = method.predict_dataset(ImageBatches(test, cell.batch_size))
-        predict_s = time.perf_counter() - start
+        result["timings"]["fit_s"] = time.perf_counter() - start
+    result["memory"]["fit"] = memory.result
 
-    labels = test.labels()
-    if cell.metrics_resolution == "original":
-        masks, maps = original_resolution(source, test, prediction.maps)
-    else:
-        masks = np.stack([test[i]["mask"].numpy() for i in range(len(test))])
-        maps = prediction.maps
-    return {
-        "metrics": compute_metrics(labels, masks, prediction, maps),
+    if not cell.measure_only:
+        test = AnomalyDataset(source.samples(cell.class_name, "test"), geometry)
+        with PeakMemory(device) as memory:
+            start = time.perf_counter()
+            prediction = method.predict_dataset(ImageBatches(test, cell.batch_size))
+            predict_s = time.perf_counter() - start
+        result["memory"]["predict"] = memory.result
+        result["timings"].update(predict_s=predict_s, predict_wall_images_per_s=len(test) / predict_s)
+        labels = test.labels()
+        result["n_images"].update(test=len(test), test_anomalous=int(labels.sum()))
+        if cell.metrics_resolution == "original":
+            masks, maps = original_resolution(source, test, prediction.maps)
+        else:
+            masks, maps = np.stack([test[i]["mask"].numpy() for i in range(len(test))]), prediction.maps
+        result["metrics"] = compute_metrics(labels, masks, prediction, maps)
+
+    if cell.measure.speed:
+        spec = cell.measure
+        iterations = spec.cpu_iterations if device == "cpu" and spec.cpu_iterations else spec.iterations
+        with PeakMemory(device) as memory:
+            result["speed"] = measure_speed(method, cell.resolution, spec.batch_sizes, device, spec.warmup,
+                                            iterations, seed=cell.seed)
+        result["memory"]["speed"] = memory.result
+
+    result.update({
         "labels": {"random_weights": cell.weights == "random", "protocol": cell.protocol,
                    "test_set_dependent": method.test_set_dependent, **method.labels()},
         "method_params": method.get_params(),
-        "n_images": {"train": len(train), "test": len(test), "test_anomalous": int(labels.sum())},
-        "timings": {"fit_s": fit_s, "predict_s": predict_s,
-                    "predict_wall_images_per_s": len(test) / predict_s if predict_s > 0 else None,
-                    "note": "wall clock of fit() and of predict over the test set, data loading included; "
-                            "see 'speed' for the timed network/end-to-end regions"},
+        "fit_stats": method.fit_stats(),
         "size": size_record(method),
-        "memory": {"fit": fit_memory.result, "predict": predict_memory.result},
         "weights": method.encoder_.weights_info(),
         "dataset": source.describe(),
-    }
+    })
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------------

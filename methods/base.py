@@ -72,6 +72,10 @@ class AnomalyMethod(ABC):
         """Facts a report must show beside this method's numbers (e.g. protocol, schedule)."""
         return {}
 
+    def fit_stats(self) -> dict[str, Any]:
+        """What training did (steps, throughput, losses), for the record; empty for closed-form fits."""
+        return {}
+
     # -- fitting ---------------------------------------------------------------------------------------
 
     def fit(self, batches: Iterable[torch.Tensor]) -> AnomalyMethod:

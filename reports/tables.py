@@ -92,13 +92,23 @@ def row_marks(records: list[Record]) -> str:
     return marks
 
 
-def row_name(records: list[Record]) -> str:
+def row_name(records: list[Record], with_params: bool = False) -> str:
+    """'CFLOW-AD-R18' plus marks; the suite's parameters only where they tell two rows apart."""
     c = records[0]["config"]
     name = f"{METHOD_NAMES.get(c['method'], c['method'])}-{short_name(base_encoder(c['encoder']))}"
     params = c.get("params") or {}
-    if params:
+    if with_params and params:
         name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
     return name + row_marks(records)
+
+
+def ambiguous_rows(keys: Iterable[tuple]) -> set[tuple]:
+    """Row keys that differ from another only in their parameters."""
+    seen: dict[tuple, int] = defaultdict(int)
+    keys = list(keys)
+    for key in keys:
+        seen[key[:-1]] += 1
+    return {key for key in keys if seen[key[:-1]] > 1}
 
 
 def resolutions(records: list[Record]) -> str:
@@ -191,8 +201,9 @@ def accuracy_tables(run: RunData) -> list[Table]:
         table = Table(f"accuracy-{dataset}", f"Accuracy on {dataset_title(records)} (mean over classes, %)", columns,
                       decimals={**decimals, **{c: 2 for c in columns if c.endswith("(paper)") or c == "Δ"}})
         n_classes = len({r["config"]["class"] for r in records})
+        ambiguous = ambiguous_rows(rows_by_key)
         for key, group in rows_by_key.items():
-            row = [row_name(group), resolutions(group), f"{len({r['config']['class'] for r in group})}/{n_classes}"]
+            row = [row_name(group, key in ambiguous), resolutions(group), f"{len({r['config']['class'] for r in group})}/{n_classes}"]
             for m in metric_names:
                 ours = percent(mean_or_none([r["metrics"].get(m) for r in group]))
                 row.append(ours)
@@ -216,12 +227,13 @@ def per_class_table(dataset: str, records: list[Record], rows_by_key: dict[tuple
     table = Table(f"per-class-{dataset}", f"Per class on {dataset_title(records)} (%)", columns,
                   decimals={METRIC_INFO[m].display: 2 for m in metric_names})
     classes = sorted({r["config"]["class"] for r in records})
+    ambiguous = ambiguous_rows(rows_by_key)
     for class_name in classes:
-        for group in rows_by_key.values():
+        for key, group in rows_by_key.items():
             members = [r for r in group if r["config"]["class"] == class_name]
             if not members:
                 continue
-            row = [class_name, row_name(group), resolutions(members)]
+            row = [class_name, row_name(group, key in ambiguous), resolutions(members)]
             row += [percent(mean_or_none([r["metrics"].get(m) for r in members])) for m in metric_names]
             table.rows.append(row)
     table.footnotes = footnotes_for(records)

@@ -1,0 +1,89 @@
+"""Inference speed of a fitted method and of its encoder alone, on a ready tensor.
+
+Timed regions (each recorded with its name):
+
+- ``encoder``: the encoder alone, at the method's tapped levels;
+- ``network``: encoder + decoders / statistics (``method.forward_scores``);
+- ``end_to_end``: ``network`` plus post-processing (upsampling, blur, image score).
+
+Inputs are random tensors already on the device: data loading is never inside a timed region. Warm-up
+iterations run first and are not timed. On CUDA the device is synchronized before and after every timed
+iteration; on the CPU ``perf_counter`` is used and the thread count is recorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+REGIONS = ("encoder", "network", "end_to_end")
+REGION_NOTES = {
+    "encoder": "encoder forward only (the method's tapped levels), input already on the device",
+    "network": "encoder + decoders/statistics on a ready tensor; no post-processing, no data loading",
+    "end_to_end": "network + score-map post-processing (upsampling, blur, image score); no data loading",
+}
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_callable(fn: Callable[[], Any], device: str, warmup: int, iterations: int) -> list[float]:
+    """Seconds per call of ``fn`` over ``iterations`` timed calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    _synchronize(device)
+    times = []
+    for _ in range(iterations):
+        _synchronize(device)
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summarize(times: Sequence[float], images: int) -> dict[str, float | int]:
+    median = float(np.median(times))
+    return {"iterations": len(times), "median_s": median, "p90_s": float(np.percentile(times, 90)),
+            "min_s": float(np.min(times)), "fps": images / median if median > 0 else None,
+            "latency_ms": 1000 * median}
+
+
+def region_calls(method, images: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    """The three timed regions as zero-argument calls on one ready batch."""
+    size = tuple(images.shape[-2:])
+    return {
+        "encoder": lambda: method.encoder_(images),
+        "network": lambda: method.forward_scores(images),
+        "end_to_end": lambda: method.postprocess(method.forward_scores(images), size),
+    }
+
+
+@torch.inference_mode()
+def measure_speed(method, input_size: int, batch_sizes: Sequence[int], device: str, warmup: int,
+                  iterations: int, seed: int = 0) -> dict[str, Any]:
+    """Time the three regions at each batch size; fps = images / median time. Returns plain data."""
+    generator = torch.Generator().manual_seed(seed)
+    result: dict[str, Any] = {
+        "input_size": input_size, "device": device, "warmup": warmup, "iterations": iterations,
+        "torch_threads": torch.get_num_threads(),
+        "timer": "cuda synchronize + perf_counter" if device.startswith("cuda") else "perf_counter",
+        "regions": REGION_NOTES, "batches": {},
+    }
+    for batch in batch_sizes:
+        images = torch.rand(batch, 3, input_size, input_size, generator=generator).to(device)
+        calls = region_calls(method, images)
+        timings = {region: summarize(time_callable(calls[region], device, warmup, iterations), batch)
+                   for region in REGIONS}
+        encoder_fps = timings["encoder"]["fps"]
+        timings["ratio_end_to_end_to_encoder"] = (timings["end_to_end"]["fps"] / encoder_fps
+                                                  if encoder_fps else None)
+        timings["ratio_network_to_encoder"] = timings["network"]["fps"] / encoder_fps if encoder_fps else None
+        result["batches"][str(batch)] = timings
+    return result
