@@ -7,7 +7,7 @@ Timed regions (each recorded with its name):
 - ``end_to_end``: ``network`` plus post-processing (upsampling, blur, image score).
 
 Inputs are random tensors already on the device: data loading is never inside a timed region. Warm-up
-iterations run first and are not timed. On CUDA the device is synchronized before and after every timed
+iterations run first and are not timed; the regions are then timed in turn, iteration by iteration. On CUDA the device is synchronized before and after every timed
 iteration; on the CPU ``perf_counter`` is used and the thread count is recorded.
 """
 
@@ -33,18 +33,22 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_callable(fn: Callable[[], Any], device: str, warmup: int, iterations: int) -> list[float]:
-    """Seconds per call of ``fn`` over ``iterations`` timed calls, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    _synchronize(device)
-    times = []
+def time_interleaved(calls: dict[str, Callable[[], Any]], device: str, warmup: int,
+                     iterations: int) -> dict[str, list[float]]:
+    """Seconds per call of each region, timed round-robin (region A, B, C, A, B, C, ...) after ``warmup``
+    untimed calls of each, so that a machine slowing down mid-measurement slows every region alike and
+    their ratio stays meaningful."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(iterations):
-        _synchronize(device)
-        start = time.perf_counter()
-        fn()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
+        for name, fn in calls.items():
+            _synchronize(device)
+            start = time.perf_counter()
+            fn()
+            _synchronize(device)
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -78,9 +82,8 @@ def measure_speed(method, input_size: int, batch_sizes: Sequence[int], device: s
     }
     for batch in batch_sizes:
         images = torch.rand(batch, 3, input_size, input_size, generator=generator).to(device)
-        calls = region_calls(method, images)
-        timings = {region: summarize(time_callable(calls[region], device, warmup, iterations), batch)
-                   for region in REGIONS}
+        times = time_interleaved(region_calls(method, images), device, warmup, iterations)
+        timings = {region: summarize(times[region], batch) for region in REGIONS}
         encoder_fps = timings["encoder"]["fps"]
         timings["ratio_end_to_end_to_encoder"] = (timings["end_to_end"]["fps"] / encoder_fps
                                                   if encoder_fps else None)

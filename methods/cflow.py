@@ -321,12 +321,13 @@ class CFlow(AnomalyMethod):
 
     @staticmethod
     def _probability_sum(log_ps: list[torch.Tensor], constants: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Σ_levels upsample(exp(log p − constant)), in float64 as the reference computes it."""
+        """Σ_levels upsample(exp(log p − constant)). The exp runs in float64 as the reference's does; the
+        upsampled sum runs in float32, the precision the map is stored in."""
         total = None
         for log_p, constant in zip(log_ps, constants.tolist(), strict=True):
-            prob = torch.exp(log_p.double() - constant)
+            prob = torch.exp(log_p.double() - constant).float()
             up = F.interpolate(prob.unsqueeze(1), size=size, mode="bilinear", align_corners=True).squeeze(1)
-            total = up if total is None else total + up
+            total = up if total is None else total.add_(up)
         return total
 
     def postprocess(self, raw: list[torch.Tensor], input_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,7 +338,6 @@ class CFlow(AnomalyMethod):
             maps = total.max() - total  # this batch stands in for the test set
         else:
             maps = len(raw) - self._probability_sum(raw, self.level_constants_, input_size)
-        maps = maps.float()
         return maps.flatten(1).amax(dim=1), maps
 
     @torch.no_grad()
@@ -353,7 +353,7 @@ class CFlow(AnomalyMethod):
         levels = list(zip(*collected, strict=True))
         constants = torch.tensor([max(lp.max().item() for lp in level) for level in levels], dtype=torch.float64)
         totals = torch.cat([self._probability_sum(list(batch), constants, size) for batch in collected])
-        maps = (totals.max() - totals).float()
+        maps = totals.max() - totals
         return Prediction(maps.flatten(1).amax(dim=1).numpy(), maps.numpy())
 
     # -- size and persistence ----------------------------------------------------------------------------
