@@ -3,7 +3,7 @@
 Adding a method is one file that ends with ``@register_method("name")`` on its class, plus one import here.
 """
 
-from methods import cflow, padim  # noqa: F401  (registers the methods)
+from methods import cflow, padim, spade  # noqa: F401  (registers the methods)
 from methods.base import METHODS, AnomalyMethod, Prediction, register_method
 from methods.encoders import ENCODERS, Encoder
 

@@ -1,0 +1,89 @@
+"""Exact k-nearest-neighbour distances in bounded memory.
+
+Distances come from chunked matrix products (‖a‖² + ‖b‖² − 2ab, clamped at 0), with chunk sizes derived
+from a memory budget, keeping the running top-k per query; no Python loop over queries or gallery rows,
+only over chunks. The gallery may live in host memory: its chunks are moved to the device one at a time.
+The chosen neighbours' distances are then recomputed from the differences, so that identical vectors are
+at distance exactly 0 and the float32 cancellation of the product formula never reaches a score.
+"""
+
+from __future__ import annotations
+
+import psutil
+import torch
+
+FLOAT_BYTES = 4
+BUDGET_FRACTION = 0.25  # of free device memory or available RAM, when no budget is given
+MIN_BUDGET = 16 * 2**20
+
+
+def default_budget(device: torch.device | str) -> int:
+    """A quarter of what is free on ``device`` now (RAM for the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = psutil.virtual_memory().available
+    return max(int(free * BUDGET_FRACTION), MIN_BUDGET)
+
+
+def chunk_sizes(n_queries: int, n_gallery: int, k: int, dim: int, budget_bytes: int) -> tuple[int, int]:
+    """(query chunk, gallery chunk) whose working buffers fit in ``budget_bytes``.
+
+    A block of q × g distances costs about three times its size (product, distances, top-k merge); the
+    exact recomputation of the chosen neighbours costs q × k × dim. Query chunks are sized so that a
+    gallery chunk of up to 4096 rows fits beside them, then the gallery chunk takes what is left.
+    """
+    elements = max(budget_bytes // (3 * FLOAT_BYTES), 1)
+    wide = min(n_gallery, 4096) + k
+    query_chunk = max(1, min(n_queries, elements // wide, elements // (k * dim)))
+    gallery_chunk = max(1, min(n_gallery, elements // query_chunk - k))
+    return query_chunk, gallery_chunk
+
+
+def _exact(queries: torch.Tensor, gallery: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances from each query to its chosen gallery rows, from the differences."""
+    chosen = gallery[index.to(gallery.device)].to(queries.device)  # (q, k, d)
+    return (queries[:, None, :] - chosen).norm(dim=-1)
+
+
+def knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, budget_bytes: int | None = None,
+        device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest gallery rows of every query: (distances, indices), each (n_queries, k), ascending.
+
+    Parameters
+    ----------
+    queries : (m, d) tensor, on ``device``.
+    gallery : (n, d) tensor, on ``device`` or in host memory.
+    k : int, 1 ≤ k ≤ n.
+    budget_bytes : int or None
+        Working memory for one distance block; None takes a quarter of the free memory.
+    """
+    n = gallery.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be between 1 and the gallery size {n}, got {k}")
+    device = torch.device(device or queries.device)
+    queries = queries.to(device)
+    budget = budget_bytes if budget_bytes is not None else default_budget(device)
+    query_chunk, gallery_chunk = chunk_sizes(len(queries), n, k, gallery.shape[1], budget)
+    all_dist, all_index = [], []
+    for q0 in range(0, len(queries), query_chunk):
+        q = queries[q0:q0 + query_chunk]
+        q_norm = q.pow(2).sum(dim=1, keepdim=True)
+        best_dist = torch.empty(len(q), 0, device=device)
+        best_index = torch.empty(len(q), 0, dtype=torch.long, device=device)
+        for g0 in range(0, n, gallery_chunk):
+            g = gallery[g0:g0 + gallery_chunk].to(device, non_blocking=True)
+            squared = (q_norm + g.pow(2).sum(dim=1)[None, :]).addmm_(q, g.T, alpha=-2).clamp_min_(0)
+            take = min(k, squared.shape[1])
+            dist, index = squared.topk(take, dim=1, largest=False)
+            merged_dist = torch.cat([best_dist, dist], dim=1)
+            merged_index = torch.cat([best_index, index + g0], dim=1)
+            keep = min(k, merged_dist.shape[1])
+            best_dist, order = merged_dist.topk(keep, dim=1, largest=False)
+            best_index = merged_index.gather(1, order)
+        exact = _exact(q, gallery, best_index)
+        exact, order = exact.sort(dim=1)
+        all_dist.append(exact)
+        all_index.append(best_index.gather(1, order))
+    return torch.cat(all_dist), torch.cat(all_index)
