@@ -63,7 +63,7 @@ def _canonical(value: dict[str, Any]) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def expand(suite: Suite, classes: list[str], *, weights: str | None = None) -> list[Cell]:
+def expand(suite: Suite, classes: list[str]) -> list[Cell]:
     """The suite's grid as cells, in grid order: block, class, method, encoder, resolution, seed."""
     cells = []
     for block in suite.grid:
@@ -81,7 +81,7 @@ def expand(suite: Suite, classes: list[str], *, weights: str | None = None) -> l
                                 suite=suite.name, dataset=suite.dataset.name, class_name=class_name,
                                 method=method, encoder=encoder, resolution=resolution,
                                 resize=block.resize or resolution, seed=seed,
-                                weights=weights or suite.weights, protocol=suite.protocol,
+                                weights=suite.weights, protocol=suite.protocol,
                                 metrics_resolution=suite.metrics_resolution, batch_size=suite.batch_size,
                                 params_json=_canonical(block.params),
                                 dataset_options_json=_canonical(suite.dataset.options),

@@ -18,7 +18,7 @@ import methods
 import reports
 from bench.environment import resolve_device
 from bench.errors import BenchError
-from bench.runner import RunOptions, check_names, next_run_dir, run_suite, suite_of_run
+from bench.runner import RUN_FILE, RunOptions, check_names, next_run_dir, recorded_run, run_suite
 from bench.suites import available_suites, load_suite
 from datasets.synthetic import CLASSES as SYNTH_CLASSES
 from datasets.synthetic import SynthSpec, write_dataset
@@ -38,6 +38,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @cli.command()
 @click.option("--suite", "suite_name", help="Suite name (bench list suites) or path to a suite TOML file.")
 @click.option("--data-root", type=click.Path(), help="Dataset folder (e.g. MVTec AD's root, or a folder in its layout).")
+@click.option("--dataset", help="Run the suite on another dataset (bench list datasets), e.g. mvtec.")
+@click.option("--classes", help="Comma-separated classes to run instead of the suite's.")
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path),
               help="Run folder; an existing one is continued. Default: runs/NNNN-<suite>.")
@@ -45,15 +47,21 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--allow-random", is_flag=True, help="Allow --weights random in suites that reproduce papers.")
 @click.option("--retry-failed", is_flag=True, help="Run again cells whose record says failed.")
 @click.option("--suite-path", multiple=True, type=click.Path(), help="Extra folder of suite files.")
-@click.option("--report/--no-report", default=True, show_default=True, help="Write report.md at the end.")
-def run(suite_name, data_root, device, out, weights, allow_random, retry_failed, suite_path, report):
+@click.option("--report/--no-report", default=True, show_default=True, help="Write the reports at the end.")
+def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed, suite_path, report):
     """Run a suite: every cell of its grid, one record each, then the report."""
-    if suite_name is None and (out is None or not (out / "run.json").is_file()):
+    resuming = out is not None and (out / RUN_FILE).is_file()
+    if suite_name is None and not resuming:
         raise BenchError("Pass --suite NAME (see bench list suites), or --out with an existing run folder to continue it.")
-    suite = load_suite(suite_name, suite_path) if suite_name else suite_of_run(out)
+    stored: dict = {}
+    if resuming:
+        recorded_suite, stored = recorded_run(out)
+    suite = load_suite(suite_name, suite_path) if suite_name else recorded_suite
     run_dir = out or next_run_dir(Path("runs"), suite.name)
-    options = RunOptions(device=resolve_device(device), data_root=data_root, weights=weights,
-                         retry_failed=retry_failed, allow_random=allow_random,
+    options = RunOptions(device=resolve_device(device), data_root=data_root or stored.get("data_root"),
+                         weights=weights, dataset=dataset,
+                         classes=tuple(c.strip() for c in classes.split(",")) if classes else None,
+                         retry_failed=retry_failed, allow_random=allow_random or stored.get("allow_random", False),
                          command=shlex.join(["bench", *sys.argv[1:]]))
     click.echo(f"Suite {suite.name} → {run_dir} (device {options.device})", err=True)
     summary = run_suite(suite, run_dir, options)

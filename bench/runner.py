@@ -7,6 +7,7 @@ raises is recorded as failed with the reason and the others still run.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import inspect
 import json
@@ -34,7 +35,7 @@ from bench.memory import PeakMemory
 from bench.progress import progress
 from bench.records import SCHEMA_VERSION, Record, append_record, latest_by_cell, read_records
 from bench.speed import measure_speed
-from bench.suites import Suite, parse_suite
+from bench.suites import DatasetSpec, Suite, parse_suite
 from datasets import AnomalyDataset, DatasetSource, Geometry
 from methods.base import AnomalyMethod, Prediction
 from methods.encoders import check_encoder_name
@@ -48,6 +49,8 @@ class RunOptions:
     device: str = "cpu"
     data_root: str | None = None
     weights: str | None = None  # overrides the suite's weights
+    dataset: str | None = None  # overrides the suite's dataset (its options then do not apply)
+    classes: tuple[str, ...] | None = None  # overrides the suite's classes
     retry_failed: bool = False
     allow_random: bool = False  # permits random weights in suites that reproduce published numbers
     command: str = ""
@@ -86,10 +89,27 @@ def check_names(suite: Suite) -> None:
     datasets.DATASETS.get(suite.dataset.name, where)
 
 
-def plan(suite: Suite, options: RunOptions) -> tuple[DatasetSource, list[Cell]]:
-    """Resolve every name and check every class folder before any work starts (BenchError on a problem)."""
+def apply_overrides(suite: Suite, options: RunOptions) -> Suite:
+    """The suite with the command line's weights, dataset and classes in it (raw data included, so that a
+    run folder records what actually ran and resumes the same way)."""
+    raw = dict(suite.raw)
+    dataset = suite.dataset
+    if options.dataset and options.dataset != dataset.name:
+        dataset = DatasetSpec(name=options.dataset, classes=None)
+    if options.classes:
+        dataset = dataclasses.replace(dataset, classes=tuple(options.classes))
+    if dataset != suite.dataset:
+        raw["dataset"] = {k: v for k, v in {"name": dataset.name, "classes": list(dataset.classes or []) or "all",
+                                            "root": dataset.root, "options": dataset.options}.items() if v is not None}
     weights = options.weights or suite.weights
-    if weights == "random" and not (suite.allow_random_weights or options.allow_random):
+    raw["weights"] = weights
+    return dataclasses.replace(suite, dataset=dataset, weights=weights, raw=raw)
+
+
+def plan(suite: Suite, options: RunOptions) -> tuple[DatasetSource, list[Cell]]:
+    """Resolve every name and check every class folder before any work starts (BenchError on a problem).
+    ``suite`` must already carry the command line's overrides (``apply_overrides``)."""
+    if suite.weights == "random" and not (suite.allow_random_weights or options.allow_random):
         raise BenchError(f"Suite {suite.name} reproduces published numbers and needs pretrained weights; pass "
                          f"--weights imagenet or --weights PATH, or --allow-random to run it with random weights.")
     check_names(suite)
@@ -97,7 +117,7 @@ def plan(suite: Suite, options: RunOptions) -> tuple[DatasetSource, list[Cell]]:
     classes = list(suite.dataset.classes or source.classes())
     for class_name in classes:
         source.validate(class_name)
-    return source, expand(suite, classes, weights=options.weights)
+    return source, expand(suite, classes)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -226,11 +246,10 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str) -> dict[str, Any]:
         result["metrics"] = compute_metrics(labels, masks, prediction, maps)
 
     if cell.measure.speed:
-        spec = cell.measure
-        iterations = spec.cpu_iterations if device == "cpu" and spec.cpu_iterations else spec.iterations
+        batch_sizes, warmup, iterations = cell.measure.on(device)
         with PeakMemory(device) as memory:
-            result["speed"] = measure_speed(method, cell.resolution, spec.batch_sizes, device, spec.warmup,
-                                            iterations, seed=cell.seed)
+            result["speed"] = measure_speed(method, cell.resolution, batch_sizes, device, warmup, iterations,
+                                            seed=cell.seed)
         result["memory"]["speed"] = memory.result
 
     result.update({
@@ -256,16 +275,18 @@ def next_run_dir(root: Path, suite_name: str) -> Path:
     return root / f"{max(numbers, default=0) + 1:04d}-{suite_name}"
 
 
-def suite_of_run(run_dir: Path) -> Suite:
-    """The suite exactly as the run folder recorded it (so a resumed run has the same plan)."""
+def recorded_run(run_dir: Path) -> tuple[Suite, dict[str, Any]]:
+    """The suite exactly as the run folder recorded it (overrides included) and the options it ran with,
+    so that a resumed run has the same plan."""
     info = json.loads((run_dir / RUN_FILE).read_text())
-    return parse_suite(info["suite"]["raw"], Path(info["suite"]["path"]))
+    return parse_suite(info["suite"]["raw"], Path(info["suite"]["path"])), info["options"]
 
 
 def _write_run_file(run_dir: Path, suite: Suite, cells: list[Cell], options: RunOptions) -> None:
     info = {"created_at": now(), "command": options.command,
             "suite": {"name": suite.name, "version": suite.version, "path": str(suite.path), "raw": suite.raw},
-            "options": {"device": options.device, "data_root": options.data_root, "weights": options.weights},
+            "options": {"device": options.device, "data_root": options.data_root,
+                        "allow_random": options.allow_random},
             "plan": [{"cell_id": c.cell_id, "config": c.config()} for c in cells]}
     tmp = run_dir / (RUN_FILE + ".tmp")
     tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
@@ -274,6 +295,7 @@ def _write_run_file(run_dir: Path, suite: Suite, cells: list[Cell], options: Run
 
 def run_suite(suite: Suite, run_dir: Path, options: RunOptions) -> RunSummary:
     """Run every cell of ``suite`` that ``run_dir`` has no record of; return counts."""
+    suite = apply_overrides(suite, options)
     source, cells = plan(suite, options)
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / RUN_FILE).exists():

@@ -69,7 +69,17 @@ class MeasureSpec:
     batch_sizes: tuple[int, ...] = (1, 32)
     warmup: int = 3
     iterations: int = 10
+    cpu_batch_sizes: tuple[int, ...] | None = None  # smaller batches on a CPU, recorded as such
+    cpu_warmup: int | None = None
     cpu_iterations: int | None = None  # fewer timed iterations on a CPU, recorded as such
+
+    def on(self, device: str) -> tuple[tuple[int, ...], int, int]:
+        """(batch sizes, warm-up iterations, timed iterations) to use on ``device``."""
+        if device == "cpu":
+            return (self.cpu_batch_sizes or self.batch_sizes,
+                    self.warmup if self.cpu_warmup is None else self.cpu_warmup,
+                    self.cpu_iterations or self.iterations)
+        return self.batch_sizes, self.warmup, self.iterations
 
 
 @dataclass(frozen=True)
@@ -265,9 +275,12 @@ def parse_suite(raw: dict[str, Any], path: Path) -> Suite:
         ))
 
     m = _Table(top.get("measure", dict, {}), path, "[measure]", {"speed", "batch_sizes", "warmup", "iterations",
+                                                                 "cpu_batch_sizes", "cpu_warmup",
                                                                  "cpu_iterations"})
     measure = MeasureSpec(speed=m.get("speed", bool, False), batch_sizes=m.ints("batch_sizes", (1, 32)),
                           warmup=m.get("warmup", int, 3), iterations=m.get("iterations", int, 10),
+                          cpu_batch_sizes=m.ints("cpu_batch_sizes", None),
+                          cpu_warmup=m.get("cpu_warmup", int, None),
                           cpu_iterations=m.get("cpu_iterations", int, None))
 
     seeds = top.get("seeds", list, [0], "a list of integers")

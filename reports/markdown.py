@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reports.tables import RunData, Table, accuracy_tables, environment_lines, failures_table
+from reports.tables import (
+    RunData,
+    Table,
+    accuracy_tables,
+    complexity_table,
+    environment_lines,
+    failures_table,
+)
 
 
 def format_cell(value, decimals: int | None) -> str:
@@ -35,9 +42,8 @@ def table_markdown(table: Table) -> str:
 
 
 def tables_for(run: RunData) -> list[Table]:
-    tables = accuracy_tables(run)
-    failures = failures_table(run)
-    return tables + ([failures] if failures else [])
+    tables = [t for t in [complexity_table(run), *accuracy_tables(run), failures_table(run)] if t is not None]
+    return tables
 
 
 def render(run: RunData) -> str:

@@ -275,3 +275,111 @@ def environment_lines(run: RunData) -> list[str]:
             seen.add(text)
             lines.append(text)
     return lines
+
+
+# ----------------------------------------------------------------------------------------------------------
+# complexity (the paper's Table 6 layout)
+
+
+def _largest_batch(record: Record) -> str:
+    return max(record["speed"]["batches"], key=int)
+
+
+def _speed_rows(run: RunData) -> dict[tuple[str, str, int], Record]:
+    """(row method, encoder, resolution) → the record that measured it; encoder-only rows come from the
+    CFLOW cells' encoder timings (their encoder runs every level up to the last)."""
+    rows: dict[tuple[str, str, int], Record] = {}
+    for record in run.ok:
+        if "speed" not in record:
+            continue
+        c = record["config"]
+        rows[(c["method"], base_encoder(c["encoder"]), c["resolution"])] = record
+        if c["method"] == "cflow":
+            rows.setdefault(("encoder", base_encoder(c["encoder"]), c["resolution"]), record)
+    return rows
+
+
+def _row_speed(method: str, record: Record) -> dict[str, float | None]:
+    batch = _largest_batch(record)
+    timings = record["speed"]["batches"][batch]
+    region = "encoder" if method == "encoder" else "end_to_end"
+    latency = record["speed"]["batches"].get("1", {}).get(region, {}).get("latency_ms")
+    ratio = None if method == "encoder" else timings.get("ratio_end_to_end_to_encoder")
+    return {"batch": int(batch), "fps": timings[region]["fps"], "latency_ms": latency, "ratio": ratio}
+
+
+def _row_size_mb(method: str, record: Record) -> float:
+    size = record["size"]
+    return (size["breakdown_bytes"]["encoder"] if method == "encoder" else size["total_bytes"]) / 1e6
+
+
+def _paper_rows(references: Iterable[Reference]) -> list[tuple[str, str, int | None]]:
+    rows: list[tuple[str, str, int | None]] = []
+    for ref in references:
+        if ref.metric == "fps":
+            key = (ref.method, base_encoder(ref.encoder), ref.resolution)
+            if key not in rows:
+                rows.append(key)
+    return rows
+
+
+def complexity_table(run: RunData) -> Table | None:
+    """Table 6 layout: fps and model size per model and input, ours beside the paper's, and ours/paper."""
+    measured = _speed_rows(run)
+    if not measured:
+        return None
+    references = run.suite.references if run.suite else ()
+    planned = _paper_rows(references)
+    # measured rows the paper does not have go after its rows
+    for method, encoder, resolution in measured:
+        if not any(m == method and e == encoder and r in (resolution, None) for m, e, r in planned):
+            planned.append((method, encoder, resolution))
+    columns = ["Model", "Input", "Batch", "fps", "fps (paper)", "ours/paper", "Latency b=1 (ms)",
+               "fps / encoder fps", "Size MB", "Size MB (paper)", "Size ours/paper", "Status"]
+    table = Table("complexity", "Complexity: inference speed and model size (Table 6 layout)", columns,
+                  decimals={"fps": 2, "fps (paper)": 1, "ours/paper": 3, "Latency b=1 (ms)": 1,
+                            "fps / encoder fps": 3, "Size MB": 1, "Size MB (paper)": 0, "Size ours/paper": 3})
+    datasets_seen = set()
+    for method, encoder, resolution in planned:
+        candidates = [(key, rec) for key, rec in measured.items()
+                      if key[0] == method and key[1] == encoder and resolution in (None, key[2])]
+        record = candidates[0][1] if candidates else None
+        name = "encoder only" if method == "encoder" else METHOD_NAMES.get(method, method)
+        label = f"{short_name(encoder)} {name}" if method == "encoder" else f"{name}-{short_name(encoder)}"
+        fps_ref = find_reference(references, method, encoder, "fps", resolution=resolution)
+        if record is None:
+            failed = any(r["config"]["method"] == (method if method != "encoder" else "cflow")
+                         and base_encoder(r["config"]["encoder"]) == encoder for r in run.failed)
+            size_ref = find_reference(references, method, encoder, "size_mb_mvtec")
+            table.rows.append([label, resolution, None, None, fps_ref.value if fps_ref else None, None, None, None,
+                               None, size_ref.value if size_ref else None, None, "failed" if failed else "not run"])
+            continue
+        dataset = record["config"]["dataset"]
+        datasets_seen.add(dataset)
+        size_ref = find_reference(references, method, encoder, "size_mb_stc" if dataset == "stc" else "size_mb_mvtec")
+        speed = _row_speed(method, record)
+        size_mb = _row_size_mb(method, record)
+        c = record["config"]
+        input_text = f"{c['resolution']}" if c["resize"] == c["resolution"] else f"{c['resolution']} (of {c['resize']})"
+        table.rows.append([
+            label + row_marks([record]), input_text, speed["batch"], speed["fps"],
+            fps_ref.value if fps_ref else None,
+            speed["fps"] / fps_ref.value if fps_ref and speed["fps"] else None,
+            speed["latency_ms"], speed["ratio"], size_mb, size_ref.value if size_ref else None,
+            size_mb / size_ref.value if size_ref else None, "ok",
+        ])
+    devices = sorted({r["device"]["name"] for r in measured.values()})
+    table.caption = (f"Measured on {', '.join(devices)}; the paper's figures are on a GTX 1080. fps = images / "
+                     "median time of the end-to-end region (network + post-processing, no data loading) at the "
+                     "largest batch measured; encoder rows time the encoder alone. Size counts everything "
+                     "needed to score (MB = 10^6 bytes); the paper's size column is "
+                     f"{'STC' if datasets_seen == {'stc'} else 'MVTec AD'}.")
+    notes = footnotes_for(measured.values())
+    records = list(measured.values())
+    if any(r["device"]["requested"] == "cpu" for r in records):
+        threads = sorted({r["speed"]["torch_threads"] for r in records})
+        notes.append(f"CPU timings ({', '.join(map(str, threads))} torch threads, "
+                     f"{', '.join(sorted({str(r['speed']['iterations']) for r in records}))} timed iterations after "
+                     "warm-up): not comparable with the paper's GPU figures; the fps / encoder fps ratio is.")
+    table.footnotes = [n for n in notes if not n.startswith("Protocol")]
+    return table

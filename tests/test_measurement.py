@@ -1,0 +1,86 @@
+"""Speed and memory measurement: what is timed, what is excluded, and empty-with-a-reason GPU fields."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from bench.memory import PeakMemory
+from bench.speed import measure_speed
+from methods import create_method
+from tests.test_method_contract import batches
+
+ENCODER_S, NETWORK_S, POST_S = 0.01, 0.03, 0.02
+
+
+class Sleepy:
+    """A stand-in method whose stages take known times; its first calls are slow (like a cold cache)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def encoder_(self, images):
+        time.sleep(ENCODER_S)
+
+    def forward_scores(self, images):
+        self.calls += 1
+        time.sleep(0.3 if self.calls <= 2 else NETWORK_S)
+        return images
+
+    def postprocess(self, raw, size):
+        time.sleep(POST_S)
+        return raw, raw
+
+
+def test_regions_measure_known_times_and_skip_warmup():
+    result = measure_speed(Sleepy(), input_size=8, batch_sizes=[2], device="cpu", warmup=1, iterations=6)
+    timings = result["batches"]["2"]
+    assert timings["encoder"]["median_s"] == pytest.approx(ENCODER_S, abs=0.008)
+    assert timings["network"]["median_s"] == pytest.approx(NETWORK_S, abs=0.008)
+    # the second slow call is the first of the end-to-end warm-up, so no timed network call is slow
+    assert timings["network"]["p90_s"] < 0.1
+    assert timings["end_to_end"]["median_s"] == pytest.approx(NETWORK_S + POST_S, abs=0.01)
+    assert timings["network"]["fps"] == pytest.approx(2 / timings["network"]["median_s"])
+    assert timings["ratio_end_to_end_to_encoder"] == pytest.approx(
+        timings["end_to_end"]["fps"] / timings["encoder"]["fps"])
+    assert result["iterations"] == 6 and result["warmup"] == 1 and result["torch_threads"] >= 1
+
+
+def test_post_processing_shows_only_end_to_end():
+    timings = measure_speed(Sleepy(), 8, [1], "cpu", warmup=2, iterations=5)["batches"]["1"]
+    assert timings["end_to_end"]["median_s"] - timings["network"]["median_s"] == pytest.approx(POST_S, abs=0.008)
+
+
+def test_a_real_method_has_every_region(tiny_data):
+    method = create_method("padim", encoder="resnet18", weights="random").fit(batches(tiny_data))
+    timings = measure_speed(method, 64, [2], "cpu", warmup=1, iterations=3)["batches"]["2"]
+    assert timings["encoder"]["median_s"] > 0 and timings["network"]["median_s"] > 0
+    assert set(timings) >= {"encoder", "network", "end_to_end", "ratio_end_to_end_to_encoder"}
+
+
+def test_host_peak_memory_sees_an_allocation():
+    with PeakMemory("cpu") as memory:
+        block = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+        time.sleep(0.1)
+        del block
+    assert memory.result["host_peak_rss_mb"] - memory.result["host_rss_start_mb"] > 150
+
+
+def test_gpu_fields_are_empty_with_a_reason_without_cuda():
+    with PeakMemory("cpu") as memory:
+        pass
+    assert memory.result["gpu_peak_allocated_mb"] is None and memory.result["gpu_device_used_peak_mb"] is None
+    assert memory.result["gpu_reason"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_memory_and_speed_are_measured_on_cuda(tiny_data):
+    with PeakMemory("cuda") as memory:
+        block = torch.ones(64 * 2**20 // 4, device="cuda")
+        del block
+    assert memory.result["gpu_peak_allocated_mb"] >= 64
+    method = create_method("padim", encoder="resnet18", weights="random", device="cuda").fit(batches(tiny_data))
+    timings = measure_speed(method, 64, [4], "cuda", warmup=2, iterations=5)["batches"]["4"]
+    assert timings["end_to_end"]["median_s"] >= timings["network"]["median_s"] * 0.5 > 0
