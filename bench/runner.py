@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import datasets
 import methods
-from bench import __version__, metrics
+from bench import __version__, artifacts, metrics
 from bench.cells import Cell, expand
 from bench.environment import commit_info, device_name, machine_info
 from bench.errors import BenchError
@@ -158,15 +158,18 @@ def build_method(cell: Cell, device: str) -> AnomalyMethod:
 
 
 def compute_metrics(labels: np.ndarray, masks: list[np.ndarray] | np.ndarray, prediction: Prediction,
-                    maps: list[np.ndarray] | np.ndarray) -> dict[str, float | None]:
-    """Detection and localization metrics; pixel metrics only where the test set has defect pixels."""
+                    maps: list[np.ndarray] | np.ndarray) -> tuple[dict[str, float | None], dict[str, float]]:
+    """Detection and localization metrics (pixel ones only where the test set has defect pixels), and the
+    F1-max thresholds (for figures, never for the metrics)."""
     result: dict[str, float | None] = {"image_auroc": metrics.image_auroc(labels, prediction.image_scores)}
-    result["image_f1_max"], _ = metrics.f1_max(labels, prediction.image_scores) if labels.any() else (None, None)
+    thresholds: dict[str, float] = {}
+    if labels.any():
+        result["image_f1_max"], thresholds["image"] = metrics.f1_max(labels, prediction.image_scores)
     if any(m.any() for m in masks):
         result["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
         result["aupro"] = metrics.aupro(masks, maps)
-        result["pixel_f1_max"], _ = metrics.f1_max(masks, maps)
-    return result
+        result["pixel_f1_max"], thresholds["pixel"] = metrics.f1_max(masks, maps)
+    return result, thresholds
 
 
 def original_resolution(source: DatasetSource, test: AnomalyDataset, maps: np.ndarray):
@@ -200,25 +203,29 @@ def base_record(cell: Cell, device: str) -> Record:
     )
 
 
-def run_cell(cell: Cell, source: DatasetSource, device: str) -> Record:
-    """Fit and evaluate one cell; never raises for a problem inside the cell (it is recorded as failed)."""
+def run_cell(cell: Cell, source: DatasetSource, device: str) -> tuple[Record, dict[str, np.ndarray]]:
+    """Fit and evaluate one cell: its record and its artifacts (for figures). Never raises for a problem
+    inside the cell: it is recorded as failed, with the reason."""
     record = base_record(cell, device)
+    arrays: dict[str, np.ndarray] = {}
     try:
-        record.update(_evaluate(cell, source, device))
+        result, arrays = _evaluate(cell, source, device)
+        record.update(result)
         record["status"] = "ok"
     except Exception as exc:  # isolate the cell: the suite goes on
         record["status"] = "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["traceback"] = "".join(traceback.format_exception(exc)[-6:])
     record["finished_at"] = now()
-    return record
+    return record, arrays
 
 
-def _evaluate(cell: Cell, source: DatasetSource, device: str) -> dict[str, Any]:
+def _evaluate(cell: Cell, source: DatasetSource, device: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     seed_everything(cell.seed)
     geometry = Geometry(cell.resize, cell.resolution)
     train = AnomalyDataset(source.samples(cell.class_name, "train"), geometry)
     method = build_method(cell, device)
+    arrays: dict[str, np.ndarray] = {}
     result: dict[str, Any] = {"n_images": {"train": len(train)}, "memory": {}, "timings": {
         "note": "wall clock of fit() and of predict over the test set, data loading included; "
                 "see 'speed' for the timed network/end-to-end regions"}}
@@ -243,7 +250,10 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str) -> dict[str, Any]:
             masks, maps = original_resolution(source, test, prediction.maps)
         else:
             masks, maps = np.stack([test[i]["mask"].numpy() for i in range(len(test))]), prediction.maps
-        result["metrics"] = compute_metrics(labels, masks, prediction, maps)
+        result["metrics"], thresholds = compute_metrics(labels, masks, prediction, maps)
+        chosen = artifacts.qualitative_indices(labels)
+        arrays = artifacts.collect([test.image_u8(i) for i in chosen], labels, [r.defect_type for r in test.refs],
+                                   masks, maps, prediction.image_scores, thresholds.get("pixel"))
 
     if cell.measure.speed:
         batch_sizes, warmup, iterations = cell.measure.on(device)
@@ -261,7 +271,7 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str) -> dict[str, Any]:
         "weights": method.encoder_.weights_info(),
         "dataset": source.describe(),
     })
-    return result
+    return result, arrays
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -315,7 +325,9 @@ def run_suite(suite: Suite, run_dir: Path, options: RunOptions) -> RunSummary:
     bar = progress(todo, f"{suite.name}", total=len(todo), leave=True)
     for cell in bar:
         bar.set_postfix_str(cell.label)
-        record = run_cell(cell, source, options.device)
+        record, arrays = run_cell(cell, source, options.device)
+        if arrays:
+            record["artifacts"] = {"file": artifacts.write(run_dir, record["cell_id"], arrays)}
         append_record(run_dir, record)
         if record["status"] == "ok":
             summary.ok += 1

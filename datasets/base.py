@@ -104,6 +104,10 @@ class AnomalyDataset(torch.utils.data.Dataset):
     def labels(self) -> np.ndarray:
         return np.array([r.label for r in self.refs], dtype=np.int64)
 
+    def image_u8(self, index: int) -> np.ndarray:
+        """The transformed image as (H, W, 3) uint8, for figures."""
+        return self._load(index)[0].permute(1, 2, 0).numpy()
+
 
 class DatasetSource(ABC):
     """A dataset on disk: which classes it has, and the samples of a class split.

@@ -1,17 +1,14 @@
-"""Markdown reports (for READMEs and pull-request comments)."""
+"""Markdown reports (READMEs, pull-request comments), with the figures as PNG files beside them."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from reports.tables import (
-    RunData,
-    Table,
-    accuracy_tables,
-    complexity_table,
-    environment_lines,
-    failures_table,
-)
+from reports.plots import Plot, png_bytes
+from reports.tables import RunData, Table, all_tables, environment_lines
+
+FIGURES_DIR = "figures"
 
 
 def format_cell(value, decimals: int | None) -> str:
@@ -41,25 +38,35 @@ def table_markdown(table: Table) -> str:
     return "\n".join(lines)
 
 
-def tables_for(run: RunData) -> list[Table]:
-    tables = [t for t in [complexity_table(run), *accuracy_tables(run), failures_table(run)] if t is not None]
-    return tables
+def figure_file(plot: Plot) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", plot.key) + ".png"
 
 
-def render(run: RunData) -> str:
+def summary_line(run: RunData) -> str:
+    return (f"{len(run.ok)} cell(s) ok, {len(run.failed)} failed. Every number below comes from `records.jsonl` "
+            "in this folder.")
+
+
+def render(run: RunData, plots: list[Plot]) -> str:
     title = run.info.get("suite", {}).get("name", run.run_dir.name)
     parts = [f"# Report: {title}", ""]
     if run.suite and run.suite.description:
         parts += [run.suite.description, ""]
-    ok, failed = len(run.ok), len(run.failed)
-    parts += [f"{ok} cell(s) ok, {failed} failed. Every number below comes from `records.jsonl` in this folder.", ""]
-    for table in tables_for(run):
+    parts += [summary_line(run), ""]
+    for table in all_tables(run):
         parts += [table_markdown(table), ""]
+    if plots:
+        parts += ["## Figures", ""]
+        parts += [f"![{plot.title}]({FIGURES_DIR}/{figure_file(plot)})\n" for plot in plots]
     parts += ["## Environment", ""] + [f"- {line}" for line in environment_lines(run)] + [""]
     return "\n".join(parts)
 
 
-def write(run: RunData, out_dir: Path) -> Path:
+def write(run: RunData, out_dir: Path, plots: list[Plot]) -> Path:
+    if plots:
+        (out_dir / FIGURES_DIR).mkdir(exist_ok=True)
+        for plot in plots:
+            (out_dir / FIGURES_DIR / figure_file(plot)).write_bytes(png_bytes(plot))
     path = out_dir / "report.md"
-    path.write_text(render(run), encoding="utf-8")
+    path.write_text(render(run, plots), encoding="utf-8")
     return path

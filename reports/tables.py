@@ -281,11 +281,11 @@ def environment_lines(run: RunData) -> list[str]:
 # complexity (the paper's Table 6 layout)
 
 
-def _largest_batch(record: Record) -> str:
+def largest_batch(record: Record) -> str:
     return max(record["speed"]["batches"], key=int)
 
 
-def _speed_rows(run: RunData) -> dict[tuple[str, str, int], Record]:
+def speed_rows(run: RunData) -> dict[tuple[str, str, int], Record]:
     """(row method, encoder, resolution) → the record that measured it; encoder-only rows come from the
     CFLOW cells' encoder timings (their encoder runs every level up to the last)."""
     rows: dict[tuple[str, str, int], Record] = {}
@@ -299,8 +299,8 @@ def _speed_rows(run: RunData) -> dict[tuple[str, str, int], Record]:
     return rows
 
 
-def _row_speed(method: str, record: Record) -> dict[str, float | None]:
-    batch = _largest_batch(record)
+def row_speed(method: str, record: Record) -> dict[str, float | None]:
+    batch = largest_batch(record)
     timings = record["speed"]["batches"][batch]
     region = "encoder" if method == "encoder" else "end_to_end"
     latency = record["speed"]["batches"].get("1", {}).get(region, {}).get("latency_ms")
@@ -308,12 +308,12 @@ def _row_speed(method: str, record: Record) -> dict[str, float | None]:
     return {"batch": int(batch), "fps": timings[region]["fps"], "latency_ms": latency, "ratio": ratio}
 
 
-def _row_size_mb(method: str, record: Record) -> float:
+def row_size_mb(method: str, record: Record) -> float:
     size = record["size"]
     return (size["breakdown_bytes"]["encoder"] if method == "encoder" else size["total_bytes"]) / 1e6
 
 
-def _paper_rows(references: Iterable[Reference]) -> list[tuple[str, str, int | None]]:
+def paper_rows(references: Iterable[Reference]) -> list[tuple[str, str, int | None]]:
     rows: list[tuple[str, str, int | None]] = []
     for ref in references:
         if ref.metric == "fps":
@@ -325,11 +325,11 @@ def _paper_rows(references: Iterable[Reference]) -> list[tuple[str, str, int | N
 
 def complexity_table(run: RunData) -> Table | None:
     """Table 6 layout: fps and model size per model and input, ours beside the paper's, and ours/paper."""
-    measured = _speed_rows(run)
+    measured = speed_rows(run)
     if not measured:
         return None
     references = run.suite.references if run.suite else ()
-    planned = _paper_rows(references)
+    planned = paper_rows(references)
     # measured rows the paper does not have go after its rows
     for method, encoder, resolution in measured:
         if not any(m == method and e == encoder and r in (resolution, None) for m, e, r in planned):
@@ -357,8 +357,8 @@ def complexity_table(run: RunData) -> Table | None:
         dataset = record["config"]["dataset"]
         datasets_seen.add(dataset)
         size_ref = find_reference(references, method, encoder, "size_mb_stc" if dataset == "stc" else "size_mb_mvtec")
-        speed = _row_speed(method, record)
-        size_mb = _row_size_mb(method, record)
+        speed = row_speed(method, record)
+        size_mb = row_size_mb(method, record)
         c = record["config"]
         input_text = f"{c['resolution']}" if c["resize"] == c["resolution"] else f"{c['resolution']} (of {c['resize']})"
         table.rows.append([
@@ -383,3 +383,8 @@ def complexity_table(run: RunData) -> Table | None:
                      "warm-up): not comparable with the paper's GPU figures; the fps / encoder fps ratio is.")
     table.footnotes = [n for n in notes if not n.startswith("Protocol")]
     return table
+
+
+def all_tables(run: RunData) -> list[Table]:
+    """Every table a report shows, in order: complexity, accuracy (mean, per class), failures."""
+    return [t for t in [complexity_table(run), *accuracy_tables(run), failures_table(run)] if t is not None]

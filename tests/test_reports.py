@@ -1,0 +1,196 @@
+"""Reports render only what the records hold: numbers parse back equal, missing metrics stay empty."""
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import artifacts
+from bench.records import append_record
+from reports import write_reports
+
+REFERENCE_SUITE = {
+    "name": "fixed", "version": 1, "description": "fixed records", "weights": "random",
+    "dataset": {"name": "synthetic"},
+    "grid": [{"methods": ["padim", "cflow"], "encoders": ["resnet18"], "resolutions": [64]}],
+    "reference": [{"method": "padim", "encoder": "resnet18", "metric": "pixel_auroc", "value": 96.7,
+                   "source": "PaDiM paper"}],
+}
+METRICS = {
+    ("padim", "a"): {"image_auroc": 0.91234, "pixel_auroc": 0.95, "aupro": 0.8},
+    ("padim", "b"): {"image_auroc": 0.7, "pixel_auroc": 0.85, "aupro": 0.6},
+    ("cflow", "a"): {"image_auroc": 0.6, "pixel_auroc": 0.75},  # no AUPRO: its cell must stay empty
+    ("cflow", "b"): {"image_auroc": 0.8, "pixel_auroc": 0.65},
+}
+
+
+def fake_record(method, class_name, metrics, artifact=None):
+    return {
+        "cell_id": f"synthetic/{class_name}/{method}", "status": "ok", "metrics": metrics,
+        "config": {"dataset": "synthetic", "class": class_name, "method": method, "encoder": "resnet18",
+                   "resolution": 64, "resize": 64, "seed": 0, "weights": "random", "protocol": "strict",
+                   "params": {}, "measure_only": False},
+        "labels": {"random_weights": True, "protocol": "strict", "test_set_dependent": False,
+                   "schedule": "short" if method == "cflow" else None},
+        "size": {"total_bytes": 50_000_000 if method == "padim" else 90_000_000, "breakdown_bytes": {"encoder": 1}},
+        "timings": {"predict_wall_images_per_s": 10.0 if method == "padim" else 4.0},
+        "device": {"name": "CPU: test", "requested": "cpu", "torch_threads": 2},
+        "machine_info": {"torch": "2.x", "gpu": {"nvml": False, "reason": "none"}},
+        "commit_info": {"id": "abc", "short": "abc"},
+        **({"artifacts": {"file": artifact}} if artifact else {}),
+    }
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"suite": {"name": "fixed", "version": 1, "path": "fixed.toml",
+                                                        "raw": REFERENCE_SUITE},
+                                              "command": "bench run --suite fixed", "options": {}}))
+    rng = np.random.default_rng(0)
+    for (method, class_name), metrics in METRICS.items():
+        labels = np.array([0, 0, 1, 1, 1])
+        masks = [np.zeros((16, 16), bool) for _ in labels]
+        for m in masks[2:]:
+            m[4:8, 4:8] = True
+        maps = [rng.random((16, 16)) + 0.5 * m for m in masks]
+        images = [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in artifacts.qualitative_indices(labels)]
+        arrays = artifacts.collect(images, labels, ["good", "good", "x", "x", "x"], masks, maps,
+                                   np.array([0.1, 0.2, 0.5, 0.6, 0.7]), 0.9)
+        path = artifacts.write(run, f"synthetic/{class_name}/{method}", arrays)
+        append_record(run, fake_record(method, class_name, metrics, path))
+    return run
+
+
+def md_rows(text, title):
+    block = text.split(f"### {title}")[1].split("\n### ")[0]
+    lines = [line for line in block.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return header, [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+
+
+class TableParser(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tables, self._cell, self.images = {}, None, []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self._current = self.tables.setdefault(attrs["data-table"], [])
+        elif tag == "tr":
+            self._current.append([])
+        elif tag in ("td", "th"):
+            self._cell = ""
+        elif tag == "img":
+            self.images.append(attrs["src"])
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self._current[-1].append(self._cell.strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def latex_rows(text):
+    body = text.split("\\midrule")[1].split("\\bottomrule")[0]
+    header = text.split("\\toprule")[1].split("\\midrule")[0]
+    split = [[c.strip() for c in line.rstrip("\\ ").split("&")] for line in body.strip().splitlines()]
+    return [c.strip() for c in header.strip().rstrip("\\ ").split("&")], split
+
+
+def expected_cells():
+    """(class, model prefix) → {column: text} from the records, two decimals, % scale."""
+    names = {"padim": "PaDiM-R18", "cflow": "CFLOW-AD-R18"}
+    columns = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO@0.3"}
+    out = {}
+    for (method, class_name), metrics in METRICS.items():
+        out[(class_name, names[method])] = {col: f"{100 * metrics[m]:.2f}" if m in metrics else ""
+                                            for m, col in columns.items()}
+    return out
+
+
+def check_per_class(header, rows):
+    found = 0
+    for row in rows:
+        cells = dict(zip(header, row, strict=True))
+        for (class_name, model), expected in expected_cells().items():
+            if cells["Class"] == class_name and cells["Model"].startswith(model):
+                for column, text in expected.items():
+                    assert cells[column] == text, (class_name, model, column)
+                found += 1
+    assert found == len(METRICS)
+
+
+def test_every_format_shows_the_records_numbers_and_leaves_missing_ones_empty(run_dir):
+    write_reports(run_dir, ["md", "html", "latex"])
+    header, rows = md_rows((run_dir / "report.md").read_text(), "Per class on synthetic (%)")
+    check_per_class(header, rows)
+
+    parser = TableParser()
+    parser.feed((run_dir / "report.html").read_text())
+    table = parser.tables["per-class-synthetic"]
+    check_per_class(table[0], table[1:])
+
+    header, rows = latex_rows((run_dir / "latex/per-class-synthetic.tex").read_text())
+    check_per_class(header, [[re.sub(r"\\text(dagger|daggerdbl)\{\}|\\S\{\}", "", c) for c in r] for r in rows])
+
+
+def test_mean_row_sits_beside_the_paper_number_with_its_difference(run_dir):
+    write_reports(run_dir, ["md"])
+    header, rows = md_rows((run_dir / "report.md").read_text(), "Accuracy on synthetic (mean over classes, %)")
+    padim = dict(zip(header, next(r for r in rows if r[0].startswith("PaDiM")), strict=True))
+    assert padim["Pixel AUROC"] == "90.00" and padim["Pixel AUROC (paper)"] == "96.70" and padim["Δ"] == "-6.70"
+    cflow = dict(zip(header, next(r for r in rows if r[0].startswith("CFLOW")), strict=True))
+    assert cflow["AUPRO@0.3"] == "" and cflow["Pixel AUROC (paper)"] == ""
+    text = (run_dir / "report.md").read_text()
+    assert "† random encoder weights" in text and "§ short training schedule" in text
+    assert "Paper numbers as published (PaDiM paper)" in text
+
+
+def test_html_is_self_contained(run_dir):
+    write_reports(run_dir, ["html"])
+    text = (run_dir / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["'](https?:)?//""", text)  # nothing fetched from the network
+    assert "<nav>" in text and 'href="#environment"' in text
+    parser = TableParser()
+    parser.feed(text)
+    assert parser.images and all(src.startswith("data:image/png;base64,") for src in parser.images)
+
+
+def test_latex_is_balanced_and_escaped(run_dir):
+    write_reports(run_dir, ["latex"])
+    for path in (run_dir / "latex").glob("*.tex"):
+        text = path.read_text()
+        body = re.sub(r"\\[{}%$#_&]", "", text)
+        assert body.count("{") == body.count("}"), path.name
+        assert text.count("\\begin{") == text.count("\\end{")
+        for line in (line for line in text.splitlines() if not line.startswith("%")):
+            plain = re.sub(r"\$\\[A-Za-z]+\$", "", re.sub(r"\\[%&_#$]", "", line)).replace(" & ", " ")
+            assert not re.search(r"[%&_#$]", plain), line
+        assert all(ord(ch) < 128 for ch in text), path.name
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no TeX engine (pdflatex) on this machine")
+def test_latex_compiles(run_dir, tmp_path):
+    write_reports(run_dir, ["latex"])
+    inputs = "\n".join(f"\\input{{{p}}}" for p in sorted((run_dir / "latex").glob("*.tex")))
+    doc = tmp_path / "doc.tex"
+    doc.write_text(f"\\documentclass{{article}}\\usepackage{{booktabs}}\\begin{{document}}{inputs}\\end{{document}}")
+    result = subprocess.run(["pdflatex", "-interaction=nonstopmode", doc.name], cwd=tmp_path, capture_output=True)
+    assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_report_without_artifacts_still_renders(run_dir):
+    shutil.rmtree(run_dir / "artifacts")
+    paths = write_reports(run_dir, ["md", "html"])
+    assert all(Path(p).is_file() for p in paths)
