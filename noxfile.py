@@ -1,4 +1,6 @@
-"""Developer sessions: tests, lint, smoke."""
+"""Developer sessions: tests, lint, smoke, regression, benchmarks."""
+
+import tempfile
 
 import nox
 
@@ -24,3 +26,19 @@ def smoke(session: nox.Session) -> None:
     """The smoke suite on generated data, into a fresh run folder."""
     session.install("-e", ".")
     session.run("bench", "run", "--suite", "smoke", *session.posargs)
+
+
+@nox.session
+def regression(session: nox.Session) -> None:
+    """Run the smoke suite and compare it with the committed CPU baseline (exit 1 on a regression)."""
+    session.install("-e", ".")
+    run_dir = tempfile.mkdtemp(prefix="anobench-regression-") + "/smoke"
+    session.run("bench", "run", "--suite", "smoke", "--device", "cpu", "--out", run_dir, "--no-report")
+    session.run("bench", "compare", run_dir, "smoke-cpu", "--format", "md", *session.posargs)
+
+
+@nox.session
+def benchmarks(session: nox.Session) -> None:
+    """Micro-benchmarks, saved for --benchmark-compare (pass pytest-benchmark options after --)."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "pytest", "tests/benchmarks", "--benchmark-autosave", *session.posargs)

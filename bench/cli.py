@@ -16,6 +16,7 @@ import click
 import datasets
 import methods
 import reports
+from bench import compare as compare_module
 from bench.environment import resolve_device
 from bench.errors import BenchError
 from bench.runner import RUN_FILE, RunOptions, check_names, next_run_dir, recorded_run, run_suite
@@ -82,6 +83,52 @@ def report_command(run_dir: Path, formats: str) -> None:
     """Render the reports of a run folder from its records."""
     for path in reports.write_reports(run_dir, [f.strip() for f in formats.split(",") if f.strip()]):
         click.echo(str(path))
+
+
+@cli.command("compare")
+@click.argument("new")
+@click.argument("baseline")
+@click.option("--tolerance-pp", default=0.5, show_default=True, help="Allowed accuracy drop, percentage points.")
+@click.option("--metric-tolerance", multiple=True, metavar="METRIC=PP", help="Per-metric drop, e.g. aupro=1.0.")
+@click.option("--speed-tolerance", default=15.0, show_default=True, help="Allowed speed drop, percent.")
+@click.option("--strict", is_flag=True, help="Cells present on one side only are a failure too.")
+@click.option("--format", "fmt", type=click.Choice(sorted(compare_module.RENDERERS)), default="text",
+              show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), help="Also write the summary to this file.")
+def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_tolerance, strict, fmt, output):
+    """Compare NEW with BASELINE (run folders, records files or stored baseline names): exit 1 on a
+    regression, 2 on unusable input."""
+    tolerances = {}
+    for item in metric_tolerance:
+        metric, _, value = item.partition("=")
+        if metric not in compare_module.ACCURACY_METRICS or not value:
+            raise BenchError(f"--metric-tolerance {item!r} must be METRIC=PP with METRIC one of "
+                             f"{', '.join(compare_module.ACCURACY_METRICS)}.")
+        tolerances[metric] = float(value)
+    result = compare_module.compare(compare_module.load_cells(new), compare_module.load_cells(baseline),
+                                    tolerance_pp=tolerance_pp, metric_tolerances=tolerances,
+                                    speed_tolerance_pct=speed_tolerance)
+    text = compare_module.RENDERERS[fmt](result)
+    click.echo(text)
+    if output:
+        output.write_text(text + "\n", encoding="utf-8")
+    if result.regressions or (strict and (result.only_new or result.only_baseline)):
+        sys.exit(1)
+
+
+@cli.group()
+def baseline() -> None:
+    """Stored baselines for regression checks."""
+
+
+@baseline.command("save")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("name")
+@click.option("--dir", "folder", type=click.Path(path_type=Path), default=compare_module.BASELINES_DIR,
+              show_default=True, help="Where baselines are stored (committed with the code).")
+def baseline_save(run_dir: Path, name: str, folder: Path) -> None:
+    """Store RUN_DIR's records (without artifacts) as baseline NAME."""
+    click.echo(str(compare_module.save_baseline(run_dir, name, folder)))
 
 
 @cli.command("list")

@@ -40,6 +40,7 @@ class Record(TypedDict, total=False):
     dataset: dict[str, Any]  # the source as opened on this machine (root path, generator parameters)
     method_params: dict[str, Any]  # get_params() of the fitted method, defaults included
     fit_stats: dict[str, Any]  # what training did (steps, fibers/s, losses)
+    feature_cache: dict[str, Any]  # encoder batches served from the run's feature cache (hits) or computed
     device: dict[str, Any]
     artifacts: dict[str, str]
     machine_info: dict[str, Any]

@@ -39,6 +39,7 @@ from bench.suites import DatasetSpec, Suite, parse_suite
 from datasets import AnomalyDataset, DatasetSource, Geometry
 from methods.base import AnomalyMethod, Prediction
 from methods.encoders import check_encoder_name
+from methods.feature_cache import FeatureCache
 
 RUN_FILE = "run.json"
 MB, MIB = 1e6, 2**20
@@ -52,6 +53,7 @@ class RunOptions:
     dataset: str | None = None  # overrides the suite's dataset (its options then do not apply)
     classes: tuple[str, ...] | None = None  # overrides the suite's classes
     retry_failed: bool = False
+    feature_cache_mb: int = 4096  # encoder features shared between the cells of a run (0: off)
     allow_random: bool = False  # permits random weights in suites that reproduce published numbers
     command: str = ""
 
@@ -203,13 +205,14 @@ def base_record(cell: Cell, device: str) -> Record:
     )
 
 
-def run_cell(cell: Cell, source: DatasetSource, device: str) -> tuple[Record, dict[str, np.ndarray]]:
+def run_cell(cell: Cell, source: DatasetSource, device: str,
+             cache: FeatureCache | None = None) -> tuple[Record, dict[str, np.ndarray]]:
     """Fit and evaluate one cell: its record and its artifacts (for figures). Never raises for a problem
     inside the cell: it is recorded as failed, with the reason."""
     record = base_record(cell, device)
     arrays: dict[str, np.ndarray] = {}
     try:
-        result, arrays = _evaluate(cell, source, device)
+        result, arrays = _evaluate(cell, source, device, cache or FeatureCache(0))
         record.update(result)
         record["status"] = "ok"
     except Exception as exc:  # isolate the cell: the suite goes on
@@ -220,19 +223,30 @@ def run_cell(cell: Cell, source: DatasetSource, device: str) -> tuple[Record, di
     return record, arrays
 
 
-def _evaluate(cell: Cell, source: DatasetSource, device: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _counted(cache: FeatureCache, work):
+    """Run ``work()`` with the feature cache active; return its result and the cache hits/misses it caused."""
+    before = cache.counters()
+    with cache.active():
+        value = work()
+    after = cache.counters()
+    return value, {k: after[k] - before[k] for k in after}
+
+
+def _evaluate(cell: Cell, source: DatasetSource, device: str,
+              cache: FeatureCache) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     seed_everything(cell.seed)
     geometry = Geometry(cell.resize, cell.resolution)
     train = AnomalyDataset(source.samples(cell.class_name, "train"), geometry)
     method = build_method(cell, device)
     arrays: dict[str, np.ndarray] = {}
-    result: dict[str, Any] = {"n_images": {"train": len(train)}, "memory": {}, "timings": {
+    result: dict[str, Any] = {"n_images": {"train": len(train)}, "memory": {}, "feature_cache": {}, "timings": {
         "note": "wall clock of fit() and of predict over the test set, data loading included; "
                 "see 'speed' for the timed network/end-to-end regions"}}
 
     with PeakMemory(device) as memory:
         start = time.perf_counter()
-        method.fit(ImageBatches(train, cell.batch_size, shuffle_seed=cell.seed))
+        _, result["feature_cache"]["fit"] = _counted(
+            cache, lambda: method.fit(ImageBatches(train, cell.batch_size, shuffle_seed=cell.seed)))
         result["timings"]["fit_s"] = time.perf_counter() - start
     result["memory"]["fit"] = memory.result
 
@@ -240,7 +254,8 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str) -> tuple[dict[str,
         test = AnomalyDataset(source.samples(cell.class_name, "test"), geometry)
         with PeakMemory(device) as memory:
             start = time.perf_counter()
-            prediction = method.predict_dataset(ImageBatches(test, cell.batch_size))
+            prediction, result["feature_cache"]["predict"] = _counted(
+                cache, lambda: method.predict_dataset(ImageBatches(test, cell.batch_size)))
             predict_s = time.perf_counter() - start
         result["memory"]["predict"] = memory.result
         result["timings"].update(predict_s=predict_s, predict_wall_images_per_s=len(test) / predict_s)
@@ -316,6 +331,7 @@ def run_suite(suite: Suite, run_dir: Path, options: RunOptions) -> RunSummary:
     else:
         _write_run_file(run_dir, suite, cells, options)
 
+    cache = FeatureCache(options.feature_cache_mb * 2**20)
     done = latest_by_cell(read_records(run_dir))
     todo = [c for c in cells if c.cell_id not in done
             or (options.retry_failed and done[c.cell_id].get("status") != "ok")]
@@ -325,7 +341,7 @@ def run_suite(suite: Suite, run_dir: Path, options: RunOptions) -> RunSummary:
     bar = progress(todo, f"{suite.name}", total=len(todo), leave=True)
     for cell in bar:
         bar.set_postfix_str(cell.label)
-        record, arrays = run_cell(cell, source, options.device)
+        record, arrays = run_cell(cell, source, options.device, cache)
         if arrays:
             record["artifacts"] = {"file": artifacts.write(run_dir, record["cell_id"], arrays)}
         append_record(run_dir, record)

@@ -23,6 +23,7 @@ from torch import nn
 
 from bench.errors import BenchError, unknown_name
 from bench.registry import Registry
+from methods.feature_cache import active_cache
 
 Level = int | str
 
@@ -118,6 +119,7 @@ class Encoder(nn.Module):
         self.name = name
         self.levels = tuple(levels)
         self.weights = weights
+        self.seed = seed
         if all(isinstance(level, int) for level in self.levels):
             self.body = _create(name, weights, seed, features_only=True, out_indices=self.levels)
             config_source = self.body
@@ -142,7 +144,7 @@ class Encoder(nn.Module):
         size = 64
         while True:
             try:
-                feats = self(torch.zeros(1, 3, size, size))
+                feats = self._compute(torch.zeros(1, 3, size, size))
                 break
             except RuntimeError:
                 if size >= 512:
@@ -151,6 +153,17 @@ class Encoder(nn.Module):
         return [f.shape[1] for f in feats], [size // f.shape[-1] for f in feats]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        cache = active_cache()
+        if cache is None:
+            return self._compute(images)
+        return cache.features(self.identity, self.levels, images, self._compute)
+
+    @property
+    def identity(self) -> tuple:
+        """What determines this encoder's outputs besides its levels (the feature cache's key)."""
+        return (self.name, self.weights, self.seed if self.weights == "random" else None)
+
+    def _compute(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = (images - self.mean) / self.std
         out = self.body(x)
         return list(out.values()) if isinstance(out, dict) else list(out)

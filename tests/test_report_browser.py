@@ -13,7 +13,7 @@ from reports import write_reports
 from tests.conftest import REPO
 from tests.test_reports import run_dir  # noqa: F401  (the fixture: fixed records with artifacts)
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium)")
 

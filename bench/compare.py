@@ -1,0 +1,188 @@
+"""Regression checks: a new run against a baseline, cell by cell.
+
+Cells match by ``cell_id``, which is derived from the configuration only (dataset, class, method and
+parameters, encoder, resolution, seed, weights, protocol): environment fields never split or join cells,
+a change of resolution is another cell.
+
+- Accuracy: a drop of more than a tolerance in percentage points is a regression (direction from
+  ``METRIC_INFO``).
+- Speed: the method/encoder fps ratio measured within each run is compared always (it survives a change of
+  machine); absolute fps only when both runs name the same device. Tolerance in percent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.metrics import METRIC_INFO
+from bench.records import Record, latest_by_cell, read_records, records_path
+
+ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+BASELINES_DIR = Path(__file__).resolve().parent / "baselines"
+
+
+@dataclass
+class Check:
+    cell_id: str
+    check: str  # metric name, "fps_ratio@B" or "fps@B"
+    baseline: float
+    new: float
+    delta: float  # pp for accuracy, % for speed
+    unit: str
+    limit: float
+    regression: bool
+
+
+@dataclass
+class Comparison:
+    checks: list[Check] = field(default_factory=list)
+    only_new: list[str] = field(default_factory=list)
+    only_baseline: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Check]:
+        return [c for c in self.checks if c.regression]
+
+
+def resolve_baseline(location: str) -> Path:
+    """A run folder, a records file, or the name of a stored baseline (``bench/baselines/NAME.jsonl``)."""
+    path = Path(location)
+    if path.exists():
+        return path
+    stored = BASELINES_DIR / f"{location}.jsonl"
+    if stored.is_file():
+        return stored
+    names = sorted(p.stem for p in BASELINES_DIR.glob("*.jsonl"))
+    raise BenchError(f"{location} is neither a run folder, a records file nor a stored baseline; stored "
+                     f"baselines: {', '.join(names) or 'none'}.")
+
+
+def load_cells(location: str | Path) -> dict[str, Record]:
+    """The last successful record of each cell; one sentence if there is nothing usable."""
+    path = records_path(resolve_baseline(str(location)))
+    if not path.is_file():
+        raise BenchError(f"{path} does not exist; pass a run folder or its records.jsonl.")
+    try:
+        records = read_records(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{path} cannot be read ({exc}); pass a records.jsonl written by bench run.") from None
+    if not records or not all(isinstance(r, dict) and "cell_id" in r for r in records):
+        raise BenchError(f"{path} holds no records; pass a records.jsonl written by bench run.")
+    return {k: r for k, r in latest_by_cell(records).items() if r.get("status") == "ok"}
+
+
+def _speed_entries(record: Record) -> dict[str, tuple[float | None, float | None]]:
+    """batch → (end-to-end/encoder fps ratio, end-to-end fps)."""
+    batches = record.get("speed", {}).get("batches", {})
+    return {b: (t.get("ratio_end_to_end_to_encoder"), t["end_to_end"]["fps"]) for b, t in batches.items()}
+
+
+def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp: float = 0.5,
+            metric_tolerances: dict[str, float] | None = None, speed_tolerance_pct: float = 15.0) -> Comparison:
+    common = [cid for cid in baseline if cid in new]
+    if not common:
+        raise BenchError("The new run and the baseline have no cell in common (different suite, data, "
+                         "resolution or parameters?); nothing to compare.")
+    result = Comparison(only_new=sorted(set(new) - set(baseline)), only_baseline=sorted(set(baseline) - set(new)))
+    tolerances = metric_tolerances or {}
+    devices_differ = False
+    for cid in common:
+        a, b = baseline[cid], new[cid]
+        for metric in ACCURACY_METRICS:
+            old_value, new_value = a.get("metrics", {}).get(metric), b.get("metrics", {}).get(metric)
+            if old_value is None or new_value is None:
+                continue
+            sign = 1 if METRIC_INFO[metric].higher_is_better else -1
+            delta = 100 * (new_value - old_value)
+            limit = tolerances.get(metric, tolerance_pp)
+            result.checks.append(Check(cid, metric, 100 * old_value, 100 * new_value, delta, "pp", limit,
+                                       sign * delta < -limit))
+        same_device = a.get("device", {}).get("name") == b.get("device", {}).get("name")
+        devices_differ |= not same_device
+        old_speed, new_speed = _speed_entries(a), _speed_entries(b)
+        for batch in sorted(set(old_speed) & set(new_speed), key=int):
+            pairs = [(f"fps_ratio@{batch}", old_speed[batch][0], new_speed[batch][0])]
+            if same_device:
+                pairs.append((f"fps@{batch}", old_speed[batch][1], new_speed[batch][1]))
+            for name, old_value, new_value in pairs:
+                if not old_value or new_value is None:
+                    continue
+                change = 100 * (new_value / old_value - 1)
+                result.checks.append(Check(cid, name, old_value, new_value, change, "%", speed_tolerance_pct,
+                                           change < -speed_tolerance_pct))
+    if devices_differ:
+        result.notes.append("Some cells ran on different devices: absolute fps not compared for them, only the "
+                            "method/encoder fps ratio measured within each run.")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# output
+
+
+def _row(check: Check) -> list[str]:
+    digits = 3 if check.check.startswith("fps_ratio") else 2
+    return [check.cell_id, check.check, f"{check.baseline:.{digits}f}", f"{check.new:.{digits}f}",
+            f"{check.delta:+.2f} {check.unit}", f"-{check.limit:g} {check.unit}",
+            "REGRESSION" if check.regression else "ok"]
+
+
+HEADER = ["cell", "check", "baseline", "new", "change", "allowed", "verdict"]
+
+
+def render_text(result: Comparison) -> str:
+    rows = [HEADER] + [_row(c) for c in result.checks]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines += _tail(result)
+    return "\n".join(lines)
+
+
+def render_markdown(result: Comparison) -> str:
+    verdict = (f"**{len(result.regressions)} regression(s)**" if result.regressions
+               else "**No regression**")
+    lines = [f"### anobench comparison: {verdict} in {len(result.checks)} check(s)", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    ordered = sorted(result.checks, key=lambda c: not c.regression)
+    lines += ["| " + " | ".join(_row(c)) + " |" for c in ordered]
+    return "\n".join(lines + [""] + _tail(result))
+
+
+def render_json(result: Comparison) -> str:
+    return json.dumps({"regressions": len(result.regressions), "checks": [asdict(c) for c in result.checks],
+                       "only_new": result.only_new, "only_baseline": result.only_baseline,
+                       "notes": result.notes}, indent=1)
+
+
+def _tail(result: Comparison) -> list[str]:
+    lines = []
+    if result.only_new:
+        lines.append(f"Only in the new run ({len(result.only_new)}): " + ", ".join(result.only_new))
+    if result.only_baseline:
+        lines.append(f"Only in the baseline ({len(result.only_baseline)}): " + ", ".join(result.only_baseline))
+    return lines + result.notes
+
+
+RENDERERS = {"text": render_text, "md": render_markdown, "json": render_json}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# baselines
+
+COMPACT_DROP = ("artifacts", "traceback", "memory", "method_params", "fit_stats")
+
+
+def save_baseline(run_dir: str | Path, name: str, folder: Path = BASELINES_DIR) -> Path:
+    """Store a run's successful records without artifacts or bulky fields, as ``<folder>/<name>.jsonl``."""
+    cells = load_cells(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for record in cells.values():
+            compact = {k: v for k, v in record.items() if k not in COMPACT_DROP}
+            f.write(json.dumps(compact, sort_keys=True) + "\n")
+    return path

@@ -1,0 +1,105 @@
+import copy
+import json
+
+import pytest
+
+from bench.cells import Cell
+from bench.compare import compare, load_cells, save_baseline
+from bench.errors import BenchError
+from bench.records import append_record
+from tests.conftest import run_bench
+
+
+def record(resolution=128, image_auroc=0.9, ratio=0.5, fps=20.0, device="CPU: a", host="a", class_name="disc"):
+    cell = Cell(suite="smoke", dataset="synthetic", class_name=class_name, method="padim", encoder="resnet18",
+                resolution=resolution, resize=resolution, seed=0, weights="random", protocol="strict",
+                metrics_resolution="input", batch_size=16)
+    return {
+        "cell_id": cell.cell_id, "config": cell.config(), "status": "ok",
+        "metrics": {"image_auroc": image_auroc, "pixel_auroc": 0.95, "aupro": 0.8},
+        "speed": {"batches": {"8": {"end_to_end": {"fps": fps}, "encoder": {"fps": fps / ratio},
+                                    "ratio_end_to_end_to_encoder": ratio}}},
+        "device": {"name": device}, "machine_info": {"hostname": host, "torch": "x"},
+    }
+
+
+def cells(*records):
+    return {r["cell_id"]: r for r in records}
+
+
+def test_accuracy_drop_of_one_point_fails_and_a_fifth_of_a_point_passes():
+    base = cells(record(image_auroc=0.90))
+    assert [c.check for c in compare(cells(record(image_auroc=0.89)), base).regressions] == ["image_auroc"]
+    assert compare(cells(record(image_auroc=0.898)), base).regressions == []
+    assert compare(cells(record(image_auroc=0.95)), base).regressions == []  # an improvement
+    loose = compare(cells(record(image_auroc=0.89)), base, metric_tolerances={"image_auroc": 1.5})
+    assert loose.regressions == []
+
+
+def test_speed_ratio_drop_of_thirty_percent_fails_and_five_percent_passes():
+    base = cells(record(ratio=0.5))
+    slow = compare(cells(record(ratio=0.35)), base)
+    assert [c.check for c in slow.regressions] == ["fps_ratio@8"]
+    assert compare(cells(record(ratio=0.475)), base).regressions == []
+
+
+def test_absolute_fps_only_compared_on_the_same_device():
+    base = cells(record(fps=20.0, device="GPU: H200"))
+    other_machine = compare(cells(record(fps=5.0, device="CPU: laptop")), base)
+    assert other_machine.regressions == [] and "different devices" in other_machine.notes[0]
+    assert not any(c.check.startswith("fps@") for c in other_machine.checks)
+    same_machine = compare(cells(record(fps=5.0, device="GPU: H200")), base)
+    assert [c.check for c in same_machine.regressions] == ["fps@8"]
+
+
+def test_matching_ignores_environment_but_not_configuration():
+    base = cells(record(host="a"))
+    assert len(compare(cells(record(host="b", device="CPU: b")), base).checks) > 0  # same cell on another host
+    changed = cells(record(resolution=256), record(class_name="other"))
+    with pytest.raises(BenchError, match="no cell in common"):
+        compare(changed, base)
+    partial = compare(cells(record(), record(resolution=256)), base)
+    assert len(partial.only_new) == 1 and partial.only_baseline == []
+
+
+def write_run(path, *records):
+    path.mkdir(parents=True)
+    for r in records:
+        append_record(path, r)
+    return path
+
+
+def test_cli_exit_codes(tmp_path):
+    base = write_run(tmp_path / "base", record())
+    same = write_run(tmp_path / "same", copy.deepcopy(record()))
+    worse = write_run(tmp_path / "worse", record(image_auroc=0.85))
+    unrelated = write_run(tmp_path / "unrelated", record(resolution=64))
+    (tmp_path / "garbage.jsonl").write_text("not json\n")
+
+    assert run_bench("compare", str(same), str(base)).returncode == 0
+    result = run_bench("compare", str(worse), str(base), "--format", "md")
+    assert result.returncode == 1 and "REGRESSION" in result.stdout and "regression(s)" in result.stdout
+    result = run_bench("compare", str(unrelated), str(base))
+    assert result.returncode == 2 and "no cell in common" in result.stderr and "Traceback" not in result.stderr
+    result = run_bench("compare", str(tmp_path / "garbage.jsonl"), str(base))
+    assert result.returncode == 2 and "holds no records" in result.stderr
+    result = run_bench("compare", str(same), str(base), "--format", "json")
+    assert json.loads(result.stdout)["regressions"] == 0
+    partial = write_run(tmp_path / "partial", record(), record(resolution=64))
+    assert run_bench("compare", str(partial), str(base)).returncode == 0
+    assert run_bench("compare", str(partial), str(base), "--strict").returncode == 1
+
+
+def test_saved_baseline_is_compact_and_comparable(tmp_path):
+    full = record()
+    full.update(artifacts={"file": "artifacts/x.npz"}, traceback="", memory={"fit": {}})
+    run = write_run(tmp_path / "run", full)
+    path = save_baseline(run, "mine", tmp_path / "baselines")
+    stored = json.loads(path.read_text())
+    assert "artifacts" not in stored and "memory" not in stored and stored["metrics"] == full["metrics"]
+    assert compare(load_cells(run), load_cells(path)).regressions == []
+
+
+def test_the_committed_smoke_baseline_loads():
+    baseline = load_cells("smoke-cpu")
+    assert baseline and all(r["config"]["dataset"] == "synthetic" for r in baseline.values())
