@@ -19,7 +19,17 @@ import reports
 from bench import compare as compare_module
 from bench.environment import resolve_device
 from bench.errors import BenchError
-from bench.runner import RUN_FILE, RunOptions, check_names, next_run_dir, recorded_run, run_suite
+from bench.executors import make_executor
+from bench.planning import format_plan
+from bench.runner import (
+    RUN_FILE,
+    RunOptions,
+    check_names,
+    memory_plans,
+    next_run_dir,
+    recorded_run,
+    run_suite,
+)
 from bench.suites import available_suites, load_suite
 from datasets.synthetic import CLASSES as SYNTH_CLASSES
 from datasets.synthetic import SynthSpec, write_dataset
@@ -48,8 +58,18 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--allow-random", is_flag=True, help="Allow --weights random in suites that reproduce papers.")
 @click.option("--retry-failed", is_flag=True, help="Run again cells whose record says failed.")
 @click.option("--suite-path", multiple=True, type=click.Path(), help="Extra folder of suite files.")
+@click.option("--protocol", type=click.Choice(["strict", "paper"]), help="Override the suite's scoring protocol.")
+@click.option("--metrics-resolution", type=click.Choice(["input", "original"]),
+              help="Evaluate maps at the input resolution or at each image's original resolution.")
+@click.option("--feature-cache-mb", default=4096, show_default=True, help="Encoder features shared between cells.")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the cells and their memory estimates; run nothing.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run cells here one by one, or as Ray tasks across GPUs and nodes.")
+@click.option("--address", help="Ray cluster to join (e.g. auto); without it a local Ray instance is started.")
+@click.option("--cpus-per-cell", default=1.0, show_default=True, help="CPUs a Ray task asks for.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the reports at the end.")
-def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed, suite_path, report):
+def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed, suite_path,
+        protocol, metrics_resolution, feature_cache_mb, plan_only, executor, address, cpus_per_cell, report):
     """Run a suite: every cell of its grid, one record each, then the report."""
     resuming = out is not None and (out / RUN_FILE).is_file()
     if suite_name is None and not resuming:
@@ -63,9 +83,13 @@ def run(suite_name, data_root, dataset, classes, device, out, weights, allow_ran
                          weights=weights, dataset=dataset,
                          classes=tuple(c.strip() for c in classes.split(",")) if classes else None,
                          retry_failed=retry_failed, allow_random=allow_random or stored.get("allow_random", False),
-                         command=shlex.join(["bench", *sys.argv[1:]]))
+                         protocol=protocol, metrics_resolution=metrics_resolution,
+                         feature_cache_mb=feature_cache_mb, command=shlex.join(["bench", *sys.argv[1:]]))
+    if plan_only:
+        click.echo(format_plan(memory_plans(suite, options), options.device))
+        return
     click.echo(f"Suite {suite.name} → {run_dir} (device {options.device})", err=True)
-    summary = run_suite(suite, run_dir, options)
+    summary = run_suite(suite, run_dir, options, make_executor(executor, address, cpus_per_cell))
     if report:
         for path in reports.write_reports(run_dir):
             click.echo(f"Report: {path}")

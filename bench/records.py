@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 
 SCHEMA_VERSION = 1
 RECORDS_FILE = "records.jsonl"
+RUN_FILE = "run.json"  # beside the records: the suite as resolved, the plan, the command
 
 
 class Record(TypedDict, total=False):

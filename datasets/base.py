@@ -26,12 +26,16 @@ class DatasetError(BenchError):
 
 @dataclass(frozen=True)
 class SampleRef:
-    """Where one sample lives and what it is; label 1 means anomalous."""
+    """Where one sample lives and what it is; label 1 means anomalous.
+
+    ``mask_frame`` is set when the mask is one frame of a (T, H, W) ``.npy`` array (video datasets).
+    """
 
     image_path: Path
     mask_path: Path | None
     label: int
     defect_type: str
+    mask_frame: int | None = None
 
 
 @dataclass(frozen=True)
@@ -55,12 +59,16 @@ def read_image(path: Path) -> Image.Image:
         raise DatasetError(f"Cannot read image {path} ({exc}); replace or remove the file.") from None
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Read a mask as a boolean array (values of 128 and above are defect)."""
+def read_mask(ref: SampleRef) -> np.ndarray:
+    """A sample's mask as a boolean array: an image (values of 128 and above are defect) or one frame of a
+    ``.npy`` stack (non-zero is defect, read through a memory map)."""
+    path = ref.mask_path
     try:
+        if ref.mask_frame is not None:
+            return np.asarray(np.load(path, mmap_mode="r")[ref.mask_frame]) > 0
         with Image.open(path) as img:
             return np.asarray(img.convert("L")) >= 128
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, ValueError, IndexError, UnidentifiedImageError) as exc:
         raise DatasetError(f"Cannot read mask {path} ({exc}); replace or remove the file.") from None
 
 
@@ -86,7 +94,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
             image = TF.center_crop(TF.resize(read_image(ref.image_path), [g.resize, g.resize]), [g.crop, g.crop])
             image_u8 = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
             if ref.mask_path is not None:
-                mask = Image.fromarray(read_mask(ref.mask_path).astype(np.uint8) * 255)
+                mask = Image.fromarray(read_mask(ref).astype(np.uint8) * 255)
                 mask = TF.center_crop(TF.resize(mask, [g.resize, g.resize], TF.InterpolationMode.NEAREST),
                                       [g.crop, g.crop])
                 mask_u8 = torch.from_numpy((np.asarray(mask) >= 128).astype(np.uint8))
@@ -131,7 +139,7 @@ class DatasetSource(ABC):
     def original_mask(self, ref: SampleRef) -> np.ndarray:
         """The ground truth at the image's original resolution (zeros for a defect-free image)."""
         if ref.mask_path is not None:
-            return read_mask(ref.mask_path)
+            return read_mask(ref)
         with Image.open(ref.image_path) as img:
             return np.zeros((img.height, img.width), dtype=bool)
 

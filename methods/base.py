@@ -28,7 +28,7 @@ import torch
 
 from bench.errors import NotFittedError
 from bench.registry import Registry
-from methods.encoders import Encoder, Level
+from methods.encoders import Encoder, EncoderGeometry, Level
 
 SAVE_FORMAT = 1
 
@@ -119,6 +119,15 @@ class AnomalyMethod(ABC):
     def predict_dataset(self, batches: Iterable[torch.Tensor]) -> Prediction:
         """Score a whole test set batch by batch (methods whose protocol normalizes over the set override)."""
         return Prediction.concatenate([self.predict(b) for b in batches])
+
+    # -- memory plan -----------------------------------------------------------------------------------
+
+    def memory_estimate(self, geometry: EncoderGeometry, n_train: int, batch_size: int) -> dict[str, int]:
+        """Bytes by part that fitting and scoring will hold at their peak (a plan, not a measurement):
+        the learned state and the largest working buffers. Subclasses add their own parts."""
+        return {"encoder": geometry.weight_bytes,
+                "batch_features": batch_size * sum(c * h * w for c, (h, w) in
+                                                   zip(geometry.channels, geometry.sizes, strict=True)) * 4}
 
     # -- size ------------------------------------------------------------------------------------------
 

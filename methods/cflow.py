@@ -192,6 +192,16 @@ class CFlow(AnomalyMethod):
         return {"schedule": "paper" if full else "short", "inference_autocast_bf16": self._use_autocast(),
                 "inference_compiled": self.compile and self.device.startswith("cuda")}
 
+    def memory_estimate(self, geometry, n_train: int, batch_size: int) -> dict[str, int]:
+        decoders, activations = 0, 0
+        for c, (h, w) in zip(geometry.channels, geometry.sizes, strict=True):
+            width = c - c // 2 + self.condition_dims
+            block = width * 2 * width + 2 * width * c + 2 * c * c  # subnet weights and the permutation matrices
+            decoders += self.coupling_blocks * block * 4
+            activations = max(activations, batch_size * h * w * 2 * width * 4 * 3)  # one level in one pass
+        return {**super().memory_estimate(geometry, n_train, batch_size), "decoders": 4 * decoders,  # + Adam
+                "level_pass": activations}
+
     # -- building ----------------------------------------------------------------------------------------
 
     def _build_decoders(self) -> nn.ModuleList:

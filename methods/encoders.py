@@ -9,9 +9,11 @@ strides come from the model, never from tables. Weights are ``"imagenet"`` (timm
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import socket
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -104,6 +106,31 @@ def _create(name: str, weights: str, seed: int, **kwargs) -> nn.Module:
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
     except Exception as exc:
         raise BenchError(f"Could not load weights file {path} into {name} ({exc}); is it a {name} checkpoint?") from None
+
+
+@dataclass(frozen=True)
+class EncoderGeometry:
+    """Channels and feature-map sizes of an encoder's levels at one input size, and its weight bytes."""
+
+    channels: tuple[int, ...]
+    sizes: tuple[tuple[int, int], ...]
+    weight_bytes: int
+
+
+@functools.lru_cache(maxsize=64)
+def encoder_geometry(name: str, levels: tuple[Level, ...], input_size: int) -> EncoderGeometry:
+    """Shapes without weights or compute: the model is built and run on PyTorch's meta device."""
+    check_encoder_name(name)
+    with torch.device("meta"):
+        if all(isinstance(level, int) for level in levels):
+            body = timm.create_model(name, features_only=True, out_indices=levels, pretrained=False)
+        else:
+            body = create_feature_extractor(timm.create_model(name, pretrained=False),
+                                            return_nodes={lvl: lvl for lvl in levels})
+        out = body.eval()(torch.zeros(1, 3, input_size, input_size))
+    feats = list(out.values()) if isinstance(out, dict) else list(out)
+    weight_bytes = sum(t.numel() * t.element_size() for t in [*body.parameters(), *body.buffers()])
+    return EncoderGeometry(tuple(f.shape[1] for f in feats), tuple(tuple(f.shape[-2:]) for f in feats), weight_bytes)
 
 
 class Encoder(nn.Module):

@@ -64,11 +64,22 @@ class PaDiM(AnomalyMethod):
 
     # -- embedding ---------------------------------------------------------------------------------------
 
-    def _choose_channels(self) -> torch.Tensor:
-        total = sum(self.encoder_.channels)
+    def _dimension(self, total: int) -> int:
         d = self.d_reduced or D_REDUCED.get(self.encoder.split(".")[0], total)
         if not 0 < d <= total:
             raise ValueError(f"d_reduced={d} must be between 1 and the {total} channels of levels {self.levels}")
+        return d
+
+    def memory_estimate(self, geometry, n_train: int, batch_size: int) -> dict[str, int]:
+        d = self._dimension(sum(geometry.channels))
+        positions = geometry.sizes[0][0] * geometry.sizes[0][1]
+        return {**super().memory_estimate(geometry, n_train, batch_size),
+                "covariances": positions * d * d * 4, "means": positions * d * 4,
+                "batch_embeddings": 3 * batch_size * positions * d * 4, "inversion": 3 * INVERSE_CHUNK_BYTES}
+
+    def _choose_channels(self) -> torch.Tensor:
+        total = sum(self.encoder_.channels)
+        d = self._dimension(total)
         generator = torch.Generator().manual_seed(self.seed)
         return torch.randperm(total, generator=generator)[:d].sort().values
 

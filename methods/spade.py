@@ -83,6 +83,13 @@ class SPADE(AnomalyMethod):
         free, _ = torch.cuda.mem_get_info(torch.device(self.device))
         return self.device if tensor_bytes(*gallery) <= GALLERY_DEVICE_FRACTION * free else "cpu"
 
+    def memory_estimate(self, geometry, n_train: int, batch_size: int) -> dict[str, int]:
+        per_image = [c * h * w * 4 for c, (h, w) in zip(geometry.channels[:-1], geometry.sizes[:-1], strict=True)]
+        k = min(self.k_images, n_train)
+        return {**super().memory_estimate(geometry, n_train, batch_size),
+                "gallery": n_train * sum(per_image), "image_features": n_train * geometry.channels[-1] * 4,
+                "neighbour_gallery": k * max(per_image)}
+
     def fit_stats(self) -> dict[str, Any]:
         return {"training_images": len(self.image_features_),
                 "k_images_effective": min(self.k_images, len(self.image_features_)),

@@ -37,12 +37,16 @@ class Plot:
     key: str
     title: str
     figure: Figure
+    _png: bytes | None = None
 
 
 def png_bytes(plot: Plot, dpi: int = 110) -> bytes:
-    buffer = io.BytesIO()
-    plot.figure.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
+    """The figure as PNG, rendered once however many formats embed it."""
+    if plot._png is None:
+        buffer = io.BytesIO()
+        plot.figure.savefig(buffer, format="png", dpi=dpi)
+        plot._png = buffer.getvalue()
+    return plot._png
 
 
 def new_figure(rows: int, cols: int, size: tuple[float, float], **kwargs):

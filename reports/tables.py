@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from bench.metrics import METRIC_INFO
-from bench.records import Record, latest_by_cell, read_records
-from bench.runner import RUN_FILE
+from bench.records import RUN_FILE, Record, latest_by_cell, read_records
 from bench.suites import Reference, Suite, parse_suite
 from methods.encoders import short_name
 
@@ -385,6 +384,52 @@ def complexity_table(run: RunData) -> Table | None:
     return table
 
 
+# ----------------------------------------------------------------------------------------------------------
+# per class beside the paper (the paper's Table 3 layout)
+
+
+def per_class_paper_tables(run: RunData) -> list[Table]:
+    """Rows are classes (and their average), columns the (model, metric) pairs the paper reports per class,
+    each ours beside the paper's; one table per dataset and protocol."""
+    references = [r for r in (run.suite.references if run.suite else ()) if r.class_name != "mean"
+                  and r.metric in ACCURACY_METRICS]
+    if not references:
+        return []
+    pairs = list(dict.fromkeys((r.method, base_encoder(r.encoder), r.metric) for r in references))
+    tables = []
+    records = [r for r in run.ok if not r["config"].get("measure_only")]
+    for dataset, protocol in sorted({(r["config"]["dataset"], r["config"]["protocol"]) for r in records}):
+        members = [r for r in records if r["config"]["dataset"] == dataset and r["config"]["protocol"] == protocol]
+        classes = sorted({r["config"]["class"] for r in members} | {r.class_name for r in references})
+        columns = ["Class"]
+        for method, encoder, metric in pairs:
+            head = f"{METHOD_NAMES.get(method, method)}-{short_name(encoder)} {METRIC_INFO[metric].display}"
+            columns += [head, f"{head} (paper)"]
+        table = Table(f"table3-{dataset}-{protocol}", f"Per class on {dataset}, {protocol} protocol, beside the "
+                      "paper (Table 3 layout, %)", columns, decimals={c: 2 for c in columns[1:]})
+        averages: list[list[float]] = [[] for _ in columns[1:]]
+        for class_name in classes:
+            row = [class_name]
+            for method, encoder, metric in pairs:
+                ours = percent(mean_or_none([r["metrics"].get(metric) for r in members
+                                             if r["config"]["class"] == class_name and r["config"]["method"] == method
+                                             and base_encoder(r["config"]["encoder"]) == encoder]))
+                ref = find_reference(references, method, encoder, metric, class_name=class_name)
+                row += [ours, ref.value if ref else None]
+            for i, value in enumerate(row[1:]):
+                if value is not None:
+                    averages[i].append(value)
+            table.rows.append(row)
+        table.rows.append(["average (of the classes shown)"]
+                          + [float(np.mean(v)) if len(v) == len(classes) else None for v in averages])
+        table.footnotes = footnotes_for(members) + [
+            "Average only where every class has a value; the paper's numbers are its best epoch per metric "
+            "averaged over 4 runs, ours the last epoch of our runs."]
+        tables.append(table)
+    return tables
+
+
 def all_tables(run: RunData) -> list[Table]:
-    """Every table a report shows, in order: complexity, accuracy (mean, per class), failures."""
-    return [t for t in [complexity_table(run), *accuracy_tables(run), failures_table(run)] if t is not None]
+    """Every table a report shows, in order: complexity, accuracy (mean, per class, Table 3), failures."""
+    return [t for t in [complexity_table(run), *accuracy_tables(run), *per_class_paper_tables(run),
+                        failures_table(run)] if t is not None]

@@ -1,0 +1,213 @@
+"""One cell: dataset + method → scores → metrics and measurements → a record (and its artifacts).
+
+Whatever goes wrong inside a cell is caught here and recorded as a failed cell with the reason, so the
+suite goes on. This module knows nothing of run folders or executors: it is what a worker runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import random
+import time
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import datasets
+import methods
+from bench import __version__, artifacts, metrics
+from bench.cells import Cell
+from bench.environment import commit_info, device_name, machine_info
+from bench.errors import BenchError
+from bench.memory import PeakMemory
+from bench.records import SCHEMA_VERSION, Record
+from bench.speed import measure_speed
+from bench.suites import DatasetSpec
+from datasets import AnomalyDataset, DatasetSource, Geometry
+from methods.base import AnomalyMethod, Prediction
+from methods.feature_cache import FeatureCache
+
+MB, MIB = 1e6, 2**20
+
+
+def open_source(spec: DatasetSpec, data_root: str | None) -> DatasetSource:
+    """The dataset source, opened where this process runs (a worker resolves paths on its own node)."""
+    return datasets.create_dataset(spec.name, data_root or spec.root, **spec.options)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class ImageBatches:
+    """Re-iterable image batches of a dataset (methods that train for several epochs iterate again)."""
+
+    def __init__(self, dataset: AnomalyDataset, batch_size: int, shuffle_seed: int | None = None):
+        generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=generator is not None,
+                                                  generator=generator, num_workers=0)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for batch in self.loader:
+            yield batch["image"]
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_method(cell: Cell, device: str) -> AnomalyMethod:
+    cls = methods.METHODS.get(cell.method)
+    params = {"encoder": cell.encoder, "weights": cell.weights, "seed": cell.seed, "device": device, **cell.params}
+    if "protocol" in inspect.signature(cls).parameters:
+        params.setdefault("protocol", cell.protocol)
+    try:
+        return cls(**params)
+    except TypeError as exc:
+        raise BenchError(f"Method '{cell.method}' does not take these parameters ({exc}); check [grid.params].") from None
+
+
+def compute_metrics(labels: np.ndarray, masks: list[np.ndarray] | np.ndarray, prediction: Prediction,
+                    maps: list[np.ndarray] | np.ndarray) -> tuple[dict[str, float | None], dict[str, float]]:
+    """Detection and localization metrics (pixel ones only where the test set has defect pixels), and the
+    F1-max thresholds (for figures, never for the metrics)."""
+    result: dict[str, float | None] = {"image_auroc": metrics.image_auroc(labels, prediction.image_scores)}
+    thresholds: dict[str, float] = {}
+    if labels.any():
+        result["image_f1_max"], thresholds["image"] = metrics.f1_max(labels, prediction.image_scores)
+    if any(m.any() for m in masks):
+        result["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
+        result["aupro"] = metrics.aupro(masks, maps)
+        result["pixel_f1_max"], thresholds["pixel"] = metrics.f1_max(masks, maps)
+    return result, thresholds
+
+
+def original_resolution(source: DatasetSource, test: AnomalyDataset, maps: np.ndarray):
+    """Masks at each image's original size, and the maps bilinearly resized to them."""
+    if test.geometry.crop != test.geometry.resize:
+        raise BenchError("Metrics at the original resolution need maps that cover the whole image; set the "
+                         "grid's resize equal to its resolution (no centre crop).")
+    masks, resized = [], []
+    for ref, amap in zip(test.refs, maps, strict=True):
+        mask = source.original_mask(ref)
+        masks.append(mask)
+        resized.append(F.interpolate(torch.from_numpy(amap)[None, None], size=mask.shape, mode="bilinear",
+                                     align_corners=False)[0, 0].numpy())
+    return masks, resized
+
+
+def size_record(method: AnomalyMethod) -> dict[str, Any]:
+    breakdown = method.size_breakdown()
+    total = sum(breakdown.values())
+    return {"total_bytes": total, "total_mb": total / MB, "total_mib": total / MIB, "breakdown_bytes": breakdown,
+            "counts": "everything needed to score: encoder up to its last tapped level + fitted state"}
+
+
+def base_record(cell: Cell, device: str) -> Record:
+    return Record(
+        schema_version=SCHEMA_VERSION, bench_version=__version__, cell_id=cell.cell_id,
+        suite={"name": cell.suite}, config=cell.config(),
+        labels={"random_weights": cell.weights == "random", "protocol": cell.protocol},
+        device={"requested": device, "name": device_name(device), "torch_threads": torch.get_num_threads()},
+        machine_info=machine_info(), commit_info=commit_info(), started_at=now(),
+    )
+
+
+def run_cell(cell: Cell, source: DatasetSource, device: str,
+             cache: FeatureCache | None = None) -> tuple[Record, dict[str, np.ndarray]]:
+    """Fit and evaluate one cell: its record and its artifacts (for figures). Never raises for a problem
+    inside the cell: it is recorded as failed, with the reason."""
+    record = base_record(cell, device)
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        result, arrays = _evaluate(cell, source, device, cache or FeatureCache(0))
+        record.update(result)
+        record["status"] = "ok"
+    except Exception as exc:  # isolate the cell: the suite goes on
+        record["status"] = "failed"
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["traceback"] = "".join(traceback.format_exception(exc)[-6:])
+    record["finished_at"] = now()
+    return record, arrays
+
+
+def _counted(cache: FeatureCache, work):
+    """Run ``work()`` with the feature cache active; return its result and the cache hits/misses it caused."""
+    before = cache.counters()
+    with cache.active():
+        value = work()
+    after = cache.counters()
+    return value, {k: after[k] - before[k] for k in after}
+
+
+def _evaluate(cell: Cell, source: DatasetSource, device: str,
+              cache: FeatureCache) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    seed_everything(cell.seed)
+    geometry = Geometry(cell.resize, cell.resolution)
+    train = AnomalyDataset(source.samples(cell.class_name, "train"), geometry)
+    method = build_method(cell, device)
+    arrays: dict[str, np.ndarray] = {}
+    result: dict[str, Any] = {"n_images": {"train": len(train)}, "memory": {}, "feature_cache": {}, "timings": {
+        "note": "wall clock of fit() and of predict over the test set, data loading included; "
+                "see 'speed' for the timed network/end-to-end regions"}}
+
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        _, result["feature_cache"]["fit"] = _counted(
+            cache, lambda: method.fit(ImageBatches(train, cell.batch_size, shuffle_seed=cell.seed)))
+        result["timings"]["fit_s"] = time.perf_counter() - start
+    result["memory"]["fit"] = memory.result
+
+    if not cell.measure_only:
+        test = AnomalyDataset(source.samples(cell.class_name, "test"), geometry)
+        with PeakMemory(device) as memory:
+            start = time.perf_counter()
+            prediction, result["feature_cache"]["predict"] = _counted(
+                cache, lambda: method.predict_dataset(ImageBatches(test, cell.batch_size)))
+            predict_s = time.perf_counter() - start
+        result["memory"]["predict"] = memory.result
+        result["timings"].update(predict_s=predict_s, predict_wall_images_per_s=len(test) / predict_s)
+        labels = test.labels()
+        result["n_images"].update(test=len(test), test_anomalous=int(labels.sum()))
+        if cell.metrics_resolution == "original":
+            masks, maps = original_resolution(source, test, prediction.maps)
+        else:
+            masks, maps = np.stack([test[i]["mask"].numpy() for i in range(len(test))]), prediction.maps
+        result["metrics"], thresholds = compute_metrics(labels, masks, prediction, maps)
+        chosen = artifacts.qualitative_indices(labels)
+        arrays = artifacts.collect([test.image_u8(i) for i in chosen], labels, [r.defect_type for r in test.refs],
+                                   masks, maps, prediction.image_scores, thresholds.get("pixel"))
+
+    if cell.measure.speed:
+        batch_sizes, warmup, iterations = cell.measure.on(device)
+        with PeakMemory(device) as memory:
+            result["speed"] = measure_speed(method, cell.resolution, batch_sizes, device, warmup, iterations,
+                                            seed=cell.seed)
+        result["memory"]["speed"] = memory.result
+
+    result.update({
+        "labels": {"random_weights": cell.weights == "random", "protocol": cell.protocol,
+                   "test_set_dependent": method.test_set_dependent, **method.labels()},
+        "method_params": method.get_params(),
+        "fit_stats": method.fit_stats(),
+        "size": size_record(method),
+        "weights": method.encoder_.weights_info(),
+        "dataset": source.describe(),
+    })
+    return result, arrays
+
+
+def refused_record(cell: Cell, device: str, reason: str) -> Record:
+    record = base_record(cell, device)
+    record.update(status="failed", error=f"refused up front: {reason}", finished_at=now())
+    return record

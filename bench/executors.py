@@ -1,0 +1,149 @@
+"""Executors: where cells run. The driver (the runner) stays the only writer of records and artifacts.
+
+- ``local``: one cell after another in this process, sharing one feature cache.
+- ``ray``: each cell is a Ray task asking for one GPU when the device is CUDA (CPUs otherwise), so Ray
+  places cells on free GPUs across nodes; each worker process keeps its own feature cache. Data paths
+  are resolved on the worker: the dataset must be on a shared filesystem or at the same path on every
+  node. A task whose worker dies is recorded as failed with the reason, not retried (a crash that
+  killed a worker, such as running out of host memory, would most likely kill the retry too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.cells import Cell
+from bench.errors import BenchError
+from bench.evaluation import base_record, now, open_source, run_cell
+from bench.records import Record
+from bench.suites import DatasetSpec
+from methods.feature_cache import FeatureCache
+
+Outcome = tuple[Cell, Record, dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything a worker needs to run one cell, as plain, picklable data."""
+
+    cell: Cell
+    dataset: DatasetSpec
+    data_root: str | None
+    device: str
+    feature_cache_mb: int
+    threads: int | None = None  # torch threads for the cell (a Ray task uses the CPUs it asked for)
+
+
+_WORKER_CACHES: dict[int, FeatureCache] = {}
+
+
+def worker_cache(max_mb: int) -> FeatureCache:
+    """This process's feature cache (one per worker, reused by the cells it runs)."""
+    if max_mb not in _WORKER_CACHES:
+        _WORKER_CACHES[max_mb] = FeatureCache(max_mb * 2**20)
+    return _WORKER_CACHES[max_mb]
+
+
+def execute(task: Task) -> tuple[Record, dict[str, np.ndarray]]:
+    """Run one cell where this process is: open the dataset here, then fit, score and measure."""
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    source = open_source(task.dataset, task.data_root)
+    return run_cell(task.cell, source, task.device, worker_cache(task.feature_cache_mb))
+
+
+def failed_record(task: Task, reason: str, details: str = "") -> Record:
+    record = base_record(task.cell, task.device)
+    record.update(status="failed", error=reason, traceback=details, finished_at=now())
+    return record
+
+
+@dataclass
+class LocalExecutor:
+    """Cells one after another in this process."""
+
+    name: str = "local"
+    running: int = 0
+
+    def run(self, tasks: list[Task]) -> Iterator[Outcome]:
+        for task in tasks:
+            self.running = 1
+            record, arrays = execute(task)
+            self.running = 0
+            yield task.cell, record, arrays
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class RayExecutor:
+    """Cells as Ray tasks; results come back as they finish, in any order."""
+
+    address: str | None = None
+    cpus_per_cell: float = 1.0
+    work: Any = execute  # what a task runs (tests substitute a function that crashes its worker)
+    name: str = "ray"
+    running: int = 0
+    _ray: Any = field(default=None, repr=False)  # the module, once connected
+    _started: bool = field(default=False, repr=False)
+
+    def _connect(self):
+        try:
+            import ray  # an optional extra: imported only when asked for
+        except ImportError:
+            raise BenchError("--executor ray needs Ray; install it with: pip install -e \".[ray]\"") from None
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"address": self.address} if self.address else {}
+            # Workers import this checkout's packages: pass on the driver's import path.
+            kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+            ray.init(log_to_driver=False, **kwargs)
+            self._started = True
+        self._ray = ray
+        return ray
+
+    def run(self, tasks: list[Task]) -> Iterator[Outcome]:
+        if not tasks:
+            return
+        ray = self._connect()
+        remote = ray.remote(max_retries=0)(self.work)
+        pending = {}
+        for task in tasks:
+            gpus = 1 if task.device.startswith("cuda") else 0
+            task = dataclasses.replace(task, threads=max(1, int(self.cpus_per_cell)))
+            ref = remote.options(num_cpus=self.cpus_per_cell, num_gpus=gpus).remote(task)
+            pending[ref] = task
+        while pending:
+            self.running = len(pending)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            task = pending.pop(done[0])
+            try:
+                record, arrays = ray.get(done[0])
+            except ray.exceptions.RayError as exc:  # the task raised outside its cell, or its worker died
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                record, arrays = failed_record(task, f"{type(exc).__name__}: {reason}",
+                                               "".join(traceback.format_exception(exc)[-6:])), {}
+            yield task.cell, record, arrays
+        self.running = 0
+
+    def close(self) -> None:
+        if self._started:
+            self._ray.shutdown()
+            self._started = False
+
+
+def make_executor(name: str, address: str | None = None, cpus_per_cell: float = 1.0):
+    if name == "local":
+        return LocalExecutor()
+    if name == "ray":
+        return RayExecutor(address=address, cpus_per_cell=cpus_per_cell)
+    raise BenchError(f"Unknown executor '{name}'; valid executors: local, ray.")

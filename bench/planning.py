@@ -1,0 +1,99 @@
+"""Memory plans: before anything runs, what each cell will need, and which cells cannot fit.
+
+Estimates come from the encoder's shapes (built on PyTorch's meta device: no weights, no compute), the
+method's own accounting of its learned state and working buffers (PaDiM's covariances, SPADE's gallery,
+CFLOW's decoders), and the harness's own buffers (decoded images, the test set's maps and the metrics'
+sort). They are plans, not measurements; records carry the measured peaks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psutil
+import torch
+
+from bench.cells import Cell
+from datasets import DatasetSource
+from methods import METHODS
+from methods.encoders import encoder_geometry
+
+GB = 1e9
+HOST_HEADROOM = 0.9  # refuse a cell whose estimate exceeds this share of what is available
+
+
+@dataclass
+class CellPlan:
+    cell: Cell
+    n_train: int
+    n_test: int
+    method_parts: dict[str, int] = field(default_factory=dict)
+    host_bytes: int = 0
+    device_bytes: int = 0
+    refusal: str | None = None
+    note: str = ""
+
+
+def available_memory(device: str) -> tuple[int, int | None]:
+    """(host bytes available now, device bytes in total or None on the CPU)."""
+    host = psutil.virtual_memory().available
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return host, torch.cuda.get_device_properties(torch.device(device)).total_memory
+    return host, None
+
+
+def estimate(cell: Cell, source: DatasetSource, device: str) -> CellPlan:
+    """The cell's memory plan; a cell whose shapes cannot be worked out gets a note (and will fail on its
+    own, with its reason, if it cannot run)."""
+    n_train = len(source.samples(cell.class_name, "train"))
+    n_test = 0 if cell.measure_only else len(source.samples(cell.class_name, "test"))
+    try:
+        method = METHODS.get(cell.method)(encoder=cell.encoder, weights=cell.weights, seed=cell.seed,
+                                          device=device, **cell.params)
+        geometry = encoder_geometry(cell.encoder, tuple(method.encoder_levels()), cell.resolution)
+        parts = method.memory_estimate(geometry, n_train, cell.batch_size)
+    except Exception as exc:  # a plan is advice: the cell itself reports what goes wrong
+        return CellPlan(cell, n_train, n_test, note=f"no estimate ({type(exc).__name__}: {exc})")
+    pixels = cell.resolution * cell.resolution
+    harness = (n_train + n_test) * 3 * pixels  # decoded images kept as uint8
+    harness += n_test * pixels * (4 + 1 + 8 + 4 + 4)  # maps, masks, and the metrics' sort and copies
+    plan = CellPlan(cell, n_train, n_test, parts)
+    method_total = sum(parts.values())
+    if device.startswith("cuda"):
+        plan.device_bytes = method_total
+        plan.host_bytes = harness
+    else:
+        plan.host_bytes = method_total + harness
+    return plan
+
+
+def judge(plans: list[CellPlan], device: str) -> None:
+    """Mark cells that cannot fit, or cannot be evaluated as asked, with the reason."""
+    host, device_total = available_memory(device)
+    for plan in plans:
+        cell = plan.cell
+        if cell.metrics_resolution == "original" and cell.resize != cell.resolution:
+            plan.refusal = (f"metrics at the original resolution need uncropped maps, but this cell crops "
+                            f"{cell.resolution} of {cell.resize}")
+        elif plan.host_bytes > HOST_HEADROOM * host:
+            plan.refusal = (f"needs about {plan.host_bytes / GB:.1f} GB of host memory, "
+                            f"{host / GB:.1f} GB available")
+        elif device_total is not None and plan.device_bytes > HOST_HEADROOM * device_total:
+            plan.refusal = (f"needs about {plan.device_bytes / GB:.1f} GB of device memory, "
+                            f"the device has {device_total / GB:.1f} GB")
+
+
+def format_plan(plans: list[CellPlan], device: str) -> str:
+    host, device_total = available_memory(device)
+    header = (f"{len(plans)} cells on {device}; host memory available {host / GB:.1f} GB"
+              + (f", device memory {device_total / GB:.1f} GB" if device_total else ""))
+    rows = [("cell", "train", "test", "host GB", "device GB", "largest parts", "verdict")]
+    for plan in plans:
+        largest = sorted(plan.method_parts.items(), key=lambda kv: -kv[1])[:2]
+        rows.append((plan.cell.label, str(plan.n_train), str(plan.n_test), f"{plan.host_bytes / GB:.2f}",
+                     f"{plan.device_bytes / GB:.2f}" if device.startswith("cuda") else "-",
+                     ", ".join(f"{k} {v / GB:.2f}" for k, v in largest),
+                     f"REFUSED: {plan.refusal}" if plan.refusal else plan.note or "ok"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [header] + ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
