@@ -43,6 +43,7 @@ class Record(TypedDict, total=False):
     fit_stats: dict[str, Any]  # what training did (steps, fibers/s, losses)
     feature_cache: dict[str, Any]  # encoder batches served from the run's feature cache (hits) or computed
     device: dict[str, Any]
+    precision: dict[str, Any]  # inference precision (float32 or bf16 autocast) and torch.compile on/off
     artifacts: dict[str, str]
     machine_info: dict[str, Any]
     commit_info: dict[str, Any]

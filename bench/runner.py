@@ -26,7 +26,7 @@ from bench.progress import progress
 from bench.records import RUN_FILE, Record, append_record, latest_by_cell, read_records
 from bench.suites import DatasetSpec, Suite, parse_suite
 from datasets import DatasetSource
-from methods.encoders import check_encoder_name
+from methods.encoders import check_encoder_name, check_weights
 
 MB, MIB = 1e6, 2**20
 
@@ -150,6 +150,8 @@ def run_suite(suite: Suite, run_dir: Path, options: RunOptions, executor=None) -
     return counts. Cells whose memory plan cannot fit are recorded as failed with the reason, unrun."""
     suite = apply_overrides(suite, options)
     source, cells = plan(suite, options)
+    for encoder in sorted({c.encoder for c in cells}):
+        check_weights(encoder, suite.weights)
     plans = [planning.estimate(cell, source, options.device) for cell in cells]
     planning.judge(plans, options.device)
     refusals = {p.cell: p.refusal for p in plans if p.refusal}

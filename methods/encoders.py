@@ -82,6 +82,19 @@ def _hub_offline(offline: bool) -> Iterator[None]:
         hub_constants.HF_HUB_OFFLINE = previous
 
 
+def check_weights(name: str, weights: str) -> None:
+    """Fail before any work when the weights cannot be had: no network and no cached copy, or no file."""
+    if weights == "random":
+        return
+    if weights == "imagenet":
+        if not _hub_reachable() and not _cached_on_hub(name):
+            raise BenchError(f"Could not fetch ImageNet weights for {name} (no network and no cached copy); pass "
+                             f"a local weights file with --weights PATH or run with --weights random.")
+        return
+    if not Path(weights).expanduser().is_file():
+        raise BenchError(f"Weights file {weights} does not exist; pass --weights imagenet, random or an existing file.")
+
+
 def _create(name: str, weights: str, seed: int, **kwargs) -> nn.Module:
     if weights == "random":
         with torch.random.fork_rng(devices=[]):

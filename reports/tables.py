@@ -267,7 +267,7 @@ def environment_lines(run: RunData) -> list[str]:
         gpu_text = (f"{gpu.get('name')} (driver {gpu.get('driver')}, {gpu.get('memory_total_mb', 0) / 1e3:.0f} GB)"
                     if gpu.get("nvml") else f"none ({gpu.get('reason', 'unknown')})")
         text = (f"Device: {d.get('name')} ({d.get('requested')}, {d.get('torch_threads')} torch threads) · GPU: {gpu_text} · "
-                f"CUDA {m.get('cuda')} cuDNN {m.get('cudnn')} · torch {m.get('torch')} · torchvision {m.get('torchvision')} · "
+                f"torch CUDA build {m.get('cuda')}, cuDNN {m.get('cudnn')} · torch {m.get('torch')} · torchvision {m.get('torchvision')} · "
                 f"timm {m.get('timm')} · FrEIA {m.get('freia')} · Python {m.get('python')} · "
                 f"commit {c.get('short', c.get('id'))}{' (dirty)' if c.get('dirty') else ''} · host {m.get('hostname')}")
         if text not in seen:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from bench.records import read_records
 from datasets.synthetic import SynthSpec, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,3 +45,29 @@ def run_bench(*args: str, cwd: Path | None = None, env: dict | None = None) -> s
     """Run the CLI in a subprocess, as a user would."""
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "ANOBENCH_PROGRESS": "0", **(env or {})}, timeout=900)
+
+
+def write_suite(path: Path, root: Path, *, dataset: str = "folder", classes: tuple[str, ...] | None = None,
+                seeds: tuple[int, ...] = (0,), methods: tuple[str, ...] = ("padim",), params: str = "",
+                extra: str = "") -> Path:
+    """A small suite file: ResNet-18 with random weights at 64 px on the data at ``root``."""
+    class_line = f"classes = {list(classes)!r}\n".replace("'", '"') if classes else ""
+    methods_list = ", ".join(f'"{m}"' for m in methods)
+    path.write_text(f'name = "{path.stem}"\nversion = 1\nweights = "random"\nbatch_size = 8\nseeds = {list(seeds)}\n'
+                    f'[dataset]\nname = "{dataset}"\nroot = "{root}"\n{class_line}'
+                    f'[[grid]]\nmethods = [{methods_list}]\nencoders = ["resnet18"]\nresolutions = [64]\n'
+                    f'{params}\n{extra}')
+    return path
+
+
+def kill_when_recorded(command: list[str], run_dir: Path, at_least: int, timeout: float = 300) -> int:
+    """Start ``command``, SIGKILL its whole process group once ``run_dir`` has ``at_least`` records, and
+    return how many records it had written by then."""
+    process = subprocess.Popen(command, env={**os.environ, "ANOBENCH_PROGRESS": "0"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(read_records(run_dir)) < at_least:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    return len(read_records(run_dir))

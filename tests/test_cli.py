@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_bench, shared_dataset
+from tests.conftest import run_bench, shared_dataset, write_suite
 
 
 def assert_one_sentence(result, code, *fragments):
@@ -56,9 +56,7 @@ def test_data_synth_writes_mvtec_layout(tmp_path):
 
 
 def test_run_writes_records_and_a_report_whose_numbers_are_the_records(tmp_path, tiny_data):
-    suite = tmp_path / "tiny.toml"
-    suite.write_text(f'name = "tiny"\nversion = 1\nweights = "random"\n[dataset]\nname = "folder"\nroot = "{tiny_data}"\n'
-                     '[[grid]]\nmethods = ["padim"]\nencoders = ["resnet18"]\nresolutions = [64]\n')
+    suite = write_suite(tmp_path / "tiny.toml", tiny_data)
     result = run_bench("run", "--suite", str(suite), "--out", str(tmp_path / "r"))
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (tmp_path / "r/records.jsonl").read_text().splitlines()]

@@ -5,6 +5,7 @@ from bench.runner import RunOptions, run_suite
 from bench.suites import load_suite
 from methods import create_method
 from methods.feature_cache import FeatureCache
+from tests.conftest import write_suite
 from tests.test_method_contract import batches
 
 
@@ -66,10 +67,7 @@ def test_cap_evicts_least_recently_used():
 
 
 def test_records_say_what_came_from_the_cache(tmp_path, tiny_data):
-    path = tmp_path / "s.toml"
-    path.write_text(f'name = "c"\nversion = 1\nweights = "random"\nbatch_size = 8\n[dataset]\nname = "folder"\n'
-                    f'root = "{tiny_data}"\nclasses = ["disc"]\n[[grid]]\nmethods = ["spade", "padim"]\n'
-                    f'encoders = ["resnet18"]\nresolutions = [64]\nparams = {{}}\n')
+    path = write_suite(tmp_path / "s.toml", tiny_data, classes=("disc",), methods=("spade", "padim"))
     run_suite(load_suite(str(path)), tmp_path / "run", RunOptions())
     spade, padim = read_records(tmp_path / "run")
     assert spade["feature_cache"]["fit"] == {"hits": 0, "misses": 2}

@@ -1,20 +1,16 @@
 """The paper suites end to end on fake data (no real MVTec AD or STC here), resume after SIGKILL, plans."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from bench.records import latest_by_cell, read_records
 from datasets.mvtec import MVTEC_CLASSES
 from datasets.synthetic import CLASSES, SynthSpec, write_dataset
-from tests.conftest import REPO, run_bench
+from tests.conftest import REPO, kill_when_recorded, run_bench, write_suite
 from tests.fake_stc import write_fake_stc
 from tests.test_reports import md_rows
 
@@ -113,25 +109,15 @@ def test_plan_prints_memory_and_refuses_what_cannot_fit(tmp_path, fake_mvtec):
 
 
 def test_a_run_killed_with_sigkill_resumes_without_losing_or_duplicating(tmp_path, fake_mvtec):
-    suite = tmp_path / "resume.toml"
-    suite.write_text(f'name = "resume"\nversion = 1\nweights = "random"\nbatch_size = 8\nseeds = [0, 1, 2]\n'
-                     f'[dataset]\nname = "mvtec"\nroot = "{fake_mvtec}"\nclasses = ["bottle", "carpet", "grid"]\n'
-                     f'[[grid]]\nmethods = ["padim"]\nencoders = ["resnet18"]\nresolutions = [64]\n')
+    suite = write_suite(tmp_path / "resume.toml", fake_mvtec, dataset="mvtec", classes=("bottle", "carpet", "grid"),
+                        seeds=(0, 1, 2))
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "bench", "run", "--suite", str(suite), "--out", str(run_dir), "--no-report"]
-    process = subprocess.Popen(command, env={**os.environ, "ANOBENCH_PROGRESS": "0"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    records = run_dir / "records.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and (not records.exists() or len(read_records(run_dir)) < 2):
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    done_before = len(read_records(run_dir))
+    done_before = kill_when_recorded([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--out",
+                                      str(run_dir), "--no-report"], run_dir, at_least=2)
     assert 2 <= done_before < 9
     result = run_bench("run", "--out", str(run_dir), "--no-report")  # continue from the folder alone
     assert result.returncode == 0, result.stderr
-    lines = Path(records).read_text().splitlines()
+    lines = (run_dir / "records.jsonl").read_text().splitlines()
     assert all(json.loads(line) for line in lines)  # none half-written
     final = read_records(run_dir)
     assert len(final) == 9 == len(latest_by_cell(final))  # none lost, none duplicated

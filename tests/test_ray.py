@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from bench.executors import RayExecutor, Task, execute
 from bench.records import latest_by_cell, read_records
 from bench.runner import RunOptions, run_suite
 from bench.suites import load_suite
-from tests.conftest import run_bench
+from tests.conftest import kill_when_recorded, run_bench, write_suite
 
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed (pip install -e '.[ray]')")
 pytestmark = pytest.mark.slow
@@ -66,9 +65,7 @@ def raise_outside_the_cell(task: Task):
 @pytest.mark.parametrize("work,reason", [(crash_one, "WorkerCrashedError"),
                                          (raise_outside_the_cell, "dataset mount vanished")])
 def test_a_failed_task_is_recorded_and_the_others_complete(tmp_path, tiny_data, local_ray, work, reason):
-    path = tmp_path / "s.toml"
-    path.write_text(f'name = "t"\nversion = 1\nweights = "random"\nbatch_size = 8\n[dataset]\nname = "folder"\n'
-                    f'root = "{tiny_data}"\n[[grid]]\nmethods = ["padim"]\nencoders = ["resnet18"]\nresolutions = [64]\n')
+    path = write_suite(tmp_path / "s.toml", tiny_data)
     summary = run_suite(load_suite(str(path)), tmp_path / "run", RunOptions(), RayExecutor(work=work))
     assert (summary.ok, summary.failed) == (1, 1)
     records = {r["config"]["class"]: r for r in read_records(tmp_path / "run")}
@@ -77,23 +74,11 @@ def test_a_failed_task_is_recorded_and_the_others_complete(tmp_path, tiny_data, 
 
 
 def test_killing_the_driver_then_rerunning_completes_without_duplicates(tmp_path, tiny_data):
-    path = tmp_path / "s.toml"
-    path.write_text(f'name = "t"\nversion = 1\nweights = "random"\nbatch_size = 8\nseeds = [0, 1, 2]\n'
-                    f'[dataset]\nname = "folder"\nroot = "{tiny_data}"\n[[grid]]\nmethods = ["padim"]\n'
-                    f'encoders = ["resnet18"]\nresolutions = [64]\n')
+    path = write_suite(tmp_path / "s.toml", tiny_data, seeds=(0, 1, 2))
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "bench", "run", "--suite", str(path), "--out", str(run_dir), "--no-report",
-               "--executor", "ray"]
-    process = subprocess.Popen(command, env={**os.environ, "ANOBENCH_PROGRESS": "0"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(read_records(run_dir)) < 1:
-        time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, env={**os.environ, "PATH": os.path.dirname(
-        sys.executable) + os.pathsep + os.environ["PATH"]})
-    before = len(read_records(run_dir))
+    before = kill_when_recorded([sys.executable, "-m", "bench", "run", "--suite", str(path), "--out", str(run_dir),
+                                 "--no-report", "--executor", "ray"], run_dir, at_least=1)
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "stop", "--force"], capture_output=True)
     assert 1 <= before < 6
     result = run_bench("run", "--out", str(run_dir), "--no-report", "--executor", "ray")
     assert result.returncode == 0, result.stderr[-2000:]

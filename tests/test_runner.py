@@ -7,26 +7,11 @@ from bench.errors import BenchError
 from bench.records import append_record, read_records
 from bench.runner import RunOptions, run_suite
 from bench.suites import load_suite
+from tests.conftest import write_suite
 
 
 def tiny_suite(tmp_path, tiny_data, grid_extra=""):
-    path = tmp_path / "tiny.toml"
-    path.write_text(f"""
-name = "tiny"
-version = 1
-description = "test"
-weights = "random"
-batch_size = 8
-[dataset]
-name = "folder"
-root = "{tiny_data}"
-[[grid]]
-methods = ["padim"]
-encoders = ["resnet18"]
-resolutions = [64]
-{grid_extra}
-""")
-    return load_suite(str(path))
+    return load_suite(str(write_suite(tmp_path / "tiny.toml", tiny_data, extra=grid_extra)))
 
 
 def test_a_run_writes_one_record_per_cell_and_resumes_without_duplicates(tmp_path, tiny_data):
@@ -60,7 +45,7 @@ def test_a_failing_cell_is_recorded_and_the_others_run(tmp_path, tiny_data):
 
 
 def test_retry_failed_runs_only_failed_cells_again(tmp_path, tiny_data):
-    suite = tiny_suite(tmp_path, tiny_data, "params = { d_reduced = 100000 }")
+    suite = load_suite(str(write_suite(tmp_path / "tiny.toml", tiny_data, params="params = { d_reduced = 100000 }")))
     run_dir = tmp_path / "run"
     run_suite(suite, run_dir, RunOptions())
     again = run_suite(suite, run_dir, RunOptions(retry_failed=True))
