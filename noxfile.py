@@ -34,7 +34,9 @@ def regression(session: nox.Session) -> None:
     session.install("-e", ".")
     run_dir = tempfile.mkdtemp(prefix="anobench-regression-") + "/smoke"
     session.run("bench", "run", "--suite", "smoke", "--device", "cpu", "--out", run_dir, "--no-report")
-    session.run("bench", "compare", run_dir, "smoke-cpu", "--format", "md", *session.posargs)
+    # Shared CPU runners change speed from one run to the next (+57% seen here between two runs), so CI
+    # compares the method/encoder fps ratio measured within each run, not absolute fps.
+    session.run("bench", "compare", run_dir, "smoke-cpu", "--format", "md", "--no-absolute-speed", *session.posargs)
 
 
 @nox.session

@@ -115,11 +115,15 @@ def report_command(run_dir: Path, formats: str) -> None:
 @click.option("--tolerance-pp", default=0.5, show_default=True, help="Allowed accuracy drop, percentage points.")
 @click.option("--metric-tolerance", multiple=True, metavar="METRIC=PP", help="Per-metric drop, e.g. aupro=1.0.")
 @click.option("--speed-tolerance", default=15.0, show_default=True, help="Allowed speed drop, percent.")
+@click.option("--absolute-speed/--no-absolute-speed", default=True, show_default=True,
+              help="Also compare absolute fps between records of the same device (off for shared CPU runners, "
+                   "whose speed swings between runs; the fps ratio is always compared).")
 @click.option("--strict", is_flag=True, help="Cells present on one side only are a failure too.")
 @click.option("--format", "fmt", type=click.Choice(sorted(compare_module.RENDERERS)), default="text",
               show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), help="Also write the summary to this file.")
-def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_tolerance, strict, fmt, output):
+def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_tolerance, absolute_speed, strict, fmt,
+                    output):
     """Compare NEW with BASELINE (run folders, records files or stored baseline names): exit 1 on a
     regression, 2 on unusable input."""
     tolerances = {}
@@ -131,7 +135,7 @@ def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_toleran
         tolerances[metric] = float(value)
     result = compare_module.compare(compare_module.load_cells(new), compare_module.load_cells(baseline),
                                     tolerance_pp=tolerance_pp, metric_tolerances=tolerances,
-                                    speed_tolerance_pct=speed_tolerance)
+                                    speed_tolerance_pct=speed_tolerance, absolute_speed=absolute_speed)
     text = compare_module.RENDERERS[fmt](result)
     click.echo(text)
     if output:

@@ -7,7 +7,8 @@ a change of resolution is another cell.
 - Accuracy: a drop of more than a tolerance in percentage points is a regression (direction from
   ``METRIC_INFO``).
 - Speed: the method/encoder fps ratio measured within each run is compared always (it survives a change of
-  machine); absolute fps only when both runs name the same device. Tolerance in percent.
+  machine); absolute fps (from each run's fastest iteration) only when both runs name the same device.
+  Tolerance in percent.
 """
 
 from __future__ import annotations
@@ -76,13 +77,16 @@ def load_cells(location: str | Path) -> dict[str, Record]:
 
 
 def _speed_entries(record: Record) -> dict[str, tuple[float | None, float | None]]:
-    """batch → (end-to-end/encoder fps ratio, end-to-end fps)."""
+    """batch → (end-to-end/encoder fps ratio, best end-to-end fps: the fastest iteration is the one a busy
+    machine disturbs least)."""
     batches = record.get("speed", {}).get("batches", {})
-    return {b: (t.get("ratio_end_to_end_to_encoder"), t["end_to_end"]["fps"]) for b, t in batches.items()}
+    return {b: (t.get("ratio_end_to_end_to_encoder"), t["end_to_end"].get("fps_best", t["end_to_end"]["fps"]))
+            for b, t in batches.items()}
 
 
 def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp: float = 0.5,
-            metric_tolerances: dict[str, float] | None = None, speed_tolerance_pct: float = 15.0) -> Comparison:
+            metric_tolerances: dict[str, float] | None = None, speed_tolerance_pct: float = 15.0,
+            absolute_speed: bool = True) -> Comparison:
     common = [cid for cid in baseline if cid in new]
     if not common:
         raise BenchError("The new run and the baseline have no cell in common (different suite, data, "
@@ -106,7 +110,7 @@ def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp
         old_speed, new_speed = _speed_entries(a), _speed_entries(b)
         for batch in sorted(set(old_speed) & set(new_speed), key=int):
             pairs = [(f"fps_ratio@{batch}", old_speed[batch][0], new_speed[batch][0])]
-            if same_device:
+            if same_device and absolute_speed:
                 pairs.append((f"fps@{batch}", old_speed[batch][1], new_speed[batch][1]))
             for name, old_value, new_value in pairs:
                 if not old_value or new_value is None:
@@ -114,7 +118,9 @@ def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp
                 change = 100 * (new_value / old_value - 1)
                 result.checks.append(Check(cid, name, old_value, new_value, change, "%", speed_tolerance_pct,
                                            change < -speed_tolerance_pct))
-    if devices_differ:
+    if not absolute_speed:
+        result.notes.append("Absolute fps not compared (--no-absolute-speed): only the method/encoder fps ratio.")
+    elif devices_differ:
         result.notes.append("Some cells ran on different devices: absolute fps not compared for them, only the "
                             "method/encoder fps ratio measured within each run.")
     return result

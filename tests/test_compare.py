@@ -50,6 +50,7 @@ def test_absolute_fps_only_compared_on_the_same_device():
     assert not any(c.check.startswith("fps@") for c in other_machine.checks)
     same_machine = compare(cells(record(fps=5.0, device="GPU: H200")), base)
     assert [c.check for c in same_machine.regressions] == ["fps@8"]
+    assert compare(cells(record(fps=5.0, device="GPU: H200")), base, absolute_speed=False).regressions == []
 
 
 def test_matching_ignores_environment_but_not_configuration():

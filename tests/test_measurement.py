@@ -42,8 +42,8 @@ def test_regions_measure_known_times_and_skip_warmup():
     assert timings["network"]["p90_s"] < 0.1
     assert timings["end_to_end"]["median_s"] == pytest.approx(NETWORK_S + POST_S, abs=0.01)
     assert timings["network"]["fps"] == pytest.approx(2 / timings["network"]["median_s"])
-    assert timings["ratio_end_to_end_to_encoder"] == pytest.approx(
-        timings["end_to_end"]["fps"] / timings["encoder"]["fps"])
+    assert timings["ratio_end_to_end_to_encoder"] == pytest.approx(ENCODER_S / (NETWORK_S + POST_S), rel=0.2)
+    assert timings["network"]["fps_best"] >= timings["network"]["fps"]
     assert result["iterations"] == 6 and result["warmup"] == 1 and result["torch_threads"] >= 1
 
 
