@@ -2,6 +2,9 @@
 
 Bad input (unknown names, missing data, bad suite files) ends with one sentence on stderr and exit code 2;
 ``bench run`` exits 1 when a cell failed. ``--debug`` shows tracebacks.
+
+Modules that import torch are imported inside the commands that need them: torch takes seconds to
+import, and ``bench compare``, ``bench validate`` or ``--help`` need none of it.
 """
 
 from __future__ import annotations
@@ -13,26 +16,10 @@ from pathlib import Path
 
 import click
 
-import datasets
-import methods
-import reports
 from bench import compare as compare_module
-from bench.environment import resolve_device
 from bench.errors import BenchError
-from bench.executors import make_executor
-from bench.planning import format_plan
-from bench.runner import (
-    RUN_FILE,
-    RunOptions,
-    check_names,
-    memory_plans,
-    next_run_dir,
-    recorded_run,
-    run_suite,
-)
+from bench.records import RUN_FILE
 from bench.suites import available_suites, load_suite
-from datasets.synthetic import CLASSES as SYNTH_CLASSES
-from datasets.synthetic import SynthSpec, write_dataset
 
 DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
@@ -71,6 +58,12 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed, suite_path,
         protocol, metrics_resolution, feature_cache_mb, plan_only, executor, address, cpus_per_cell, report):
     """Run a suite: every cell of its grid, one record each, then the report."""
+    import reports
+    from bench.environment import resolve_device
+    from bench.executors import make_executor
+    from bench.planning import format_plan
+    from bench.runner import RunOptions, memory_plans, next_run_dir, recorded_run, run_suite
+
     resuming = out is not None and (out / RUN_FILE).is_file()
     if suite_name is None and not resuming:
         raise BenchError("Pass --suite NAME (see bench list suites), or --out with an existing run folder to continue it.")
@@ -101,11 +94,13 @@ def run(suite_name, data_root, dataset, classes, device, out, weights, allow_ran
 
 @cli.command("report")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--format", "formats", default=",".join(reports.DEFAULT_FORMATS), show_default=True,
-              help=f"Comma-separated formats: {', '.join(reports.FORMATS)}.")
-def report_command(run_dir: Path, formats: str) -> None:
+@click.option("--format", "formats", help="Comma-separated formats among md, html, latex (default: md,html).")
+def report_command(run_dir: Path, formats: str | None) -> None:
     """Render the reports of a run folder from its records."""
-    for path in reports.write_reports(run_dir, [f.strip() for f in formats.split(",") if f.strip()]):
+    import reports
+
+    chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else reports.DEFAULT_FORMATS
+    for path in reports.write_reports(run_dir, chosen):
         click.echo(str(path))
 
 
@@ -163,6 +158,9 @@ def baseline_save(run_dir: Path, name: str, folder: Path) -> None:
 @click.argument("kind", type=click.Choice(["suites", "methods", "encoders", "datasets"]))
 def list_command(kind: str) -> None:
     """List the registered suites, methods, encoders or datasets."""
+    import datasets  # noqa: F401  (registers the dataset sources)
+    import methods
+
     if kind == "suites":
         for name, path in available_suites().items():
             suite = load_suite(str(path))
@@ -184,6 +182,8 @@ def list_command(kind: str) -> None:
 @click.option("--suite-path", multiple=True, type=click.Path())
 def validate(suite_name: str, suite_path) -> None:
     """Check a suite file: keys, types and every method, encoder and dataset name, without running."""
+    from bench.runner import check_names
+
     suite = load_suite(suite_name, suite_path)
     check_names(suite)
     click.echo(f"{suite.path}: ok ({len(suite.grid)} grid block(s), {len(suite.references)} reference number(s)).")
@@ -198,14 +198,18 @@ def data() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write (MVTec layout).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--size", default=256, show_default=True, help="Image side in pixels.")
-@click.option("--classes", default=",".join(SYNTH_CLASSES), show_default=True)
+@click.option("--classes", help="Comma-separated generated classes (default: all of them).")
 @click.option("--train", default=40, show_default=True, help="Defect-free training images per class.")
 @click.option("--test-good", default=12, show_default=True)
 @click.option("--test-per-defect", default=4, show_default=True, help="Test images per defect kind.")
-def synth(out: Path, seed: int, size: int, classes: str, train: int, test_good: int, test_per_defect: int) -> None:
+def synth(out: Path, seed: int, size: int, classes: str | None, train: int, test_good: int,
+          test_per_defect: int) -> None:
     """Write a deterministic generated dataset in MVTec layout (same seed → identical files)."""
-    spec = SynthSpec(seed=seed, size=size, classes=tuple(c.strip() for c in classes.split(",")), train=train,
-                     test_good=test_good, test_per_defect=test_per_defect)
+    from datasets.synthetic import CLASSES, SynthSpec, write_dataset
+
+    chosen = tuple(c.strip() for c in classes.split(",")) if classes else tuple(CLASSES)
+    spec = SynthSpec(seed=seed, size=size, classes=chosen, train=train, test_good=test_good,
+                     test_per_defect=test_per_defect)
     write_dataset(out, spec)
     click.echo(f"Wrote {out} ({len(spec.classes)} classes).")
 

@@ -129,8 +129,10 @@ class RayExecutor:
             try:
                 record, arrays = ray.get(done[0])
             except ray.exceptions.RayError as exc:  # the task raised outside its cell, or its worker died
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                record, arrays = failed_record(task, f"{type(exc).__name__}: {reason}",
+                cause = getattr(exc, "cause", None)  # what a RayTaskError wraps
+                lines = str(exc).strip().splitlines()
+                reason = f"{type(cause).__name__}: {cause}" if cause else (lines[0] if lines else "")
+                record, arrays = failed_record(task, f"{type(exc).__name__} ({reason})",
                                                "".join(traceback.format_exception(exc)[-6:])), {}
             yield task.cell, record, arrays
         self.running = 0

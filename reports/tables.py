@@ -187,9 +187,10 @@ def accuracy_tables(run: RunData) -> list[Table]:
         rows_by_key: dict[tuple, list[Record]] = defaultdict(list)
         for record in records:
             rows_by_key[row_key(record)].append(record)
-        metric_names = [m for m in ACCURACY_METRICS if any(r["metrics"].get(m) is not None for r in records)]
-        with_reference = {m for m in metric_names
-                          if any(find_reference(references, k[0], k[1], m) for k in rows_by_key)}
+        mean_refs = [ref for ref in references if ref.class_name == "mean" and ref.metric in ACCURACY_METRICS]
+        metric_names = [m for m in ACCURACY_METRICS if any(r["metrics"].get(m) is not None for r in records)
+                        or any(ref.metric == m for ref in mean_refs)]
+        with_reference = {ref.metric for ref in mean_refs}
         columns = ["Model", "Input", "Classes"]
         decimals = {}
         for m in metric_names:
@@ -210,6 +211,17 @@ def accuracy_tables(run: RunData) -> list[Table]:
                     ref = find_reference(references, key[0], key[1], m)
                     row += [ref.value if ref else None,
                             ours - ref.value if ref and ours is not None else None]
+            table.rows.append(row)
+        measured = {(key[0], base_encoder(key[1])) for key in rows_by_key}
+        for method, encoder in dict.fromkeys((ref.method, base_encoder(ref.encoder)) for ref in mean_refs):
+            if (method, encoder) in measured:
+                continue
+            row = [f"{METHOD_NAMES.get(method, method)}-{short_name(encoder)} (not run)", None, f"0/{n_classes}"]
+            for m in metric_names:
+                row.append(None)
+                if m in with_reference:
+                    ref = find_reference(mean_refs, method, encoder, m)
+                    row += [ref.value if ref else None, None]
             table.rows.append(row)
         table.footnotes = footnotes_for(records)
         if with_reference:

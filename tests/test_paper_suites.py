@@ -92,7 +92,11 @@ def test_paper_table2_end_to_end_on_fake_stc(tmp_path):
     assert {r["n_images"]["train"] for r in records} == {20}
     assert all(r["metrics"]["pixel_auroc"] is not None for r in records)
     report = (tmp_path / "run/report.md").read_text()
-    assert "Accuracy on stc" in report and "94.48" in report
+    header, rows = md_rows(report, "Accuracy on stc (stc) (mean over classes, %)")
+    wr50 = dict(zip(header, next(r for r in rows if r[0] == "CFLOW-AD-WR50 (not run)"), strict=True))
+    assert wr50["Pixel AUROC (paper)"] == "94.48" and wr50["Pixel AUROC"] == ""  # the paper's, never ours
+    ours = dict(zip(header, next(r for r in rows if r[0].startswith("CFLOW-AD-R18")), strict=True))
+    assert ours["Classes"] == "2/2" and ours["Pixel AUROC"] != ""
 
 
 def test_plan_prints_memory_and_refuses_what_cannot_fit(tmp_path, fake_mvtec):
