@@ -158,7 +158,7 @@ def baseline_save(run_dir: Path, name: str, folder: Path) -> None:
 @click.argument("kind", type=click.Choice(["suites", "methods", "encoders", "datasets"]))
 def list_command(kind: str) -> None:
     """List the registered suites, methods, encoders or datasets."""
-    import datasets  # noqa: F401  (registers the dataset sources)
+    import datasets
     import methods
 
     if kind == "suites":
