@@ -62,7 +62,8 @@ def write_suite(path: Path, root: Path, *, dataset: str = "folder", classes: tup
 
 def kill_when_recorded(command: list[str], run_dir: Path, at_least: int, timeout: float = 300) -> int:
     """Start ``command``, SIGKILL its whole process group once ``run_dir`` has ``at_least`` records, and
-    return how many records it had written by then."""
+    return how many records it had written by then. The group includes any local Ray instance the command
+    started (its raylet and workers), so nothing is left behind."""
     process = subprocess.Popen(command, env={**os.environ, "ANOBENCH_PROGRESS": "0"}, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout

@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -16,6 +15,19 @@ from tests.conftest import kill_when_recorded, run_bench, write_suite
 
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed (pip install -e '.[ray]')")
 pytestmark = pytest.mark.slow
+
+
+def test_killing_the_driver_then_rerunning_completes_without_duplicates(tmp_path, tiny_data):
+    path = write_suite(tmp_path / "s.toml", tiny_data, seeds=(0, 1, 2))
+    run_dir = tmp_path / "run"
+    before = kill_when_recorded([sys.executable, "-m", "bench", "run", "--suite", str(path), "--out", str(run_dir),
+                                 "--no-report", "--executor", "ray"], run_dir, at_least=1)
+    assert 1 <= before < 6
+    result = run_bench("run", "--out", str(run_dir), "--no-report", "--executor", "ray")
+    assert result.returncode == 0, result.stderr[-2000:]
+    final = read_records(run_dir)
+    assert len(final) == 6 == len(latest_by_cell(final))
+    assert all(json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines())
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +83,3 @@ def test_a_failed_task_is_recorded_and_the_others_complete(tmp_path, tiny_data, 
     records = {r["config"]["class"]: r for r in read_records(tmp_path / "run")}
     assert records["stripes"]["status"] == "ok"
     assert records["disc"]["status"] == "failed" and reason in records["disc"]["error"]  # not retried: one record
-
-
-def test_killing_the_driver_then_rerunning_completes_without_duplicates(tmp_path, tiny_data):
-    path = write_suite(tmp_path / "s.toml", tiny_data, seeds=(0, 1, 2))
-    run_dir = tmp_path / "run"
-    before = kill_when_recorded([sys.executable, "-m", "bench", "run", "--suite", str(path), "--out", str(run_dir),
-                                 "--no-report", "--executor", "ray"], run_dir, at_least=1)
-    subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "stop", "--force"], capture_output=True)
-    assert 1 <= before < 6
-    result = run_bench("run", "--out", str(run_dir), "--no-report", "--executor", "ray")
-    assert result.returncode == 0, result.stderr[-2000:]
-    final = read_records(run_dir)
-    assert len(final) == 6 == len(latest_by_cell(final))
-    assert all(json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines())
