@@ -48,7 +48,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--protocol", type=click.Choice(["strict", "paper"]), help="Override the suite's scoring protocol.")
 @click.option("--metrics-resolution", type=click.Choice(["input", "original"]),
               help="Evaluate maps at the input resolution or at each image's original resolution.")
-@click.option("--feature-cache-mb", default=4096, show_default=True, help="Encoder features shared between cells.")
+@click.option("--feature-cache-mb", type=int, help="Encoder features shared between cells, MB (default: the suite's, "
+              "4096 unless it says otherwise; 0 turns the cache off).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the cells and their memory estimates; run nothing.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Run cells here one by one, or as Ray tasks across GPUs and nodes.")

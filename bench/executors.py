@@ -47,7 +47,7 @@ _WORKER_CACHES: dict[int, FeatureCache] = {}
 
 
 def worker_cache(max_mb: int) -> FeatureCache:
-    """This process's feature cache (one per worker, reused by the cells it runs)."""
+    """This process's feature cache (one per worker, reused by the cells it runs; 0 MB stores nothing)."""
     if max_mb not in _WORKER_CACHES:
         _WORKER_CACHES[max_mb] = FeatureCache(max_mb * 2**20)
     return _WORKER_CACHES[max_mb]

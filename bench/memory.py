@@ -71,7 +71,8 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self._sample()
-        result: dict[str, Any] = {"host_rss_start_mb": self._rss_start / MB, "host_peak_rss_mb": self._rss_peak / MB}
+        result: dict[str, Any] = {"host_rss_start_mb": self._rss_start / MB, "host_peak_rss_mb": self._rss_peak / MB,
+                                  "host_peak_rss_increase_mb": (self._rss_peak - self._rss_start) / MB}
         if self._cuda:
             result["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / MB
             result["gpu_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / MB

@@ -41,7 +41,7 @@ class RunOptions:
     protocol: str | None = None  # overrides the suite's protocol
     metrics_resolution: str | None = None  # overrides the suite's metrics resolution
     retry_failed: bool = False
-    feature_cache_mb: int = 4096  # encoder features shared between the cells of a run (0: off)
+    feature_cache_mb: int | None = None  # encoder features shared between cells (None: the suite's; 0: off)
     allow_random: bool = False  # permits random weights in suites that reproduce published numbers
     command: str = ""
 
@@ -172,7 +172,8 @@ def run_suite(suite: Suite, run_dir: Path, options: RunOptions, executor=None) -
         print(f"Resuming {run_dir}: {summary.skipped} of {len(cells)} cells already have records.", file=sys.stderr)
     for cell in (c for c in todo if c in refusals):
         _keep(run_dir, summary, cell, refused_record(cell, options.device, refusals[cell]), {})
-    tasks = [Task(c, suite.dataset, options.data_root, options.device, options.feature_cache_mb)
+    cache_mb = suite.feature_cache_mb if options.feature_cache_mb is None else options.feature_cache_mb
+    tasks = [Task(c, suite.dataset, options.data_root, options.device, cache_mb)
              for c in todo if c not in refusals]
     executor = executor or LocalExecutor()
     bar = progress(executor.run(tasks), f"{suite.name} ({executor.name})", total=len(tasks), leave=True)

@@ -98,7 +98,7 @@ class Suite:
     metrics_resolution: str = "input"
     measure: MeasureSpec = MeasureSpec()
     references: tuple[Reference, ...] = ()
-    artifacts: dict[str, Any] = field(default_factory=dict)
+    feature_cache_mb: int = 4096  # encoder features shared between cells (0: off, e.g. where memory is measured)
     changelog: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -220,7 +220,7 @@ def _merged(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 TOP_KEYS = {"name", "version", "description", "protocol", "seeds", "weights", "allow_random_weights",
-            "batch_size", "metrics_resolution", "dataset", "grid", "measure", "reference", "artifacts",
+            "batch_size", "metrics_resolution", "dataset", "grid", "measure", "reference", "feature_cache_mb",
             "changelog"}
 
 
@@ -302,7 +302,7 @@ def parse_suite(raw: dict[str, Any], path: Path) -> Suite:
         metrics_resolution=top.choice("metrics_resolution", METRIC_RESOLUTIONS, "input"),
         measure=measure,
         references=tuple(references),
-        artifacts=top.get("artifacts", dict, {}),
+        feature_cache_mb=top.get("feature_cache_mb", int, 4096),
         changelog=tuple(str(c) for c in changelog),
         raw=raw,
     )
