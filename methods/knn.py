@@ -15,16 +15,17 @@ import torch
 FLOAT_BYTES = 4
 BUDGET_FRACTION = 0.25  # of free device memory or available RAM, when no budget is given
 MIN_BUDGET = 16 * 2**20
+MAX_DEFAULT_BUDGET = 2**30  # blocks beyond ~1 GiB buy no speed, only peak memory
 
 
 def default_budget(device: torch.device | str) -> int:
-    """A quarter of what is free on ``device`` now (RAM for the CPU)."""
+    """A quarter of what is free on ``device`` now (RAM for the CPU), at most 1 GiB."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
         free = psutil.virtual_memory().available
-    return max(int(free * BUDGET_FRACTION), MIN_BUDGET)
+    return max(min(int(free * BUDGET_FRACTION), MAX_DEFAULT_BUDGET), MIN_BUDGET)
 
 
 def chunk_sizes(n_queries: int, n_gallery: int, k: int, dim: int, budget_bytes: int) -> tuple[int, int]:
@@ -57,7 +58,7 @@ def knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, budget_bytes: int 
     gallery : (n, d) tensor, on ``device`` or in host memory.
     k : int, 1 ≤ k ≤ n.
     budget_bytes : int or None
-        Working memory for one distance block; None takes a quarter of the free memory.
+        Working memory for one distance block; None takes a quarter of the free memory, at most 1 GiB.
     """
     n = gallery.shape[0]
     if not 1 <= k <= n:

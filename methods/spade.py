@@ -21,7 +21,7 @@ import torch
 from bench.progress import progress
 from methods.base import AnomalyMethod, register_method, tensor_bytes
 from methods.encoders import Level
-from methods.knn import knn
+from methods.knn import MAX_DEFAULT_BUDGET, knn
 from methods.postprocess import gaussian_blur, upsample
 
 GALLERY_DEVICE_FRACTION = 0.5  # keep the gallery on the GPU only if it takes at most this share of free memory
@@ -43,7 +43,7 @@ class SPADE(AnomalyMethod):
         κ, nearest gallery features per test pixel.
     blur_sigma : float, default=4.0
     memory_budget : int or None, default=None
-        Bytes of working memory per distance block; None takes a quarter of the free memory.
+        Bytes of working memory per distance block; None takes a quarter of the free memory, at most 1 GiB.
     seed : int, default=0
     device : str, default="cpu"
     """
@@ -86,9 +86,12 @@ class SPADE(AnomalyMethod):
     def memory_estimate(self, geometry, n_train: int, batch_size: int) -> dict[str, int]:
         per_image = [c * h * w * 4 for c, (h, w) in zip(geometry.channels[:-1], geometry.sizes[:-1], strict=True)]
         k = min(self.k_images, n_train)
+        blocks = self.memory_budget if self.memory_budget is not None else MAX_DEFAULT_BUDGET
         return {**super().memory_estimate(geometry, n_train, batch_size),
                 "gallery": n_train * sum(per_image), "image_features": n_train * geometry.channels[-1] * 4,
-                "neighbour_gallery": k * max(per_image)}
+                # fit holds the per-batch maps and their concatenation; predict a test image's neighbours'
+                # maps and the distance blocks: the larger of the two
+                "working_buffers": max(n_train * sum(per_image), k * max(per_image) + blocks)}
 
     def fit_stats(self) -> dict[str, Any]:
         return {"training_images": len(self.image_features_),
