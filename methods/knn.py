@@ -1,10 +1,11 @@
 """Exact k-nearest-neighbour distances in bounded memory.
 
-Neighbours are ranked by chunked matrix products (‖b‖² − 2ab: ‖a − b‖² = ‖a‖² + ‖b‖² − 2ab without the
-term that is constant per query), with chunk sizes derived from a memory budget, keeping the running top-k
-per query; no Python loop over queries or gallery rows, only over chunks. The gallery may live in host
-memory: its chunks are moved to the device one at a time. The chosen neighbours' distances are then recomputed from the differences, so that identical vectors are
-at distance exactly 0 and the float32 cancellation of the product formula never reaches a score.
+Neighbours are ranked by chunked matrix products (‖b‖² − 2ab: ‖a − b‖² = ‖a‖² + ‖b‖² − 2ab without the term
+that is constant per query), with chunk sizes derived from a memory budget, keeping the running top-k per
+query; no Python loop over queries or gallery rows, only over chunks. The gallery may live in host memory:
+its chunks are moved to the device one at a time. The chosen neighbours' distances are then recomputed from
+the differences, so that identical vectors are at distance exactly 0 and the float32 cancellation of the
+product formula never reaches a score.
 """
 
 from __future__ import annotations
