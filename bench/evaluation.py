@@ -209,7 +209,10 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str,
     return result, arrays
 
 
-def refused_record(cell: Cell, device: str, reason: str) -> Record:
+def failed_record(cell: Cell, device: str, reason: str, details: str = "") -> Record:
+    """The record of a cell that failed outside ``run_cell`` (refused up front, or its worker died)."""
     record = base_record(cell, device)
-    record.update(status="failed", error=f"refused up front: {reason}", finished_at=now())
+    record.update(status="failed", error=reason, finished_at=now())
+    if details:
+        record["traceback"] = details
     return record

@@ -23,7 +23,7 @@ import torch
 
 from bench.cells import Cell
 from bench.errors import BenchError
-from bench.evaluation import base_record, now, open_source, run_cell
+from bench.evaluation import failed_record, open_source, run_cell
 from bench.records import Record
 from bench.suites import DatasetSpec
 from methods.feature_cache import FeatureCache
@@ -59,12 +59,6 @@ def execute(task: Task) -> tuple[Record, dict[str, np.ndarray]]:
         torch.set_num_threads(task.threads)
     source = open_source(task.dataset, task.data_root)
     return run_cell(task.cell, source, task.device, worker_cache(task.feature_cache_mb))
-
-
-def failed_record(task: Task, reason: str, details: str = "") -> Record:
-    record = base_record(task.cell, task.device)
-    record.update(status="failed", error=reason, traceback=details, finished_at=now())
-    return record
 
 
 @dataclass
@@ -132,7 +126,7 @@ class RayExecutor:
                 cause = getattr(exc, "cause", None)  # what a RayTaskError wraps
                 lines = str(exc).strip().splitlines()
                 reason = f"{type(cause).__name__}: {cause}" if cause else (lines[0] if lines else "")
-                record, arrays = failed_record(task, f"{type(exc).__name__} ({reason})",
+                record, arrays = failed_record(task.cell, task.device, f"{type(exc).__name__} ({reason})",
                                                "".join(traceback.format_exception(exc)[-6:])), {}
             yield task.cell, record, arrays
         self.running = 0

@@ -20,15 +20,13 @@ import methods
 from bench import artifacts, planning
 from bench.cells import Cell, expand
 from bench.errors import BenchError
-from bench.evaluation import now, open_source, refused_record
+from bench.evaluation import failed_record, now, open_source
 from bench.executors import LocalExecutor, Task
 from bench.progress import progress
 from bench.records import RUN_FILE, Record, append_record, latest_by_cell, read_records
 from bench.suites import DatasetSpec, Suite, parse_suite
 from datasets import DatasetSource
 from methods.encoders import check_encoder_name, check_weights
-
-MB, MIB = 1e6, 2**20
 
 
 @dataclass
@@ -105,10 +103,6 @@ def plan(suite: Suite, options: RunOptions) -> tuple[DatasetSource, list[Cell]]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# one cell
-
-
-# ----------------------------------------------------------------------------------------------------------
 # a run folder
 
 
@@ -137,12 +131,17 @@ def _write_run_file(run_dir: Path, suite: Suite, cells: list[Cell], options: Run
     os.replace(tmp, run_dir / RUN_FILE)
 
 
+def _judged(source: DatasetSource, cells: list[Cell], device: str) -> list[planning.CellPlan]:
+    """Every cell's memory estimate, with a refusal where it cannot fit or cannot be evaluated as asked."""
+    plans = [planning.estimate(cell, source, device) for cell in cells]
+    planning.judge(plans, device)
+    return plans
+
+
 def memory_plans(suite: Suite, options: RunOptions) -> list[planning.CellPlan]:
     """Every cell's memory estimate and verdict, without running anything (``bench run --plan``)."""
     source, cells = plan(apply_overrides(suite, options), options)
-    plans = [planning.estimate(cell, source, options.device) for cell in cells]
-    planning.judge(plans, options.device)
-    return plans
+    return _judged(source, cells, options.device)
 
 
 def run_suite(suite: Suite, run_dir: Path, options: RunOptions, executor=None) -> RunSummary:
@@ -152,9 +151,7 @@ def run_suite(suite: Suite, run_dir: Path, options: RunOptions, executor=None) -
     source, cells = plan(suite, options)
     for encoder in sorted({c.encoder for c in cells}):
         check_weights(encoder, suite.weights)
-    plans = [planning.estimate(cell, source, options.device) for cell in cells]
-    planning.judge(plans, options.device)
-    refusals = {p.cell: p.refusal for p in plans if p.refusal}
+    refusals = {p.cell: p.refusal for p in _judged(source, cells, options.device) if p.refusal}
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / RUN_FILE).exists():
         recorded = json.loads((run_dir / RUN_FILE).read_text())["suite"]["name"]
@@ -171,7 +168,7 @@ def run_suite(suite: Suite, run_dir: Path, options: RunOptions, executor=None) -
     if summary.skipped:
         print(f"Resuming {run_dir}: {summary.skipped} of {len(cells)} cells already have records.", file=sys.stderr)
     for cell in (c for c in todo if c in refusals):
-        _keep(run_dir, summary, cell, refused_record(cell, options.device, refusals[cell]), {})
+        _keep(run_dir, summary, cell, failed_record(cell, options.device, f"refused up front: {refusals[cell]}"), {})
     cache_mb = suite.feature_cache_mb if options.feature_cache_mb is None else options.feature_cache_mb
     tasks = [Task(c, suite.dataset, options.data_root, options.device, cache_mb)
              for c in todo if c not in refusals]
