@@ -46,7 +46,7 @@ class Prediction:
 
 
 def tensor_bytes(*tensors: torch.Tensor) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.nbytes for t in tensors)
 
 
 class AnomalyMethod(ABC):

@@ -132,18 +132,12 @@ class EncoderGeometry:
 
 @functools.lru_cache(maxsize=64)
 def encoder_geometry(name: str, levels: tuple[Level, ...], input_size: int) -> EncoderGeometry:
-    """Shapes without weights or compute: the model is built and run on PyTorch's meta device."""
-    check_encoder_name(name)
+    """Shapes without weights or compute: the encoder is built and run on PyTorch's meta device."""
     with torch.device("meta"):
-        if all(isinstance(level, int) for level in levels):
-            body = timm.create_model(name, features_only=True, out_indices=levels, pretrained=False)
-        else:
-            body = create_feature_extractor(timm.create_model(name, pretrained=False),
-                                            return_nodes={lvl: lvl for lvl in levels})
-        out = body.eval()(torch.zeros(1, 3, input_size, input_size))
-    feats = list(out.values()) if isinstance(out, dict) else list(out)
-    weight_bytes = sum(t.numel() * t.element_size() for t in [*body.parameters(), *body.buffers()])
-    return EncoderGeometry(tuple(f.shape[1] for f in feats), tuple(tuple(f.shape[-2:]) for f in feats), weight_bytes)
+        encoder = Encoder(name, levels)
+        feats = encoder._compute(torch.zeros(1, 3, input_size, input_size))
+    return EncoderGeometry(tuple(f.shape[1] for f in feats), tuple(tuple(f.shape[-2:]) for f in feats),
+                           encoder.size_bytes())
 
 
 class Encoder(nn.Module):
@@ -210,7 +204,7 @@ class Encoder(nn.Module):
 
     def size_bytes(self) -> int:
         """Bytes of parameters and buffers up to the last tapped level (what scoring needs)."""
-        return sum(t.numel() * t.element_size() for t in [*self.body.parameters(), *self.body.buffers()])
+        return sum(t.nbytes for t in [*self.body.parameters(), *self.body.buffers()])
 
     def weights_info(self) -> dict:
         """How the weights were obtained, for the record."""

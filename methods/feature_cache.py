@@ -65,16 +65,16 @@ class FeatureCache:
         return out
 
     def _store(self, key: tuple, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
+        size = tensor.nbytes
         if size > self.max_bytes:
             return
         if key in self._entries:
-            self.bytes -= self._entries[key].numel() * self._entries[key].element_size()
+            self.bytes -= self._entries[key].nbytes
         self._entries[key] = tensor
         self.bytes += size
         while self.bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
-            self.bytes -= evicted.numel() * evicted.element_size()
+            self.bytes -= evicted.nbytes
 
     def counters(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses}
