@@ -1,3 +1,3 @@
-from bench.cli import main
+from anobench.cli import main
 
 main()

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from bench import metrics
+from anobench import metrics
 
 ARTIFACTS_DIR = "artifacts"
 CURVE_POINTS = 512

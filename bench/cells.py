@@ -7,8 +7,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.errors import BenchError
-from bench.suites import MeasureSpec, Suite
+from anobench.core import BenchError
+from anobench.suites import MeasureSpec, Suite
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,10 @@ import traceback
 from pathlib import Path
 
 import click
-
-from bench import compare as compare_module
-from bench.errors import BenchError
-from bench.records import RUN_FILE
-from bench.suites import available_suites, load_suite
+from anobench import compare as compare_module
+from anobench.core import BenchError
+from anobench.records import RUN_FILE
+from anobench.suites import available_suites, load_suite
 
 DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
@@ -59,11 +58,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed, suite_path,
         protocol, metrics_resolution, feature_cache_mb, plan_only, executor, address, cpus_per_cell, report):
     """Run a suite: every cell of its grid, one record each, then the report."""
-    import reports
-    from bench.environment import resolve_device
-    from bench.executors import make_executor
-    from bench.planning import format_plan
-    from bench.runner import RunOptions, memory_plans, next_run_dir, recorded_run, run_suite
+    from anobench import reports
+    from anobench.environment import resolve_device
+    from anobench.executors import make_executor
+    from anobench.planning import format_plan
+    from anobench.runner import RunOptions, memory_plans, next_run_dir, recorded_run, run_suite
 
     resuming = out is not None and (out / RUN_FILE).is_file()
     if suite_name is None and not resuming:
@@ -98,7 +97,7 @@ def run(suite_name, data_root, dataset, classes, device, out, weights, allow_ran
 @click.option("--format", "formats", help="Comma-separated formats among md, html, latex (default: md,html).")
 def report_command(run_dir: Path, formats: str | None) -> None:
     """Render the reports of a run folder from its records."""
-    import reports
+    from anobench import reports
 
     chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else reports.DEFAULT_FORMATS
     for path in reports.write_reports(run_dir, chosen):
@@ -159,8 +158,7 @@ def baseline_save(run_dir: Path, name: str, folder: Path) -> None:
 @click.argument("kind", type=click.Choice(["suites", "methods", "encoders", "datasets"]))
 def list_command(kind: str) -> None:
     """List the registered suites, methods, encoders or datasets."""
-    import datasets
-    import methods
+    from anobench import datasets, methods
 
     if kind == "suites":
         for name, path in available_suites().items():
@@ -183,7 +181,7 @@ def list_command(kind: str) -> None:
 @click.option("--suite-path", multiple=True, type=click.Path())
 def validate(suite_name: str, suite_path) -> None:
     """Check a suite file: keys, types and every method, encoder and dataset name, without running."""
-    from bench.runner import check_names
+    from anobench.runner import check_names
 
     suite = load_suite(suite_name, suite_path)
     check_names(suite)
@@ -206,7 +204,7 @@ def data() -> None:
 def synth(out: Path, seed: int, size: int, classes: str | None, train: int, test_good: int,
           test_per_defect: int) -> None:
     """Write a deterministic generated dataset in MVTec layout (same seed → identical files)."""
-    from datasets.synthetic import CLASSES, SynthSpec, write_dataset
+    from anobench.datasets.synthetic import CLASSES, SynthSpec, write_dataset
 
     chosen = tuple(c.strip() for c in classes.split(",")) if classes else tuple(CLASSES)
     spec = SynthSpec(seed=seed, size=size, classes=chosen, train=train, test_good=test_good,

@@ -17,9 +17,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.errors import BenchError
-from bench.metrics import METRIC_INFO
-from bench.records import Record, latest_by_cell, read_records, records_path
+from anobench.core import BenchError
+from anobench.metrics import METRIC_INFO
+from anobench.records import Record, latest_by_cell, read_records, records_path
 
 ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 BASELINES_DIR = Path(__file__).resolve().parent / "baselines"

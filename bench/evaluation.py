@@ -17,20 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-import datasets
-import methods
-from bench import __version__, artifacts, metrics
-from bench.cells import Cell
-from bench.environment import commit_info, device_name, machine_info
-from bench.errors import BenchError
-from bench.memory import PeakMemory
-from bench.records import SCHEMA_VERSION, Record
-from bench.speed import measure_speed
-from bench.suites import DatasetSpec
-from datasets import AnomalyDataset, DatasetSource, Geometry
-from methods.base import AnomalyMethod, Prediction
-from methods.feature_cache import FeatureCache
+from anobench import __version__, artifacts, datasets, methods, metrics
+from anobench.cells import Cell
+from anobench.core import BenchError
+from anobench.datasets import AnomalyDataset, DatasetSource, Geometry
+from anobench.environment import commit_info, device_name, machine_info
+from anobench.memory import PeakMemory
+from anobench.methods.base import AnomalyMethod, Prediction
+from anobench.methods.feature_cache import FeatureCache
+from anobench.records import SCHEMA_VERSION, Record
+from anobench.speed import measure_speed
+from anobench.suites import DatasetSpec
 
 MB, MIB = 1e6, 2**20
 

@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from bench.cells import Cell
-from bench.errors import BenchError
-from bench.evaluation import failed_record, open_source, run_cell
-from bench.records import Record
-from bench.suites import DatasetSpec
-from methods.feature_cache import FeatureCache
+from anobench.cells import Cell
+from anobench.core import BenchError
+from anobench.evaluation import failed_record, open_source, run_cell
+from anobench.methods.feature_cache import FeatureCache
+from anobench.records import Record
+from anobench.suites import DatasetSpec
 
 Outcome = tuple[Cell, Record, dict[str, np.ndarray]]
 

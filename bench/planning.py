@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 
 import psutil
 import torch
-
-from bench.cells import Cell
-from datasets import DatasetSource
-from methods import METHODS
-from methods.encoders import encoder_geometry
+from anobench.cells import Cell
+from anobench.datasets import DatasetSource
+from anobench.methods import METHODS
+from anobench.methods.encoders import encoder_geometry
 
 GB = 1e9
 HOST_HEADROOM = 0.9  # refuse a cell whose estimate exceeds this share of what is available

@@ -15,18 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
-import methods
-from bench import artifacts, planning
-from bench.cells import Cell, expand
-from bench.errors import BenchError
-from bench.evaluation import failed_record, now, open_source
-from bench.executors import LocalExecutor, Task
-from bench.progress import progress
-from bench.records import RUN_FILE, Record, append_record, latest_by_cell, read_records
-from bench.suites import DatasetSpec, Suite, parse_suite
-from datasets import DatasetSource
-from methods.encoders import check_encoder_name, check_weights
+from anobench import artifacts, datasets, methods, planning
+from anobench.cells import Cell, expand
+from anobench.core import BenchError, progress
+from anobench.datasets import DatasetSource
+from anobench.evaluation import failed_record, now, open_source
+from anobench.executors import LocalExecutor, Task
+from anobench.methods.encoders import check_encoder_name, check_weights
+from anobench.records import RUN_FILE, Record, append_record, latest_by_cell, read_records
+from anobench.suites import DatasetSpec, Suite, parse_suite
 
 
 @dataclass

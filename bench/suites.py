@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError, unknown_name
+from anobench.core import BenchError, unknown_name
 
 if sys.version_info >= (3, 11):
     import tomllib

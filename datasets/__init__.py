@@ -1,11 +1,9 @@
 """Dataset sources by name: ``mvtec``, ``folder``, ``synthetic``, ``stc`` (a new one is one file that
 registers itself, plus its import here).
-
-Note: this top-level package shadows Hugging Face's ``datasets``; install anobench in its own environment.
 """
 
-from datasets import mvtec, stc, synthetic  # noqa: F401  (registers the sources)
-from datasets.base import DATASETS, AnomalyDataset, DatasetError, DatasetSource, Geometry, SampleRef
+from anobench.datasets import mvtec, stc, synthetic  # noqa: F401  (registers the sources)
+from anobench.datasets.base import DATASETS, AnomalyDataset, DatasetError, DatasetSource, Geometry, SampleRef
 
 
 def create_dataset(name: str, root=None, **options) -> DatasetSource:

@@ -11,10 +11,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
+from anobench.core import BenchError, Registry
 from PIL import Image, UnidentifiedImageError
-
-from bench.errors import BenchError
-from bench.registry import Registry
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MVTEC_LAYOUT = "<root>/<class>/train/good/*.png, <root>/<class>/test/<defect>/*.png and <root>/<class>/ground_truth/<defect>/<stem>_mask.png"

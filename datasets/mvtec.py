@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets.base import (
+from anobench.datasets.base import (
     MVTEC_LAYOUT,
     DatasetError,
     DatasetSource,

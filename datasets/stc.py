@@ -20,12 +20,11 @@ from pathlib import Path
 
 import av
 import numpy as np
+from anobench.core import progress
+from anobench.datasets.base import DatasetError, DatasetSource, SampleRef, image_files, register_dataset
+from anobench.datasets.mvtec import check_root
+from anobench.datasets.synthetic import default_cache_dir
 from PIL import Image
-
-from bench.progress import progress
-from datasets.base import DatasetError, DatasetSource, SampleRef, image_files, register_dataset
-from datasets.mvtec import check_root
-from datasets.synthetic import default_cache_dir
 
 STC_LAYOUT = ("<root>/training/videos/<scene>_<video>.avi, <root>/testing/frames/<scene>_<clip>/*.jpg, "
               "<root>/testing/test_frame_mask/<scene>_<clip>.npy and <root>/testing/test_pixel_mask/<scene>_<clip>.npy")

@@ -16,11 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from anobench.core import unknown_name
+from anobench.datasets.base import DatasetSource, SampleRef, register_dataset
+from anobench.datasets.mvtec import scan_class_folder, validate_class_folder
 from PIL import Image
-
-from bench.errors import unknown_name
-from datasets.base import DatasetSource, SampleRef, register_dataset
-from datasets.mvtec import scan_class_folder, validate_class_folder
 
 GENERATOR_VERSION = 1
 DEFECT_KINDS = ("scratch", "stain", "cutout", "color")

@@ -3,9 +3,9 @@
 Adding a method is one file that ends with ``@register_method("name")`` on its class, plus one import here.
 """
 
-from methods import cflow, padim, spade  # noqa: F401  (registers the methods)
-from methods.base import METHODS, AnomalyMethod, Prediction, register_method
-from methods.encoders import ENCODERS, Encoder
+from anobench.methods import cflow, padim, spade  # noqa: F401  (registers the methods)
+from anobench.methods.base import METHODS, AnomalyMethod, Prediction, register_method
+from anobench.methods.encoders import ENCODERS, Encoder
 
 
 def create_method(name: str, where: str | None = None, **params) -> AnomalyMethod:

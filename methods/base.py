@@ -25,10 +25,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-
-from bench.errors import NotFittedError
-from bench.registry import Registry
-from methods.encoders import Encoder, EncoderGeometry, Level
+from anobench.core import NotFittedError, Registry
+from anobench.methods.encoders import Encoder, EncoderGeometry, Level
 
 SAVE_FORMAT = 1
 

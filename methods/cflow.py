@@ -31,11 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from anobench.core import progress
+from anobench.methods.base import AnomalyMethod, Prediction, register_method, tensor_bytes
+from anobench.methods.encoders import Level
 from torch import nn
-
-from bench.progress import progress
-from methods.base import AnomalyMethod, Prediction, register_method, tensor_bytes
-from methods.encoders import Level
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 PAPER_SCHEDULE = (25, 8)

@@ -18,14 +18,12 @@ from pathlib import Path
 
 import timm
 import torch
+from anobench.core import BenchError, Registry, unknown_name
+from anobench.methods.feature_cache import active_cache
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 from timm.models import create_feature_extractor
 from torch import nn
-
-from bench.errors import BenchError, unknown_name
-from bench.registry import Registry
-from methods.feature_cache import active_cache
 
 Level = int | str
 

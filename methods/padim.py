@@ -13,11 +13,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from bench.progress import progress
-from methods.base import AnomalyMethod, register_method, tensor_bytes
-from methods.encoders import Level
-from methods.postprocess import gaussian_blur, upsample
+from anobench.core import progress
+from anobench.methods.base import AnomalyMethod, register_method, tensor_bytes
+from anobench.methods.encoders import Level
+from anobench.methods.postprocess import gaussian_blur, upsample
 
 # The paper's channel counts per encoder; other encoders keep all channels unless d_reduced is given.
 D_REDUCED = {"resnet18": 100, "wide_resnet50_2": 550}

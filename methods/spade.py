@@ -17,12 +17,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-
-from bench.progress import progress
-from methods.base import AnomalyMethod, register_method, tensor_bytes
-from methods.encoders import Level
-from methods.knn import MAX_DEFAULT_BUDGET, knn
-from methods.postprocess import gaussian_blur, upsample
+from anobench.core import progress
+from anobench.methods.base import AnomalyMethod, register_method, tensor_bytes
+from anobench.methods.encoders import Level
+from anobench.methods.knn import MAX_DEFAULT_BUDGET, knn
+from anobench.methods.postprocess import gaussian_blur, upsample
 
 GALLERY_DEVICE_FRACTION = 0.5  # keep the gallery on the GPU only if it takes at most this share of free memory
 

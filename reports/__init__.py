@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.errors import BenchError
-from reports import html, latex, markdown
-from reports.plots import Plot, all_plots
-from reports.tables import RunData, load_run
+from anobench.core import BenchError
+from anobench.reports import html, latex, markdown
+from anobench.reports.plots import Plot, all_plots
+from anobench.reports.tables import RunData, load_run
 
 FORMATS: dict[str, Callable[[RunData, Path, list[Plot]], Path]] = {
     "md": markdown.write, "html": html.write, "latex": latex.write,

@@ -11,9 +11,9 @@ import html
 import re
 from pathlib import Path
 
-from reports.markdown import format_cell, summary_line
-from reports.plots import Plot, png_bytes
-from reports.tables import RunData, Table, all_tables, environment_lines
+from anobench.reports.markdown import format_cell, summary_line
+from anobench.reports.plots import Plot, png_bytes
+from anobench.reports.tables import RunData, Table, all_tables, environment_lines
 
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from reports.markdown import format_cell
-from reports.tables import RunData, Table, all_tables
+from anobench.reports.markdown import format_cell
+from anobench.reports.tables import RunData, Table, all_tables
 
 LATEX_DIR = "latex"
 SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from reports.plots import Plot, png_bytes
-from reports.tables import RunData, Table, all_tables, environment_lines
+from anobench.reports.plots import Plot, png_bytes
+from anobench.reports.tables import RunData, Table, all_tables, environment_lines
 
 FIGURES_DIR = "figures"
 

@@ -12,11 +12,9 @@ from dataclasses import dataclass
 
 import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
-
-from bench import artifacts
-from bench.records import Record
-from reports.tables import (
+from anobench import artifacts
+from anobench.records import Record
+from anobench.reports.tables import (
     RunData,
     ambiguous_rows,
     find_reference,
@@ -28,6 +26,7 @@ from reports.tables import (
     row_speed,
     speed_rows,
 )
+from matplotlib.figure import Figure
 
 COLOURS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 

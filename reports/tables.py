@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from bench.metrics import METRIC_INFO
-from bench.records import RUN_FILE, Record, latest_by_cell, read_records
-from bench.suites import Reference, Suite, parse_suite
-from methods.encoders import short_name
+from anobench.methods.encoders import short_name
+from anobench.metrics import METRIC_INFO
+from anobench.records import RUN_FILE, Record, latest_by_cell, read_records
+from anobench.suites import Reference, Suite, parse_suite
 
 ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 METHOD_NAMES = {"cflow": "CFLOW-AD", "padim": "PaDiM", "spade": "SPADE"}

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from bench.records import read_records
-from datasets.synthetic import SynthSpec, write_dataset
+from anobench.datasets.synthetic import SynthSpec, write_dataset
+from anobench.records import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ANOBENCH_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -3,11 +3,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from anobench import metrics
+from anobench.datasets import AnomalyDataset, Geometry, create_dataset
+from anobench.methods import create_method
+from anobench.methods.cflow import conditional_flow, learning_rate, log_likelihood, positional_encoding_2d
 
-from bench import metrics
-from datasets import AnomalyDataset, Geometry, create_dataset
-from methods import create_method
-from methods.cflow import conditional_flow, learning_rate, log_likelihood, positional_encoding_2d
 from tests.test_method_contract import batches
 
 QUICK = {"meta_epochs": 4, "sub_epochs": 2, "lr": 2e-3, "fiber_batch": 32, "rotation_degrees": 0.0}

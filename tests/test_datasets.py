@@ -2,10 +2,10 @@ import shutil
 
 import numpy as np
 import pytest
+from anobench.datasets import AnomalyDataset, DatasetError, Geometry, create_dataset
+from anobench.datasets.synthetic import CLASSES, DEFECT_KINDS, SynthSpec, write_dataset
 from PIL import Image
 
-from datasets import AnomalyDataset, DatasetError, Geometry, create_dataset
-from datasets.synthetic import CLASSES, DEFECT_KINDS, SynthSpec, write_dataset
 from tests.conftest import shared_dataset
 
 

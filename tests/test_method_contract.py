@@ -5,10 +5,9 @@ import inspect
 import numpy as np
 import pytest
 import torch
-
-from bench.errors import NotFittedError
-from datasets import AnomalyDataset, Geometry, create_dataset
-from methods import create_method, list_methods
+from anobench.core import NotFittedError
+from anobench.datasets import AnomalyDataset, Geometry, create_dataset
+from anobench.methods import create_method, list_methods
 
 # Small settings per method so that the contract runs in seconds; an unlisted method runs with defaults.
 FAST_PARAMS = {

@@ -6,10 +6,10 @@ import sys
 import time
 
 import pytest
+from anobench.datasets.mvtec import MVTEC_CLASSES
+from anobench.datasets.synthetic import CLASSES, SynthSpec, write_dataset
+from anobench.records import latest_by_cell, read_records
 
-from bench.records import latest_by_cell, read_records
-from datasets.mvtec import MVTEC_CLASSES
-from datasets.synthetic import CLASSES, SynthSpec, write_dataset
 from tests.conftest import REPO, kill_when_recorded, run_bench, write_suite
 from tests.fake_stc import write_fake_stc
 from tests.test_reports import md_rows

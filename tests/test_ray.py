@@ -6,11 +6,11 @@ import sys
 import time
 
 import pytest
+from anobench.executors import RayExecutor, Task, execute
+from anobench.records import latest_by_cell, read_records
+from anobench.runner import RunOptions, run_suite
+from anobench.suites import load_suite
 
-from bench.executors import RayExecutor, Task, execute
-from bench.records import latest_by_cell, read_records
-from bench.runner import RunOptions, run_suite
-from bench.suites import load_suite
 from tests.conftest import kill_when_recorded, run_bench, write_suite
 
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed (pip install -e '.[ray]')")

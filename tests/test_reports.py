@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bench import artifacts
-from bench.records import append_record
-from reports import write_reports
+from anobench import artifacts
+from anobench.records import append_record
+from anobench.reports import write_reports
 
 REFERENCE_SUITE = {
     "name": "fixed", "version": 1, "description": "fixed records", "weights": "random",

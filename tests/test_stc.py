@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
+from anobench.datasets import AnomalyDataset, DatasetError, Geometry, create_dataset
 
-from datasets import AnomalyDataset, DatasetError, Geometry, create_dataset
 from tests.fake_stc import write_fake_stc
 
 

@@ -1,8 +1,7 @@
 import pytest
-
-from bench.errors import BenchError
-from bench.runner import check_names
-from bench.suites import available_suites, load_suite
+from anobench.core import BenchError
+from anobench.runner import check_names
+from anobench.suites import available_suites, load_suite
 
 BUILTIN = sorted(available_suites())
 

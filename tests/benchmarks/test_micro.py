@@ -9,12 +9,11 @@ Each saved run carries pytest-benchmark's machine_info and commit_info.
 import numpy as np
 import pytest
 import torch
+from anobench import metrics
+from anobench.methods import create_method
+from anobench.methods.cflow import conditional_flow, positional_encoding_2d
+from anobench.methods.knn import knn
 from scipy import ndimage
-
-from bench import metrics
-from methods import create_method
-from methods.cflow import conditional_flow, positional_encoding_2d
-from methods.knn import knn
 
 N_MAPS, SIZE = 100, 256
 
