@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from anobench import metrics
 
 ARTIFACTS_DIR = "artifacts"

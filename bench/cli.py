@@ -9,12 +9,14 @@ import, and ``bench compare``, ``bench validate`` or ``--help`` need none of it.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import traceback
 from pathlib import Path
 
 import click
+
 from anobench import compare as compare_module
 from anobench.core import BenchError
 from anobench.records import RUN_FILE
@@ -157,23 +159,63 @@ def baseline_save(run_dir: Path, name: str, folder: Path) -> None:
 @cli.command("list")
 @click.argument("kind", type=click.Choice(["suites", "methods", "encoders", "datasets"]))
 def list_command(kind: str) -> None:
-    """List the registered suites, methods, encoders or datasets."""
+    """List the registered suites, methods, encoders or datasets, and where each comes from."""
     from anobench import datasets, methods
 
     if kind == "suites":
         for name, path in available_suites().items():
             suite = load_suite(str(path))
             click.echo(f"{name:16s} {suite.description}")
-    elif kind == "methods":
-        for name in methods.list_methods():
-            click.echo(f"{name:16s} {(methods.METHODS.get(name).__doc__ or '').strip().splitlines()[0]}")
-    elif kind == "encoders":
-        for name in methods.list_encoders():
-            click.echo(f"{name:24s} {methods.ENCODERS.get(name)}")
+        return
+    registry = {"methods": methods.METHODS, "encoders": methods.ENCODERS, "datasets": datasets.DATASETS}[kind]
+    for name in registry.names():
+        entry = registry.entry(name)
+        click.echo(f"{name:24s} {entry.origin:24s} {entry.meta.get('display') or _summary(registry, name)}")
+    for note in registry.shadowed:
+        click.echo(f"warning: {note}", err=True)
+    if kind == "encoders":
         click.echo("Any other timm model name works too (timm.list_models()).")
-    else:
-        for name in datasets.list_datasets():
-            click.echo(f"{name:16s} {(datasets.DATASETS.get(name).__doc__ or '').strip().splitlines()[0]}")
+
+
+def _summary(registry, name: str) -> str:
+    """The first line of an entry's docstring, or why it cannot be imported (listing never fails on a
+    broken plugin; commands that need it do)."""
+    try:
+        return ((registry.get(name).__doc__ or "").strip().splitlines() or [""])[0]
+    except BenchError as exc:
+        return f"(cannot be loaded: {exc})"
+
+
+@cli.command("check-method")
+@click.argument("method")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A constructor parameter (value as JSON where it parses, e.g. 3, 0.5, true, [2, 3]; else text).")
+def check_method_command(method: str, params: tuple[str, ...]) -> None:
+    """Check that METHOD (a registered name or package.module:Class) keeps the method contract the harness
+    relies on, on generated data: one line per property; exit 1 if one fails."""
+    from anobench.testing import check_method
+
+    results = check_method(method, _parse_params(params))
+    for result in results:
+        click.echo(result.line())
+    failed = [r for r in results if r.passed is False]
+    click.echo(f"{method}: {len(results) - len(failed)} of {len(results)} properties hold"
+               + (f"; {len(failed)} fail." if failed else "."))
+    if failed:
+        sys.exit(1)
+
+
+def _parse_params(items: tuple[str, ...]) -> dict:
+    params = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise BenchError(f"--param {item!r} must be KEY=VALUE with KEY a parameter name, e.g. --param k_images=5.")
+        try:
+            params[key] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key] = text
+    return params
 
 
 @cli.command()

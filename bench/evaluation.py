@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from anobench import __version__, artifacts, datasets, methods, metrics
 from anobench.cells import Cell
 from anobench.core import BenchError
-from anobench.datasets import AnomalyDataset, DatasetSource, Geometry
+from anobench.datasets.base import AnomalyDataset, DatasetSource, Geometry
 from anobench.environment import commit_info, device_name, machine_info
 from anobench.memory import PeakMemory
 from anobench.methods.base import AnomalyMethod, Prediction

@@ -18,7 +18,7 @@ from typing import Any
 from anobench import artifacts, datasets, methods, planning
 from anobench.cells import Cell, expand
 from anobench.core import BenchError, progress
-from anobench.datasets import DatasetSource
+from anobench.datasets.base import DatasetSource
 from anobench.evaluation import failed_record, now, open_source
 from anobench.executors import LocalExecutor, Task
 from anobench.methods.encoders import check_encoder_name, check_weights

@@ -11,8 +11,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from anobench.core import BenchError, Registry
 from PIL import Image, UnidentifiedImageError
+
+from anobench.core import BenchError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MVTEC_LAYOUT = "<root>/<class>/train/good/*.png, <root>/<class>/test/<defect>/*.png and <root>/<class>/ground_truth/<defect>/<stem>_mask.png"
@@ -144,10 +145,6 @@ class DatasetSource(ABC):
     def describe(self) -> dict:
         """Plain-data description of this source for records."""
         return {"name": self.name}
-
-
-DATASETS: Registry[type[DatasetSource]] = Registry("dataset")
-register_dataset = DATASETS.register
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -10,7 +10,6 @@ from anobench.datasets.base import (
     DatasetSource,
     SampleRef,
     image_files,
-    register_dataset,
 )
 
 MVTEC_CLASSES = (
@@ -66,7 +65,6 @@ def check_root(root: str | Path | None, dataset: str, example: str) -> Path:
     return path
 
 
-@register_dataset("mvtec")
 class MVTecAD(DatasetSource):
     """MVTec AD from ``root``: 15 class folders (5 textures, 10 objects)."""
 
@@ -91,7 +89,6 @@ class MVTecAD(DatasetSource):
         return {"name": self.name, "root": str(self.root)}
 
 
-@register_dataset("folder")
 class MVTecLayoutFolder(DatasetSource):
     """Any dataset in MVTec layout: ``root`` holds class folders, or is itself one class folder."""
 

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
+
 from anobench.core import progress
-from anobench.datasets.base import DatasetError, DatasetSource, SampleRef, image_files, register_dataset
+from anobench.datasets.base import DatasetError, DatasetSource, SampleRef, image_files
 from anobench.datasets.mvtec import check_root
 from anobench.datasets.synthetic import default_cache_dir
-from PIL import Image
 
 STC_LAYOUT = ("<root>/training/videos/<scene>_<video>.avi, <root>/testing/frames/<scene>_<clip>/*.jpg, "
               "<root>/testing/test_frame_mask/<scene>_<clip>.npy and <root>/testing/test_pixel_mask/<scene>_<clip>.npy")
@@ -42,7 +43,6 @@ def decode_video(path: Path, stride: int):
         raise DatasetError(f"Cannot decode video {path} ({exc}); replace or remove the file.") from None
 
 
-@register_dataset("stc")
 class ShanghaiTechCampus(DatasetSource):
     """ShanghaiTech Campus videos, one class per scene (01–12 have ground truth)."""
 

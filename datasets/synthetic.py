@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from anobench.core import unknown_name
-from anobench.datasets.base import DatasetSource, SampleRef, register_dataset
-from anobench.datasets.mvtec import scan_class_folder, validate_class_folder
 from PIL import Image
+
+from anobench.core import unknown_name
+from anobench.datasets.base import DatasetSource, SampleRef
+from anobench.datasets.mvtec import scan_class_folder, validate_class_folder
 
 GENERATOR_VERSION = 1
 DEFECT_KINDS = ("scratch", "stain", "cutout", "color")
@@ -185,7 +186,7 @@ class SynthSpec:
 STREAMS = ("train", "good", *DEFECT_KINDS)  # each draws from its own random stream
 
 
-def _render(spec: SynthSpec, class_name: str, stream: str, index: int):
+def render_sample(spec: SynthSpec, class_name: str, stream: str, index: int):
     """One image (and its mask when ``stream`` is a defect kind)."""
     rng = np.random.default_rng([spec.seed, list(CLASSES).index(class_name), STREAMS.index(stream), index])
     defect = stream if stream in DEFECT_KINDS else None
@@ -213,14 +214,14 @@ def write_dataset(out: Path, spec: SynthSpec) -> Path:
     for class_name in spec.classes:
         root = out / class_name
         for i in range(spec.train):
-            image, _ = _render(spec, class_name, "train", i)
+            image, _ = render_sample(spec, class_name, "train", i)
             _save_png(image, root / "train" / "good" / f"{i:03d}.png")
         for i in range(spec.test_good):
-            image, _ = _render(spec, class_name, "good", i)
+            image, _ = render_sample(spec, class_name, "good", i)
             _save_png(image, root / "test" / "good" / f"{i:03d}.png")
         for defect in DEFECT_KINDS:
             for i in range(spec.test_per_defect):
-                image, mask = _render(spec, class_name, defect, i)
+                image, mask = render_sample(spec, class_name, defect, i)
                 _save_png(image, root / "test" / defect / f"{i:03d}.png")
                 _save_png(Image.fromarray(mask.astype(np.uint8) * 255, "L"),
                           root / "ground_truth" / defect / f"{i:03d}_mask.png")
@@ -256,7 +257,6 @@ def ensure_generated(spec: SynthSpec, cache_dir: Path | None = None) -> Path:
     return target
 
 
-@register_dataset("synthetic")
 class SyntheticDataset(DatasetSource):
     """Generated MVTec-layout data, cached under ``$ANOBENCH_CACHE`` (default ~/.cache/anobench)."""
 

@@ -1,11 +1,53 @@
-"""Anomaly-detection methods by name, and the encoders they use.
+"""Anomaly-detection methods and the encoders they use, by name.
 
-Adding a method is one file that ends with ``@register_method("name")`` on its class, plus one import here.
+Importing this package imports no torch: the registries hold where each built-in lives and load it on
+first use, so listing names and checking suites stay light. Adding a method is one file with an
+``AnomalyMethod`` subclass plus one ``METHODS.add`` line below. Other packages add theirs through the
+``anobench.methods`` / ``anobench.encoders`` entry-point groups, or a suite names a class directly as
+``"package.module:Class"``.
 """
 
-from anobench.methods import cflow, padim, spade  # noqa: F401  (registers the methods)
-from anobench.methods.base import METHODS, AnomalyMethod, Prediction, register_method
-from anobench.methods.encoders import ENCODERS, Encoder
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import sys
+from typing import TYPE_CHECKING, Any
+
+from anobench.core import Reference, Registry
+
+if TYPE_CHECKING:
+    from anobench.methods.base import AnomalyMethod
+
+
+def _is_method_class(value: Any) -> bool:
+    from anobench.methods.base import AnomalyMethod
+
+    return isinstance(value, type) and issubclass(value, AnomalyMethod)
+
+
+def _is_timm_model(value: Any) -> bool:
+    """Built-ins are timm's own (nothing to import); a plugin's entry point names the function its module
+    registers with timm's ``register_model``, so importing it makes the model known to timm."""
+    return value is None or callable(value)
+
+
+METHODS: Registry[type[AnomalyMethod]] = Registry(
+    "method", group="anobench.methods", references=True,
+    accepts=("a subclass of anobench.methods.base.AnomalyMethod", _is_method_class))
+METHODS.add("cflow", Reference("anobench.methods.cflow:CFlow"))
+METHODS.add("padim", Reference("anobench.methods.padim:PaDiM"))
+METHODS.add("spade", Reference("anobench.methods.spade:SPADE"))
+register_method = METHODS.register
+
+# Encoders the harness knows by name, with the paper's names. Any other timm model name works too
+# (``timm.list_models()``); plugins register theirs with timm and name the registering module here.
+ENCODERS: Registry[Any] = Registry("encoder", group="anobench.encoders",
+                                   accepts=("a timm model constructor", _is_timm_model))
+ENCODERS.add("resnet18", None, display="ResNet-18", short="R18")
+ENCODERS.add("wide_resnet50_2", None, display="WideResNet-50", short="WR50")
+ENCODERS.add("mobilenetv3_large_100", None, display="MobileNetV3-L", short="MNetV3")
 
 
 def create_method(name: str, where: str | None = None, **params) -> AnomalyMethod:
@@ -21,5 +63,49 @@ def list_encoders(pattern: str = "*") -> list[str]:
     return ENCODERS.names(pattern)
 
 
-__all__ = ["AnomalyMethod", "Encoder", "Prediction", "create_method", "list_encoders", "list_methods",
-           "register_method"]
+def encoder_short_name(encoder: str) -> str:
+    """'R18' for resnet18 (a tag such as '.tv_in1k' is ignored); unknown encoders keep their name."""
+    base = encoder.split(".")[0]
+    return ENCODERS.entry(base).meta.get("short", base) if base in ENCODERS else base
+
+
+def method_parameters(name: str) -> set[str] | None:
+    """The keyword parameters a method's constructor takes, without importing it where possible (its
+    source is parsed), so that `bench validate` stays light; None when they cannot be known."""
+    entry = METHODS.entry(name)
+    target = entry.target
+    if isinstance(target, Reference):
+        module_name, _, qualname = target.target.partition(":")
+        loaded = sys.modules.get(module_name)
+        if loaded is None:
+            parsed = _parameters_from_source(module_name, qualname)
+            if parsed is not None:
+                return parsed
+        target = METHODS.get(name)
+    parameters = inspect.signature(target).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def _parameters_from_source(module_name: str, qualname: str) -> set[str] | None:
+    """Keyword parameters of ``qualname.__init__`` read from the module's source; None if that is not
+    plain (no such class or ``__init__`` in the file, or ``**kwargs``)."""
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    with open(spec.origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), spec.origin)
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    node = classes.get(qualname)
+    init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None) if node else None
+    if init is None or init.args.kwarg is not None:
+        return None
+    return {a.arg for a in [*init.args.args, *init.args.kwonlyargs] if a.arg != "self"}
+
+
+__all__ = ["ENCODERS", "METHODS", "create_method", "encoder_short_name", "list_encoders", "list_methods",
+           "method_parameters", "register_method"]

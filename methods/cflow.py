@@ -31,10 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, Prediction, register_method, tensor_bytes
-from anobench.methods.encoders import Level
 from torch import nn
+
+from anobench.core import progress
+from anobench.methods.base import AnomalyMethod, Prediction, tensor_bytes
+from anobench.methods.encoders import Level
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 PAPER_SCHEDULE = (25, 8)
@@ -109,7 +110,6 @@ def numpy_seed(seed: int):
         np.random.set_state(state)
 
 
-@register_method("cflow")
 class CFlow(AnomalyMethod):
     """CFLOW-AD: conditional normalizing flows on multi-scale encoder features.
 
@@ -148,6 +148,7 @@ class CFlow(AnomalyMethod):
     """
 
     name = "cflow"
+    check_params = {"meta_epochs": 1, "sub_epochs": 1, "coupling_blocks": 2, "fiber_batch": 128}
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",
                  levels: tuple[Level, ...] | None = None, coupling_blocks: int = 8, condition_dims: int = 128,

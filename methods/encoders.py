@@ -18,31 +18,22 @@ from pathlib import Path
 
 import timm
 import torch
-from anobench.core import BenchError, Registry, unknown_name
-from anobench.methods.feature_cache import active_cache
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 from timm.models import create_feature_extractor
 from torch import nn
 
+from anobench.core import BenchError, unknown_name
+from anobench.methods import ENCODERS
+from anobench.methods.feature_cache import active_cache
+
 Level = int | str
 
-# Encoders the harness knows by name, with the paper's name for each. Any other timm model name works
-# too (``timm.list_models()``); these are the ones listed by ``bench list encoders``.
-ENCODERS: Registry[str] = Registry("encoder")
-ENCODERS.add("resnet18", "ResNet-18")
-ENCODERS.add("wide_resnet50_2", "WideResNet-50")
-ENCODERS.add("mobilenetv3_large_100", "MobileNetV3-L")
-
-SHORT_NAMES = {"resnet18": "R18", "wide_resnet50_2": "WR50", "mobilenetv3_large_100": "MNetV3"}
-
-
-def short_name(encoder: str) -> str:
-    return SHORT_NAMES.get(encoder, encoder)
-
-
 def check_encoder_name(name: str, where: str | None = None) -> None:
-    if name not in ENCODERS and not timm.is_model(name):
+    """A registered encoder (a plugin's module is imported, registering its timm model) or any timm model."""
+    if name in ENCODERS:
+        ENCODERS.get(name, where)
+    elif not timm.is_model(name):
         raise unknown_name("encoder", name, ENCODERS.names(), where)
 
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, register_method, tensor_bytes
+from anobench.methods.base import AnomalyMethod, tensor_bytes
 from anobench.methods.encoders import Level
 from anobench.methods.postprocess import gaussian_blur, upsample
 
@@ -24,7 +25,6 @@ D_REDUCED = {"resnet18": 100, "wide_resnet50_2": 550}
 INVERSE_CHUNK_BYTES = 256 * 2**20  # float64 covariances inverted per chunk
 
 
-@register_method("padim")
 class PaDiM(AnomalyMethod):
     """PaDiM anomaly maps from per-position Gaussians.
 

@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+
 from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, register_method, tensor_bytes
+from anobench.methods.base import AnomalyMethod, tensor_bytes
 from anobench.methods.encoders import Level
 from anobench.methods.knn import MAX_DEFAULT_BUDGET, knn
 from anobench.methods.postprocess import gaussian_blur, upsample
@@ -26,7 +27,6 @@ from anobench.methods.postprocess import gaussian_blur, upsample
 GALLERY_DEVICE_FRACTION = 0.5  # keep the gallery on the GPU only if it takes at most this share of free memory
 
 
-@register_method("spade")
 class SPADE(AnomalyMethod):
     """SPADE: image kNN over pooled features, pixel kNN over the nearest images' feature maps.
 
@@ -48,6 +48,7 @@ class SPADE(AnomalyMethod):
     """
 
     name = "spade"
+    check_params = {"k_images": 3}
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",
                  levels: tuple[Level, ...] = (1, 2, 3, 4), k_images: int = 50, k_pixels: int = 1,

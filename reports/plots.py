@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
+
 from anobench import artifacts
 from anobench.records import Record
 from anobench.reports.tables import (
@@ -26,7 +28,6 @@ from anobench.reports.tables import (
     row_speed,
     speed_rows,
 )
-from matplotlib.figure import Figure
 
 COLOURS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 

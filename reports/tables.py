@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from anobench.methods.encoders import short_name
+
+from anobench.methods import encoder_short_name as short_name
 from anobench.metrics import METRIC_INFO
 from anobench.records import RUN_FILE, Record, latest_by_cell, read_records
 from anobench.suites import Reference, Suite, parse_suite

@@ -3,11 +3,12 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from anobench import metrics
-from anobench.datasets import AnomalyDataset, Geometry, create_dataset
+from anobench.datasets import create_dataset
+from anobench.datasets.base import AnomalyDataset, Geometry
 from anobench.methods import create_method
 from anobench.methods.cflow import conditional_flow, learning_rate, log_likelihood, positional_encoding_2d
-
 from tests.test_method_contract import batches
 
 QUICK = {"meta_epochs": 4, "sub_epochs": 2, "lr": 2e-3, "fiber_batch": 32, "rotation_degrees": 0.0}

@@ -2,11 +2,11 @@ import copy
 import json
 
 import pytest
+
 from anobench.cells import Cell
 from anobench.compare import compare, load_cells, save_baseline
 from anobench.core import BenchError
 from anobench.records import append_record
-
 from tests.conftest import run_bench
 
 

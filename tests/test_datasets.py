@@ -2,10 +2,11 @@ import shutil
 
 import numpy as np
 import pytest
-from anobench.datasets import AnomalyDataset, DatasetError, Geometry, create_dataset
-from anobench.datasets.synthetic import CLASSES, DEFECT_KINDS, SynthSpec, write_dataset
 from PIL import Image
 
+from anobench.datasets import create_dataset
+from anobench.datasets.base import AnomalyDataset, DatasetError, Geometry
+from anobench.datasets.synthetic import CLASSES, DEFECT_KINDS, SynthSpec, write_dataset
 from tests.conftest import shared_dataset
 
 

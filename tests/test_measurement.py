@@ -5,10 +5,10 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from anobench.memory import PeakMemory
 from anobench.methods import create_method
 from anobench.speed import measure_speed
-
 from tests.test_method_contract import batches
 
 ENCODER_S, NETWORK_S, POST_S = 0.01, 0.03, 0.02

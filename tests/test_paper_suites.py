@@ -6,10 +6,10 @@ import sys
 import time
 
 import pytest
+
 from anobench.datasets.mvtec import MVTEC_CLASSES
 from anobench.datasets.synthetic import CLASSES, SynthSpec, write_dataset
 from anobench.records import latest_by_cell, read_records
-
 from tests.conftest import REPO, kill_when_recorded, run_bench, write_suite
 from tests.fake_stc import write_fake_stc
 from tests.test_reports import md_rows
@@ -116,7 +116,7 @@ def test_a_run_killed_with_sigkill_resumes_without_losing_or_duplicating(tmp_pat
     suite = write_suite(tmp_path / "resume.toml", fake_mvtec, dataset="mvtec", classes=("bottle", "carpet", "grid"),
                         seeds=(0, 1, 2))
     run_dir = tmp_path / "run"
-    done_before = kill_when_recorded([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--out",
+    done_before = kill_when_recorded([sys.executable, "-m", "anobench", "run", "--suite", str(suite), "--out",
                                       str(run_dir), "--no-report"], run_dir, at_least=2)
     assert 2 <= done_before < 9
     result = run_bench("run", "--out", str(run_dir), "--no-report")  # continue from the folder alone

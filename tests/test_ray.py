@@ -6,11 +6,11 @@ import sys
 import time
 
 import pytest
+
 from anobench.executors import RayExecutor, Task, execute
 from anobench.records import latest_by_cell, read_records
 from anobench.runner import RunOptions, run_suite
 from anobench.suites import load_suite
-
 from tests.conftest import kill_when_recorded, run_bench, write_suite
 
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed (pip install -e '.[ray]')")
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def test_killing_the_driver_then_rerunning_completes_without_duplicates(tmp_path, tiny_data):
     path = write_suite(tmp_path / "s.toml", tiny_data, seeds=(0, 1, 2))
     run_dir = tmp_path / "run"
-    before = kill_when_recorded([sys.executable, "-m", "bench", "run", "--suite", str(path), "--out", str(run_dir),
+    before = kill_when_recorded([sys.executable, "-m", "anobench", "run", "--suite", str(path), "--out", str(run_dir),
                                  "--no-report", "--executor", "ray"], run_dir, at_least=1)
     assert 1 <= before < 6
     result = run_bench("run", "--out", str(run_dir), "--no-report", "--executor", "ray")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from anobench import artifacts
 from anobench.records import append_record
 from anobench.reports import write_reports

@@ -2,11 +2,11 @@ import dataclasses
 import json
 
 import pytest
+
 from anobench.core import BenchError
 from anobench.records import append_record, read_records
 from anobench.runner import RunOptions, run_suite
 from anobench.suites import load_suite
-
 from tests.conftest import write_suite
 
 

@@ -1,4 +1,5 @@
 import pytest
+
 from anobench.core import BenchError
 from anobench.runner import check_names
 from anobench.suites import available_suites, load_suite
