@@ -141,6 +141,17 @@ def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_toleran
         sys.exit(1)
 
 
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default="csv", show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), help="File to write (default: RUN_DIR/records.<format>).")
+def export_command(run_dir: Path, fmt: str, output: Path | None) -> None:
+    """Write RUN_DIR's records as one flat table (one row per cell), e.g. for pandas or a spreadsheet."""
+    from anobench.export import export
+
+    click.echo(str(export(run_dir, fmt, output)))
+
+
 @cli.group()
 def baseline() -> None:
     """Stored baselines for regression checks."""
@@ -168,9 +179,11 @@ def list_command(kind: str) -> None:
             click.echo(f"{name:16s} {suite.description}")
         return
     registry = {"methods": methods.METHODS, "encoders": methods.ENCODERS, "datasets": datasets.DATASETS}[kind]
-    for name in registry.names():
-        entry = registry.entry(name)
-        click.echo(f"{name:24s} {entry.origin:24s} {entry.meta.get('display') or _summary(registry, name)}")
+    entries = [registry.entry(name) for name in registry.names()]
+    name_width, origin_width = (max(len(x) for x in column) for column in zip(*((e.name, e.origin) for e in entries)))
+    for entry in entries:
+        summary = entry.meta.get("display") or _summary(registry, entry.name)
+        click.echo(f"{entry.name:{name_width}s}  {entry.origin:{origin_width}s}  {summary}")
     for note in registry.shadowed:
         click.echo(f"warning: {note}", err=True)
     if kind == "encoders":

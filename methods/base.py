@@ -53,6 +53,8 @@ class AnomalyMethod(ABC):
     """Base class of all methods; see the module docstring for the contract."""
 
     name: ClassVar[str]
+    #: The name tables print (e.g. "CFLOW-AD"); the registered name where empty.
+    display_name: ClassVar[str] = ""
     #: True when an image's score depends on the other test images (a protocol choice, never hidden).
     test_set_dependent: ClassVar[bool] = False
     #: Parameters that make the conformance checks (``bench check-method``) quick, e.g. a short schedule.

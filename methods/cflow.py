@@ -148,6 +148,7 @@ class CFlow(AnomalyMethod):
     """
 
     name = "cflow"
+    display_name = "CFLOW-AD"
     check_params = {"meta_epochs": 1, "sub_epochs": 1, "coupling_blocks": 2, "fiber_batch": 128}
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",

@@ -45,6 +45,7 @@ class PaDiM(AnomalyMethod):
     """
 
     name = "padim"
+    display_name = "PaDiM"
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",
                  levels: tuple[Level, ...] = (1, 2, 3), d_reduced: int | None = None, epsilon: float = 0.01,

@@ -48,6 +48,7 @@ class SPADE(AnomalyMethod):
     """
 
     name = "spade"
+    display_name = "SPADE"
     check_params = {"k_images": 3}
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",
