@@ -180,7 +180,8 @@ def list_command(kind: str) -> None:
         return
     registry = {"methods": methods.METHODS, "encoders": methods.ENCODERS, "datasets": datasets.DATASETS}[kind]
     entries = [registry.entry(name) for name in registry.names()]
-    name_width, origin_width = (max(len(x) for x in column) for column in zip(*((e.name, e.origin) for e in entries)))
+    name_width = max(len(e.name) for e in entries)
+    origin_width = max(len(e.origin) for e in entries)
     for entry in entries:
         summary = entry.meta.get("display") or _summary(registry, entry.name)
         click.echo(f"{entry.name:{name_width}s}  {entry.origin:{origin_width}s}  {summary}")
