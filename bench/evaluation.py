@@ -24,6 +24,7 @@ from anobench.core import BenchError
 from anobench.datasets.base import AnomalyDataset, DatasetSource, Geometry
 from anobench.environment import commit_info, device_name, machine_info
 from anobench.memory import PeakMemory
+from anobench.methods import encoder_short_name
 from anobench.methods.base import AnomalyMethod, Prediction
 from anobench.methods.feature_cache import FeatureCache
 from anobench.records import SCHEMA_VERSION, Record
@@ -198,6 +199,7 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str,
                    "test_set_dependent": method.test_set_dependent, **method.labels()},
         "precision": {"inference": "bf16 autocast" if method.labels().get("inference_autocast_bf16") else "float32",
                       "compiled": bool(method.labels().get("inference_compiled"))},
+        "display": {"method": method.display_name or method.name, "encoder": encoder_short_name(cell.encoder)},
         "method_params": method.get_params(),
         "fit_stats": method.fit_stats(),
         "size": size_record(method),

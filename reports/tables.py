@@ -94,7 +94,9 @@ def row_marks(records: list[Record]) -> str:
 def row_name(records: list[Record], with_params: bool = False) -> str:
     """'CFLOW-AD-R18' plus marks; the suite's parameters only where they tell two rows apart."""
     c = records[0]["config"]
-    name = f"{METHOD_NAMES.get(c['method'], c['method'])}-{short_name(base_encoder(c['encoder']))}"
+    display = records[0].get("display") or {}
+    method = display.get("method") or METHOD_NAMES.get(c["method"], c["method"])
+    name = f"{method}-{display.get('encoder') or short_name(base_encoder(c['encoder']))}"
     params = c.get("params") or {}
     if with_params and params:
         name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
