@@ -54,7 +54,8 @@ def check_encoder_name(name: str, where: str | None = None) -> None:
 
 def is_resnet(name: str) -> bool:
     """True for timm's ResNet family (resnet18, wide_resnet50_2, ... with or without a weights tag)."""
-    return timm.models.model_entrypoint(timm.models.get_arch_name(name)).__module__ == "timm.models.resnet"
+    arch = timm.models.get_arch_name(name)
+    return timm.is_model(arch) and timm.models.model_entrypoint(arch).__module__ == "timm.models.resnet"
 
 
 def check_padding(name: str, padding: str) -> None:
@@ -65,14 +66,11 @@ def check_padding(name: str, padding: str) -> None:
                          f"code's ResNet copy); {name} is not one: use padding 'zeros'.")
 
 
-def pad_by_reflection(model: nn.Module) -> list[str]:
-    """Set ``padding_mode='reflect'`` on every convolution that pads; the names of those changed."""
-    changed = []
-    for module_name, module in model.named_modules():
+def pad_by_reflection(model: nn.Module) -> None:
+    """Set ``padding_mode='reflect'`` on every convolution that pads."""
+    for module in model.modules():
         if isinstance(module, nn.Conv2d) and any(module.padding):
             module.padding_mode = "reflect"
-            changed.append(module_name)
-    return changed
 
 
 def sha256_of(path: Path) -> str:

@@ -42,6 +42,8 @@ def test_reflect_padding_is_refused_where_it_is_not_defined():
         Encoder("mobilenetv3_large_100", ("blocks.2",), padding="reflect")
     with pytest.raises(BenchError, match="zeros, reflect"):
         Encoder("resnet18", (2,), padding="circular")
+    with pytest.raises(BenchError, match="Unknown encoder 'nosuch'"):  # not a crash in the padding lookup
+        create_method("cflow", encoder="nosuch", weights="random")._build_encoder("random")
 
 
 def test_each_method_pads_as_its_paper_and_any_may_choose():
