@@ -196,7 +196,8 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str,
 
     result.update({
         "labels": {"random_weights": cell.weights == "random", "protocol": cell.protocol,
-                   "test_set_dependent": method.test_set_dependent, **method.labels()},
+                   "test_set_dependent": method.test_set_dependent, "encoder_padding": method.encoder_.padding,
+                   **method.labels()},
         "precision": {"inference": "bf16 autocast" if method.labels().get("inference_autocast_bf16") else "float32",
                       "compiled": bool(method.labels().get("inference_compiled"))},
         "display": {"method": method.display_name or method.name, "encoder": encoder_short_name(cell.encoder)},

@@ -64,6 +64,9 @@ class AnomalyMethod(ABC):
     weights: str
     seed: int
     device: str
+    #: How the encoder pads its convolutions ("zeros" or "reflect", see ``encoders``); a method that offers the
+    #: choice takes ``encoder_padding`` as a constructor parameter.
+    encoder_padding: str = "zeros"
 
     # -- parameters ------------------------------------------------------------------------------------
 
@@ -95,8 +98,13 @@ class AnomalyMethod(ABC):
     def encoder_levels(self) -> tuple[Level, ...]:
         """Which encoder levels the method taps."""
 
+    def encoder_padding_mode(self) -> str:
+        """The padding the encoder is built with (methods whose parameter has a symbolic default resolve it)."""
+        return self.encoder_padding
+
     def _build_encoder(self, weights: str) -> Encoder:
-        return Encoder(self.encoder, self.encoder_levels(), weights=weights, seed=self.seed).to(self.device)
+        return Encoder(self.encoder, self.encoder_levels(), weights=weights, seed=self.seed,
+                       padding=self.encoder_padding_mode()).to(self.device)
 
     def check_fitted(self) -> None:
         if not hasattr(self, "encoder_"):

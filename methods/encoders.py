@@ -4,6 +4,11 @@ A level is either an ``int`` (an index into timm's ``feature_info``; for ResNets
 or a ``str`` naming a module (e.g. ``"blocks.5"`` for MobileNetV3-L's 160-channel stage). Channels and
 strides come from the model, never from tables. Weights are ``"imagenet"`` (timm's download/cache),
 ``"random"`` (seeded), or a path to a local weights file.
+
+Padding is ``"zeros"`` (timm's, and the PaDiM and SPADE papers') or ``"reflect"``: the official CFLOW-AD
+code's ResNet copy sets ``padding_mode='reflect'`` on its 7×7 stem and every 3×3 convolution (the 1×1
+convolutions do not pad; the max-pool is unchanged), which for timm's ResNets is exactly the set of
+convolutions with non-zero padding. Reflection is offered for ResNets only, the one family it is defined for.
 """
 
 from __future__ import annotations
@@ -29,12 +34,36 @@ from anobench.methods.feature_cache import active_cache
 
 Level = int | str
 
+PADDINGS = ("zeros", "reflect")
+
+
 def check_encoder_name(name: str, where: str | None = None) -> None:
     """A registered encoder (a plugin's module is imported, registering its timm model) or any timm model."""
     if name in ENCODERS:
         ENCODERS.get(name, where)
     elif not timm.is_model(name):
         raise unknown_name("encoder", name, ENCODERS.names(), where)
+
+
+def is_resnet(name: str) -> bool:
+    """True for timm's ResNet family (resnet18, wide_resnet50_2, ... with or without a weights tag)."""
+    arch = timm.models.get_arch_name(name)
+    return timm.is_model(arch) and timm.models.model_entrypoint(arch).__module__ == "timm.models.resnet"
+
+
+def check_padding(name: str, padding: str) -> None:
+    if padding not in PADDINGS:
+        raise BenchError(f"Encoder padding {padding!r} is not one of {', '.join(PADDINGS)}.")
+    if padding == "reflect" and not is_resnet(name):
+        raise BenchError(f"Encoder padding 'reflect' is defined for ResNet encoders (the official CFLOW-AD "
+                         f"code's ResNet copy); {name} is not one: use padding 'zeros'.")
+
+
+def pad_by_reflection(model: nn.Module) -> None:
+    """Set ``padding_mode='reflect'`` on every convolution that pads."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and any(module.padding):
+            module.padding_mode = "reflect"
 
 
 def sha256_of(path: Path) -> str:
@@ -133,16 +162,20 @@ class Encoder(nn.Module):
     """A frozen, eval-mode feature extractor returning one feature map per requested level.
 
     Input images are float in [0, 1]; the model's own normalization (``resolve_model_data_config``)
-    is applied inside, so datasets stay encoder-agnostic.
+    is applied inside, so datasets stay encoder-agnostic. ``padding`` is one of ``PADDINGS`` (see the
+    module docstring).
     """
 
-    def __init__(self, name: str, levels: Sequence[Level], weights: str = "random", seed: int = 0):
+    def __init__(self, name: str, levels: Sequence[Level], weights: str = "random", seed: int = 0,
+                 padding: str = "zeros"):
         super().__init__()
         check_encoder_name(name)
+        check_padding(name, padding)
         self.name = name
         self.levels = tuple(levels)
         self.weights = weights
         self.seed = seed
+        self.padding = padding
         if all(isinstance(level, int) for level in self.levels):
             self.body = _create(name, weights, seed, features_only=True, out_indices=self.levels)
             config_source = self.body
@@ -152,6 +185,8 @@ class Encoder(nn.Module):
             config_source = full
         else:
             raise BenchError(f"Encoder levels must be all indices or all module names, got {self.levels}.")
+        if padding == "reflect":
+            pad_by_reflection(self.body)
         data_config = timm.data.resolve_model_data_config(config_source)
         self.register_buffer("mean", torch.tensor(data_config["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(data_config["std"]).view(1, 3, 1, 1), persistent=False)
@@ -184,7 +219,7 @@ class Encoder(nn.Module):
     @property
     def identity(self) -> tuple:
         """What determines this encoder's outputs besides its levels (the feature cache's key)."""
-        return (self.name, self.weights, self.seed if self.weights == "random" else None)
+        return (self.name, self.weights, self.seed if self.weights == "random" else None, self.padding)
 
     def _compute(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = (images - self.mean) / self.std

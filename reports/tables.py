@@ -21,7 +21,7 @@ from anobench.suites import Reference, Suite, parse_suite
 
 ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 METHOD_NAMES = {"cflow": "CFLOW-AD", "padim": "PaDiM", "spade": "SPADE"}
-MARKS = {"random": "†", "paper": "‡", "short": "§"}
+MARKS = {"random": "†", "paper": "‡", "short": "§", "reflect": "¶", "hard_permutation": "‖"}
 
 
 @dataclass
@@ -88,6 +88,10 @@ def row_marks(records: list[Record]) -> str:
         marks += MARKS["paper"]
     if labels.get("schedule") == "short":
         marks += MARKS["short"]
+    if labels.get("encoder_padding") == "reflect":
+        marks += MARKS["reflect"]
+    if labels.get("permutation") == "hard":
+        marks += MARKS["hard_permutation"]
     return marks
 
 
@@ -132,6 +136,12 @@ def footnotes_for(records: Iterable[Record]) -> list[str]:
                      "reference code does; an image's score depends on the other test images.")
     if any(r.get("labels", {}).get("schedule") == "short" for r in records):
         notes.append(f"{MARKS['short']} short training schedule (see the record's method_params), not the paper's.")
+    if any(r.get("labels", {}).get("encoder_padding") == "reflect" for r in records):
+        notes.append(f"{MARKS['reflect']} encoder padded by reflection in its 7×7 stem and every 3×3 convolution, "
+                     "as the official CFLOW-AD code's ResNet copy (timm's ResNets pad with zeros).")
+    if any(r.get("labels", {}).get("permutation") == "hard" for r in records):
+        notes.append(f"{MARKS['hard_permutation']} hard channel permutations in the flow (permute_soft=False, "
+                     "anomalib's choice): a departure from the official code's random orthogonal matrices.")
     protocols = sorted({r["config"]["protocol"] for r in records})
     if protocols:
         notes.append("Protocol: " + ", ".join(protocols) + " (strict: no normalizing constant comes from test "

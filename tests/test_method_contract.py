@@ -4,11 +4,28 @@ and the kit catches methods that break it."""
 import os
 
 import pytest
+import torch
 
+from anobench.datasets import create_dataset
+from anobench.datasets.base import AnomalyDataset, Geometry
 from anobench.methods import METHODS, list_methods
-from anobench.testing import assert_method_conforms, check_method
+from anobench.testing import assert_method_conforms, check_method, check_params
 from tests.broken_methods import BatchDependentPaDiM, UnstableParamsPaDiM
 from tests.conftest import REPO, run_bench
+
+SIZE = 64
+
+
+def make(name, seed=0, **extra):
+    """A method with the conformance checks' quick settings (random ResNet-18, short schedule), for other tests."""
+    cls = METHODS.get(name)
+    return cls(**check_params(cls, {"seed": seed, **extra}))
+
+
+def batches(tiny_data, class_name="disc", split="train", size=SIZE):
+    dataset = AnomalyDataset(create_dataset("folder", tiny_data).samples(class_name, split), Geometry(size, size))
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    return [images[i:i + 8] for i in range(0, len(images), 8)]
 
 
 @pytest.mark.parametrize("name", [n for n in list_methods() if METHODS.entry(n).origin == "built-in"])
