@@ -181,10 +181,10 @@ def list_command(kind: str) -> None:
 @click.option("--suite-path", multiple=True, type=click.Path())
 def validate(suite_name: str, suite_path) -> None:
     """Check a suite file: keys, types and every method, encoder and dataset name, without running."""
-    from anobench.runner import check_names
+    from anobench.runner import check_suite
 
     suite = load_suite(suite_name, suite_path)
-    check_names(suite)
+    check_suite(suite)
     click.echo(f"{suite.path}: ok ({len(suite.grid)} grid block(s), {len(suite.references)} reference number(s)).")
 
 

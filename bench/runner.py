@@ -8,6 +8,7 @@ raises is recorded as failed with the reason and the others still run.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import sys
@@ -21,9 +22,9 @@ from anobench.core import BenchError, progress
 from anobench.datasets import DatasetSource
 from anobench.evaluation import failed_record, now, open_source
 from anobench.executors import LocalExecutor, Task
-from anobench.methods.encoders import check_encoder_name, check_weights
+from anobench.methods.encoders import check_encoder_name, check_weights, encoder_strides
 from anobench.records import RUN_FILE, Record, append_record, latest_by_cell, read_records
-from anobench.suites import DatasetSpec, Suite, parse_suite
+from anobench.suites import DatasetSpec, GridBlock, Suite, parse_suite
 
 
 @dataclass
@@ -54,15 +55,58 @@ class RunSummary:
 # planning
 
 
-def check_names(suite: Suite) -> None:
-    """Every method, encoder and dataset the suite names exists (else one sentence naming the file)."""
+# Constructor parameters the harness sets from the suite itself; a grid's params must not override them,
+# or the cell's configuration (and every table) would say something else than what ran.
+HARNESS_PARAMS = {"encoder": "the grid's encoders", "weights": "the suite's weights (or --weights)",
+                  "seed": "the suite's seeds", "device": "--device",
+                  "protocol": "the suite's protocol (or --protocol)"}
+
+
+def check_suite(suite: Suite) -> None:
+    """Everything about a suite that can be refused without data, for ``bench validate`` and ``bench run``
+    alike: unknown method, encoder and dataset names, method parameters a method does not take, and
+    resolutions below an encoder's smallest useful input. One sentence naming the file."""
     where = f"suite {suite.path.name}"
-    for block in suite.grid:
+    for number, block in enumerate(suite.grid, 1):
         for name in block.methods:
             methods.METHODS.get(name, where)
         for name in block.encoders:
             check_encoder_name(name, where)
+        place = f"Suite file {suite.path}, [[grid]] #{number}"
+        for name in block.methods:
+            _check_params(name, block.params, place)
+            for encoder in block.encoders:
+                _check_resolutions(name, encoder, block, place)
     datasets.DATASETS.get(suite.dataset.name, where)
+
+
+def _check_params(method: str, params: dict[str, Any], place: str) -> None:
+    valid = methods.method_parameters(method) - set(HARNESS_PARAMS)
+    for key in params:
+        if key in HARNESS_PARAMS:
+            raise BenchError(f"{place}: params sets '{key}', which comes from {HARNESS_PARAMS[key]}; "
+                             f"remove it from params.")
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "."
+            raise BenchError(f"{place}: method '{method}' has no parameter '{key}'{hint} Its parameters: "
+                             f"{', '.join(sorted(valid))}.")
+
+
+def _check_resolutions(method: str, encoder: str, block: GridBlock, place: str) -> None:
+    """The smallest useful input of an encoder for a method is the stride of the deepest level the method
+    taps: below it, that level's feature map covers less than one cell of real pixels (the rest is padding)."""
+    try:
+        levels = tuple(methods.METHODS.get(method)(encoder=encoder, **block.params).encoder_levels())
+    except (TypeError, ValueError) as exc:
+        raise BenchError(f"{place}: method '{method}' rejects its params ({exc}).") from None
+    strides = encoder_strides(encoder, levels)
+    smallest = max(strides)
+    for resolution in (*block.resolutions, *block.class_resolutions.values()):
+        if resolution < smallest:
+            raise BenchError(f"{place}: resolution {resolution} is below {smallest} px, the smallest useful input "
+                             f"of {encoder} for {method} (the stride of level {levels[strides.index(smallest)]}, the deepest it taps); "
+                             f"use a resolution of at least {smallest}.")
 
 
 def apply_overrides(suite: Suite, options: RunOptions) -> Suite:
@@ -91,7 +135,7 @@ def plan(suite: Suite, options: RunOptions) -> tuple[DatasetSource, list[Cell]]:
     if suite.weights == "random" and not (suite.allow_random_weights or options.allow_random):
         raise BenchError(f"Suite {suite.name} reproduces published numbers and needs pretrained weights; pass "
                          f"--weights imagenet or --weights PATH, or --allow-random to run it with random weights.")
-    check_names(suite)
+    check_suite(suite)
     source = open_source(suite.dataset, options.data_root)
     classes = list(suite.dataset.classes or source.classes())
     for class_name in classes:
