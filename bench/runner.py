@@ -24,6 +24,7 @@ from anobench.evaluation import failed_record, now, open_source
 from anobench.executors import LocalExecutor, Task
 from anobench.methods.encoders import check_encoder_name, check_weights, encoder_strides
 from anobench.records import RUN_FILE, Record, append_record, latest_by_cell, read_records
+from anobench.runfolder import RunFolderLock, folder_error
 from anobench.suites import DatasetSpec, GridBlock, Suite, parse_suite
 
 
@@ -168,8 +169,11 @@ def _write_run_file(run_dir: Path, suite: Suite, cells: list[Cell], options: Run
                         "allow_random": options.allow_random},
             "plan": [{"cell_id": c.cell_id, "config": c.config()} for c in cells]}
     tmp = run_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
-    os.replace(tmp, run_dir / RUN_FILE)
+    try:
+        tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
+        os.replace(tmp, run_dir / RUN_FILE)
+    except OSError as exc:
+        raise folder_error(run_dir, exc) from None
 
 
 def _judged(source: DatasetSource, cells: list[Cell], device: str) -> list[planning.CellPlan]:
@@ -193,7 +197,13 @@ def run_suite(suite: Suite, run_dir: Path, options: RunOptions, executor=None) -
     for encoder in sorted({c.encoder for c in cells}):
         check_weights(encoder, suite.weights)
     refusals = {p.cell: p.refusal for p in _judged(source, cells, options.device) if p.refusal}
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunFolderLock(run_dir):  # one writer per folder, from run.json to the last record
+        return _run_in_folder(suite, run_dir, options, executor, cells, refusals)
+
+
+def _run_in_folder(suite: Suite, run_dir: Path, options: RunOptions, executor, cells: list[Cell],
+                   refusals: dict[Cell, str]) -> RunSummary:
+    """The part of a run that writes into its folder; the caller holds the folder's lock."""
     if (run_dir / RUN_FILE).exists():
         recorded = json.loads((run_dir / RUN_FILE).read_text())["suite"]["name"]
         if recorded != suite.name:
@@ -226,9 +236,12 @@ def run_suite(suite: Suite, run_dir: Path, options: RunOptions, executor=None) -
 
 def _keep(run_dir: Path, summary: RunSummary, cell: Cell, record: Record, arrays: dict) -> None:
     """The driver's part: artifacts first, then the record that points at them (one atomic line)."""
-    if arrays:
-        record["artifacts"] = {"file": artifacts.write(run_dir, record["cell_id"], arrays)}
-    append_record(run_dir, record)
+    try:
+        if arrays:
+            record["artifacts"] = {"file": artifacts.write(run_dir, record["cell_id"], arrays)}
+        append_record(run_dir, record)
+    except OSError as exc:  # no space left, say: the records before this one are whole
+        raise folder_error(run_dir, exc) from None
     if record["status"] == "ok":
         summary.ok += 1
     else:
