@@ -103,11 +103,12 @@ def _check_resolutions(method: str, encoder: str, block: GridBlock, place: str) 
         raise BenchError(f"{place}: method '{method}' rejects its params ({exc}).") from None
     strides = encoder_strides(encoder, levels)
     smallest = max(strides)
+    deepest = levels[strides.index(smallest)]
     for resolution in (*block.resolutions, *block.class_resolutions.values()):
         if resolution < smallest:
             raise BenchError(f"{place}: resolution {resolution} is below {smallest} px, the smallest useful input "
-                             f"of {encoder} for {method} (the stride of level {levels[strides.index(smallest)]}, the deepest it taps); "
-                             f"use a resolution of at least {smallest}.")
+                             f"of {encoder} for {method} (the stride of level {deepest}, the deepest it taps); use "
+                             f"a resolution of at least {smallest}.")
 
 
 def apply_overrides(suite: Suite, options: RunOptions) -> Suite:

@@ -28,6 +28,7 @@ from anobench import runner
 from anobench.cli import main
 from anobench.datasets.synthetic import SynthSpec, write_dataset
 from anobench.records import latest_by_cell, read_records
+from anobench.runfolder import RunFolderLock
 from anobench.runner import RunOptions, run_suite
 from anobench.suites import load_suite
 from PIL import Image
@@ -354,6 +355,14 @@ def test_a_damaged_record_line_is_skipped_with_a_warning_and_its_cell_reruns(cli
     assert len(read_records(world.run)) == CELLS == len(latest_by_cell(read_records(world.run)))
     report = cli("report", world.run, "--format", "md")
     assert report.code == 0 and (world.run / "report.md").is_file(), report.err
+
+
+def test_a_locked_run_folder_is_read_by_report_and_compare(cli, world):
+    with RunFolderLock(world.run):  # as a bench run writing it holds it
+        assert cli(*world.run_args()).code == 2  # a second writer is refused...
+        report = cli("report", world.run, "--format", "md")
+        compare = cli("compare", world.run, world.run)
+    assert report.code == 0 and compare.code == 0, report.err + compare.err  # ...readers are not
 
 
 # ----------------------------------------------------------------------------------------------------------
