@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,9 @@ class RunFolderLock:
             os.close(fd)
             raise BenchError(f"Run folder {self.run_dir} is in use by another bench run ({holder}); wait for it to "
                              f"finish, or pass another --out.") from None
+        except OSError as exc:  # a filesystem without locks (some FUSE and SMB mounts): run, but say so
+            print(f"warning: run folder {self.run_dir} cannot be locked ({exc.strerror}); make sure no other "
+                  f"bench run writes into it.", file=sys.stderr)
         try:
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
