@@ -171,37 +171,33 @@ def subfolders(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not is_hidden(d)) if folder.is_dir() else []
 
 
-# Bytes at the end of a file searched for the format's end marker: a whole PNG ends with its IEND chunk and a
-# whole JPEG with its EOI marker, which a truncated copy lacks (a few writers append bytes after them).
+# A whole PNG ends with its IEND chunk and a whole JPEG with its EOI marker, which a truncated copy lacks.
 END_MARKERS = {"PNG": b"IEND", "JPEG": b"\xff\xd9"}
-TAIL_BYTES = 4096
+TAIL_BYTES = 4096  # searched at the end of the file (a few writers append bytes after the marker)
 
 
 def image_header(path: Path) -> tuple[int, int]:
     """An image's (width, height) from its header, once it is known to be whole: not empty, a format PIL
-    reads, and, for PNG and JPEG, ending with the format's end marker (a JPEG's compressed data cannot
-    contain FF D9, a PNG's IDAT data holds "IEND" by chance once in 2^32 positions). These decode no pixels;
-    other formats (BMP, TIFF) are decoded in full, the one reliable check they have. One sentence naming
-    the file otherwise."""
-    problem = None
+    reads, and, for PNG and JPEG, with the format's end marker in its last 4 KiB (a JPEG's compressed data
+    cannot hold FF D9; a PNG's holds "IEND" by chance once in 2^32 positions). That costs a header and a
+    tail read, no decoding. A file without the marker, and other formats (BMP, TIFF), are decoded in full:
+    only a file that fails to decode is refused (one sentence naming it)."""
     try:
         if path.stat().st_size == 0:
-            problem = "it is empty (0 bytes)"
-        else:
-            with Image.open(path) as img:
-                size, marker = img.size, END_MARKERS.get(img.format or "")
-                if marker is None:
-                    img.load()
-                else:
-                    with open(path, "rb") as f:
-                        f.seek(max(0, f.seek(0, 2) - TAIL_BYTES))
-                        if marker not in f.read():
-                            problem = f"it is truncated: no {img.format} end marker"
-    except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-        problem = str(exc)
-    if problem:
-        raise DatasetError(f"Cannot use image {path} ({problem}); replace or remove the file.")
-    return size
+            raise DatasetError(f"Cannot use image {path} (it is empty: 0 bytes); replace or remove the file.")
+        with Image.open(path) as img:
+            marker = END_MARKERS.get(img.format or "")
+            if marker is None or not _tail_holds(path, marker):
+                img.load()
+            return img.size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"Cannot use image {path} ({exc}); replace or remove the file.") from None
+
+
+def _tail_holds(path: Path, marker: bytes) -> bool:
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - TAIL_BYTES))
+        return marker in f.read()
 
 
 def mask_size(ref: SampleRef) -> tuple[int, int]:

@@ -133,8 +133,12 @@ def test_image_header_finds_truncated_files_of_every_format(tmp_path, suffix):
     path.write_bytes(whole[: len(whole) * 2 // 3])
     with pytest.raises(DatasetError, match=rf"Cannot use image .*a\{suffix} \(.*\); replace or remove the file"):
         image_header(path)
-    path.write_bytes(whole + b"\0" * 100)  # bytes after the end marker, as a few writers leave: still whole
-    assert image_header(path) == (30, 40)
+    path.write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"\(it is empty: 0 bytes\)"):
+        image_header(path)
+    for trailing in (100, 10_000):  # bytes after the end marker, as a few writers leave: still whole
+        path.write_bytes(whole + b"\0" * trailing)
+        assert image_header(path) == (30, 40)
 
 
 def test_hidden_and_os_metadata_files_are_not_images(tmp_path):

@@ -143,10 +143,10 @@ LAYOUT_CASES = {
     "defect image without a mask": (lambda d: (d / "disc/ground_truth/stain/000_mask.png").unlink(),
                                     r"Defect image .*disc/test/stain/000.png has no mask .*000_mask.png"),
     "truncated PNG in train/good": (lambda d: cut(d / "disc/train/good/003.png"),
-                                    r"Cannot use image .*train/good/003.png \(it is truncated: no PNG end marker\); "
-                                    r"replace or remove the file\.$"),
+                                    r"Cannot use image .*train/good/003.png \(image file is truncated\); replace or "
+                                    r"remove the file\.$"),
     "zero-byte PNG": (lambda d: (d / "disc/test/good/001.png").write_bytes(b""),
-                      r"Cannot use image .*test/good/001.png \(it is empty \(0 bytes\)\); replace or remove"),
+                      r"Cannot use image .*test/good/001.png \(it is empty: 0 bytes\); replace or remove"),
     "not an image": (lambda d: (d / "stripes/test/color/000.png").write_text("<html>404</html>"),
                      r"Cannot use image .*stripes/test/color/000.png \(cannot identify image file"),
     "mask half the size": (lambda d: resize_mask(d / "disc/ground_truth/scratch/000_mask.png", 0.5),
@@ -155,7 +155,7 @@ LAYOUT_CASES = {
     "mask twice the size": (lambda d: resize_mask(d / "disc/ground_truth/color/000_mask.png", 2),
                             r"Mask .*color/000_mask.png is 64×64 but its image .*32×32"),
     "truncated mask": (lambda d: cut(d / "stripes/ground_truth/cutout/000_mask.png", 0.7),
-                       r"Cannot use image .*cutout/000_mask.png \(it is truncated: no PNG end marker\)"),
+                       r"Cannot use image .*cutout/000_mask.png \(image file is truncated\)"),
     "empty mask of a defect image": (
         lambda d: Image.new("L", (SIZE, SIZE)).save(d / "disc/ground_truth/cutout/000_mask.png"),
         r"Defect image .*disc/test/cutout/000.png has an entirely empty mask .*cutout/000_mask.png; fix the mask, "
