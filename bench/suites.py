@@ -1,8 +1,9 @@
 """Suites: declarative TOML files (grid, protocol, dataset, reference numbers) loaded into typed dataclasses.
 
 A suite is found by name in ``bench/suites/`` (and folders given with ``--suite-path``) or by path.
-``extends = "other.toml"`` starts from another suite and overrides top-level keys. Unknown keys and wrong
-types fail loudly, with one sentence naming the file and the key.
+``extends = "other.toml"`` starts from another suite and overrides top-level keys. Every key is declared
+once, as a dataclass field below (type, default, limits); unknown keys, wrong types and values out of range
+fail loudly, with one sentence naming the file and the key.
 """
 
 from __future__ import annotations
