@@ -20,9 +20,8 @@ import click
 from anobench import compare as compare_module
 from anobench.core import BenchError
 from anobench.records import RUN_FILE
+from anobench.runfolder import RunInterrupted, Terminated, sigterm_interrupts
 from anobench.suites import available_suites, load_suite
-
-DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
 
 @click.group()
@@ -39,7 +38,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--data-root", type=click.Path(), help="Dataset folder (e.g. MVTec AD's root, or a folder in its layout).")
 @click.option("--dataset", help="Run the suite on another dataset (bench list datasets), e.g. mvtec.")
 @click.option("--classes", help="Comma-separated classes to run instead of the suite's.")
-@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (checked before any work).")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Run folder; an existing one is continued. Default: runs/NNNN-<suite>.")
 @click.option("--weights", help="Encoder weights: imagenet, random, or a path to a weights file.")
@@ -60,7 +59,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed, suite_path,
         protocol, metrics_resolution, feature_cache_mb, plan_only, executor, address, cpus_per_cell, report):
     """Run a suite: every cell of its grid, one record each, then the report."""
-    from anobench import reports
     from anobench.environment import resolve_device
     from anobench.executors import make_executor
     from anobench.planning import format_plan
@@ -80,14 +78,22 @@ def run(suite_name, data_root, dataset, classes, device, out, weights, allow_ran
                          retry_failed=retry_failed, allow_random=allow_random or stored.get("allow_random", False),
                          protocol=protocol, metrics_resolution=metrics_resolution,
                          feature_cache_mb=feature_cache_mb, command=shlex.join(["bench", *sys.argv[1:]]))
+    if executor == "ray" and ":" in options.device:
+        raise BenchError(f"--executor ray places each cell on a free GPU itself; pass --device cuda, not "
+                         f"{options.device}.")
     if plan_only:
         click.echo(format_plan(memory_plans(suite, options), options.device))
         return
     click.echo(f"Suite {suite.name} → {run_dir} (device {options.device})", err=True)
-    summary = run_suite(suite, run_dir, options, make_executor(executor, address, cpus_per_cell))
-    if report:
-        for path in reports.write_reports(run_dir):
-            click.echo(f"Report: {path}")
+    try:
+        with sigterm_interrupts():
+            summary = run_suite(suite, run_dir, options, make_executor(executor, address, cpus_per_cell))
+            if report:
+                for path in _write_reports(run_dir):
+                    click.echo(f"Report: {path}")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated: the lock is released on the way out
+        how = "rerun the same command" if out else f"rerun with --out {run_dir}"
+        raise RunInterrupted(f"interrupted; {how} to continue", isinstance(exc, Terminated)) from None
     click.echo(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done. Records: "
                f"{run_dir / 'records.jsonl'}")
     if summary.failed:
@@ -102,8 +108,19 @@ def report_command(run_dir: Path, formats: str | None) -> None:
     from anobench import reports
 
     chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else reports.DEFAULT_FORMATS
-    for path in reports.write_reports(run_dir, chosen):
+    for path in _write_reports(run_dir, chosen):
         click.echo(str(path))
+
+
+def _write_reports(run_dir: Path, formats: list[str] | None = None) -> list[Path]:
+    """The reports of a run folder; a folder that cannot take them (read-only, full) is one sentence."""
+    from anobench import reports
+
+    try:
+        return reports.write_reports(run_dir, formats or reports.DEFAULT_FORMATS)
+    except OSError as exc:
+        raise BenchError(f"Cannot write the reports into {run_dir} ({exc.filename}: {exc.strerror}); the records "
+                         f"are intact: make room or make the folder writable, then run bench report {run_dir}.") from None
 
 
 @cli.command("compare")
@@ -237,10 +254,10 @@ def _parse_params(items: tuple[str, ...]) -> dict:
 @click.option("--suite-path", multiple=True, type=click.Path())
 def validate(suite_name: str, suite_path) -> None:
     """Check a suite file: keys, types and every method, encoder and dataset name, without running."""
-    from anobench.runner import check_names
+    from anobench.runner import check_suite
 
     suite = load_suite(suite_name, suite_path)
-    check_names(suite)
+    check_suite(suite)
     click.echo(f"{suite.path}: ok ({len(suite.grid)} grid block(s), {len(suite.references)} reference number(s)).")
 
 
@@ -277,6 +294,9 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except RunInterrupted as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

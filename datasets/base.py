@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -147,8 +148,83 @@ class DatasetSource(ABC):
         return {"name": self.name}
 
 
+
+
+def is_hidden(path: Path) -> bool:
+    """Hidden and OS metadata entries (macOS ``._*`` AppleDouble twins and ``.DS_Store``, anything starting
+    with a dot): never data, whatever their suffix."""
+    return path.name.startswith(".")
+
+
 def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    """The image files in ``folder``, sorted; hidden and OS metadata files are ignored, not read
+    (Windows' ``Thumbs.db`` and ``desktop.ini`` have no image suffix)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(p) and p.is_file())
+
+
+def subfolders(folder: Path) -> list[Path]:
+    """The folders in ``folder``, sorted, hidden ones left out."""
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not is_hidden(d)) if folder.is_dir() else []
+
+
+# A whole PNG ends with its IEND chunk and a whole JPEG with its EOI marker, which a truncated copy lacks.
+END_MARKERS = {"PNG": b"IEND", "JPEG": b"\xff\xd9"}
+TAIL_BYTES = 4096  # searched at the end of the file (a few writers append bytes after the marker)
+
+
+def image_header(path: Path) -> tuple[int, int]:
+    """An image's (width, height) from its header, once it is known to be whole: not empty, a format PIL
+    reads, and, for PNG and JPEG, with the format's end marker in its last 4 KiB (a JPEG's compressed data
+    cannot hold FF D9; a PNG's holds "IEND" by chance once in 2^32 positions). That costs a header and a
+    tail read, no decoding. A file without the marker, and other formats (BMP, TIFF), are decoded in full:
+    only a file that fails to decode is refused (one sentence naming it)."""
+    try:
+        if path.stat().st_size == 0:
+            raise DatasetError(f"Cannot use image {path} (it is empty: 0 bytes); replace or remove the file.")
+        with Image.open(path) as img:
+            marker = END_MARKERS.get(img.format or "")
+            if marker is None or not _tail_holds(path, marker):
+                img.load()
+            return img.size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise DatasetError(f"Cannot use image {path} ({exc}); replace or remove the file.") from None
+
+
+def _tail_holds(path: Path, marker: bytes) -> bool:
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - TAIL_BYTES))
+        return marker in f.read()
+
+
+def mask_size(ref: SampleRef) -> tuple[int, int]:
+    """(width, height) of a sample's mask: an image's header, or a frame of a (T, H, W) ``.npy`` stack."""
+    if ref.mask_frame is None:
+        return image_header(ref.mask_path)
+    try:
+        height, width = np.load(ref.mask_path, mmap_mode="r").shape[1:3]
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"Cannot read mask {ref.mask_path} ({exc}); replace or remove the file.") from None
+    return width, height
+
+
+def check_sample_files(refs: Iterable[SampleRef], allow_empty_masks: bool = False) -> None:
+    """The layout check's look at every file before any work: each image and mask whole and readable
+    (headers only, ``image_header``), each mask the size of its image, and, unless the dataset says
+    defects without marked pixels are intended, no defect image with an entirely empty mask."""
+    for ref in refs:
+        size = image_header(ref.image_path)
+        if ref.mask_path is None:
+            continue
+        found = mask_size(ref)
+        if found != size:
+            raise DatasetError(f"Mask {ref.mask_path} is {found[0]}×{found[1]} but its image {ref.image_path} is "
+                               f"{size[0]}×{size[1]}; a mask must have its image's size (is it the right file?).")
+        if ref.label == 1 and not allow_empty_masks and not read_mask(ref).any():
+            raise DatasetError(f"Defect image {ref.image_path} has an entirely empty mask {ref.mask_path}; fix the "
+                               f"mask, or set the dataset option allow_empty_masks = true if that is intended.")
 
 
 def subsample(refs: list[SampleRef], limit: int | None) -> list[SampleRef]:

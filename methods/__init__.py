@@ -9,10 +9,7 @@ first use, so listing names and checking suites stay light. Adding a method is o
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import inspect
-import sys
 from typing import TYPE_CHECKING, Any
 
 from anobench.core import Reference, Registry
@@ -55,6 +52,15 @@ def create_method(name: str, where: str | None = None, **params) -> AnomalyMetho
     return METHODS.get(name, where)(**params)
 
 
+def method_parameters(name: str) -> set[str] | None:
+    """The keyword parameters a method's constructor takes: what a suite's ``params`` may name (the one
+    place that knows it); None for a constructor with ``**kwargs``, which only the method can check."""
+    parameters = inspect.signature(METHODS.get(name)).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
 def list_methods(pattern: str = "*") -> list[str]:
     return METHODS.names(pattern)
 
@@ -67,44 +73,6 @@ def encoder_short_name(encoder: str) -> str:
     """'R18' for resnet18 (a tag such as '.tv_in1k' is ignored); unknown encoders keep their name."""
     base = encoder.split(".")[0]
     return ENCODERS.entry(base).meta.get("short", base) if base in ENCODERS else base
-
-
-def method_parameters(name: str) -> set[str] | None:
-    """The keyword parameters a method's constructor takes, without importing it where possible (its
-    source is parsed), so that `bench validate` stays light; None when they cannot be known."""
-    entry = METHODS.entry(name)
-    target = entry.target
-    if isinstance(target, Reference):
-        module_name, _, qualname = target.target.partition(":")
-        loaded = sys.modules.get(module_name)
-        if loaded is None:
-            parsed = _parameters_from_source(module_name, qualname)
-            if parsed is not None:
-                return parsed
-        target = METHODS.get(name)
-    parameters = inspect.signature(target).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in parameters):
-        return None
-    return {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-
-
-def _parameters_from_source(module_name: str, qualname: str) -> set[str] | None:
-    """Keyword parameters of ``qualname.__init__`` read from the module's source; None if that is not
-    plain (no such class or ``__init__`` in the file, or ``**kwargs``)."""
-    try:
-        spec = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    with open(spec.origin, encoding="utf-8") as f:
-        tree = ast.parse(f.read(), spec.origin)
-    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
-    node = classes.get(qualname)
-    init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None) if node else None
-    if init is None or init.args.kwarg is not None:
-        return None
-    return {a.arg for a in [*init.args.args, *init.args.kwonlyargs] if a.arg != "self"}
 
 
 __all__ = ["ENCODERS", "METHODS", "create_method", "encoder_short_name", "list_encoders", "list_methods",

@@ -158,6 +158,13 @@ def encoder_geometry(name: str, levels: tuple[Level, ...], input_size: int) -> E
                            encoder.size_bytes())
 
 
+@functools.lru_cache(maxsize=64)
+def encoder_strides(name: str, levels: tuple[Level, ...]) -> tuple[int, ...]:
+    """Input pixels per feature cell at each level (built on PyTorch's meta device: no weights, no compute)."""
+    with torch.device("meta"):
+        return tuple(Encoder(name, levels).strides)
+
+
 class Encoder(nn.Module):
     """A frozen, eval-mode feature extractor returning one feature map per requested level.
 
