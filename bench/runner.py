@@ -22,7 +22,12 @@ from anobench.core import BenchError, progress
 from anobench.datasets.base import DatasetSource
 from anobench.evaluation import failed_record, now, open_source
 from anobench.executors import LocalExecutor, Task
-from anobench.methods.encoders import check_encoder_name, check_weights, encoder_strides
+from anobench.methods.encoders import (
+    check_encoder_name,
+    check_weights,
+    encoder_strides,
+    smallest_runnable_input,
+)
 from anobench.records import RUN_FILE, Record, append_record, latest_by_cell, read_records
 from anobench.runfolder import RunFolderLock, folder_error
 from anobench.suites import DatasetSpec, GridBlock, Suite, parse_suite
@@ -101,17 +106,25 @@ def _check_resolutions(method: str, encoder: str, block: GridBlock, place: str) 
     """The smallest useful input of an encoder for a method is the stride of the deepest level the method
     taps: below it, that level's feature map covers less than one cell of real pixels (the rest is padding)."""
     try:
-        levels = tuple(methods.METHODS.get(method)(encoder=encoder, **block.params).encoder_levels())
+        instance = methods.METHODS.get(method)(encoder=encoder, **block.params)
+        levels = tuple(instance.encoder_levels())
+        padding = instance.encoder_padding_mode()
     except (TypeError, ValueError) as exc:
         raise BenchError(f"{place}: method '{method}' rejects its params ({exc}).") from None
     strides = encoder_strides(encoder, levels)
     smallest = max(strides)
     deepest = levels[strides.index(smallest)]
+    runnable = smallest_runnable_input(encoder, levels, padding)
     for resolution in (*block.resolutions, *block.class_resolutions.values()):
         if resolution < smallest:
             raise BenchError(f"{place}: resolution {resolution} is below {smallest} px, the smallest useful input "
                              f"of {encoder} for {method} (the stride of level {deepest}, the deepest it taps); use "
                              f"a resolution of at least {smallest}.")
+        if runnable is None or resolution < runnable:
+            least = f"at least {runnable}" if runnable else "another encoder"
+            raise BenchError(f"{place}: resolution {resolution} is too small for {encoder} padded by {padding} as "
+                             f"{method} builds it (its deepest padded feature map must be wider than the padding); "
+                             f"use {least}, or encoder_padding = \"zeros\" in params.")
 
 
 def apply_overrides(suite: Suite, options: RunOptions) -> Suite:

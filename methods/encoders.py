@@ -165,6 +165,30 @@ def encoder_strides(name: str, levels: tuple[Level, ...]) -> tuple[int, ...]:
         return tuple(Encoder(name, levels).strides)
 
 
+@functools.lru_cache(maxsize=64)
+def smallest_runnable_input(name: str, levels: tuple[Level, ...], padding: str) -> int | None:
+    """The smallest square input the encoder runs on (None: none up to 1024 px). Reflection padding needs
+    every padded feature map larger than its padding, so a ResNet padded by reflection refuses inputs whose
+    deepest map would be 1 px wide; found by bisection on PyTorch's meta device (no weights, no compute)."""
+    with torch.device("meta"):
+        encoder = Encoder(name, levels, padding=padding)
+
+        def runs(size: int) -> bool:
+            try:
+                encoder._compute(torch.zeros(1, 3, size, size))
+            except RuntimeError:
+                return False
+            return True
+
+        low, high = 1, 1024
+        if not runs(high):
+            return None
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (low, middle) if runs(middle) else (middle + 1, high)
+        return low
+
+
 class Encoder(nn.Module):
     """A frozen, eval-mode feature extractor returning one feature map per requested level.
 

@@ -53,7 +53,7 @@ def override(tmp_path, parent, class_resolutions=""):
 
 
 def test_paper_table1_end_to_end_on_fake_mvtec(tmp_path, fake_mvtec):
-    suite = override(tmp_path, "paper-table1", "transistor = 32")
+    suite = override(tmp_path, "paper-table1", "transistor = 48")
     refused = run_bench("run", "--suite", str(suite), "--data-root", str(fake_mvtec), "--weights", "random",
                         "--out", str(tmp_path / "refused"))
     assert refused.returncode == 2 and "--allow-random" in refused.stderr
@@ -65,7 +65,7 @@ def test_paper_table1_end_to_end_on_fake_mvtec(tmp_path, fake_mvtec):
     records = read_records(tmp_path / "run")
     assert len(records) == 15 * 3 and all(r["status"] == "ok" for r in records)
     transistor = next(r for r in records if r["config"]["class"] == "transistor" and r["config"]["method"] == "cflow")
-    assert transistor["config"]["resolution"] == 32  # the per-class input size
+    assert transistor["config"]["resolution"] == 48  # the per-class input size
     padim = [r for r in records if r["config"]["method"] == "padim"]
     assert all(r["feature_cache"]["fit"]["misses"] == 0 for r in padim)  # SPADE computed them
     report = (tmp_path / "run/report.md").read_text()

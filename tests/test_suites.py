@@ -119,3 +119,14 @@ def test_a_resolution_below_the_deepest_stride_is_refused(tmp_path):
     with pytest.raises(BenchError, match=r"resolution 8 is below 16 px, the smallest useful input of resnet18 for "
                                          r"padim \(the stride of level 3, the deepest it taps\)"):
         check_suite(load_suite(write(tmp_path, MINIMAL.replace("[64]", "[8]"))))
+
+
+def test_an_input_too_small_for_reflection_padding_is_refused_before_any_work(tmp_path):
+    """CFLOW-AD pads its ResNets by reflection (the official code's copy): ResNet-18's layer 4 is 1 px wide at
+    32 px, where reflection is undefined, so that size fails in validation, not in the middle of a run."""
+    cflow = MINIMAL.replace('"padim"', '"cflow"')
+    check_suite(load_suite(write(tmp_path, cflow.replace("[64]", "[36]"))))
+    with pytest.raises(BenchError, match=r"resolution 32 is too small for resnet18 padded by reflect as cflow builds "
+                                         r"it .*use at least 33, or encoder_padding = \"zeros\" in params"):
+        check_suite(load_suite(write(tmp_path, cflow.replace("[64]", "[32]"))))
+    check_suite(load_suite(write(tmp_path, cflow.replace("[64]", "[32]") + 'params = { encoder_padding = "zeros" }\n')))
