@@ -9,11 +9,14 @@ a change of resolution is another cell.
 - Speed: the method/encoder fps ratio measured within each run is compared always (it survives a change of
   machine); absolute fps (from each run's fastest iteration) only when both runs name the same device.
   Tolerance in percent.
+- Cells: a cell that failed in the new run is a regression; so is a cell the baseline has (ok) and the new run
+  lacks, unless missing cells are allowed (a deliberately smaller run).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,12 +44,19 @@ class Check:
 class Comparison:
     checks: list[Check] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
-    only_baseline: list[str] = field(default_factory=list)
+    only_baseline: list[str] = field(default_factory=list)  # the baseline's ok cells the new run lacks
     notes: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # cell → error, cells that failed in the new run
+    allow_missing: bool = False
 
     @property
     def regressions(self) -> list[Check]:
         return [c for c in self.checks if c.regression]
+
+    @property
+    def regression_count(self) -> int:
+        """Metric regressions, failed cells and (unless allowed) missing cells: the check fails above zero."""
+        return len(self.regressions) + len(self.failed) + (0 if self.allow_missing else len(self.only_baseline))
 
 
 def resolve_baseline(location: str) -> Path:
@@ -64,6 +74,16 @@ def resolve_baseline(location: str) -> Path:
 
 def load_cells(location: str | Path) -> dict[str, Record]:
     """The last successful record of each cell; one sentence if there is nothing usable."""
+    return {k: r for k, r in latest_records(location).items() if r.get("status") == "ok"}
+
+
+def load_failed(location: str | Path) -> dict[str, str]:
+    """Cells whose last record says failed, with their error."""
+    return {k: r.get("error", "failed") for k, r in latest_records(location).items() if r.get("status") != "ok"}
+
+
+def latest_records(location: str | Path) -> dict[str, Record]:
+    """The last record of each cell, whatever its status; one sentence if there is nothing usable."""
     path = records_path(resolve_baseline(str(location)))
     if not path.is_file():
         raise BenchError(f"{path} does not exist; pass a run folder or its records.jsonl.")
@@ -73,7 +93,7 @@ def load_cells(location: str | Path) -> dict[str, Record]:
         raise BenchError(f"{path} cannot be read ({exc}); pass a records.jsonl written by bench run.") from None
     if not records or not all(isinstance(r, dict) and "cell_id" in r for r in records):
         raise BenchError(f"{path} holds no records; pass a records.jsonl written by bench run.")
-    return {k: r for k, r in latest_by_cell(records).items() if r.get("status") == "ok"}
+    return latest_by_cell(records)
 
 
 def _speed_entries(record: Record) -> dict[str, tuple[float | None, float | None]]:
@@ -86,12 +106,18 @@ def _speed_entries(record: Record) -> dict[str, tuple[float | None, float | None
 
 def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp: float = 0.5,
             metric_tolerances: dict[str, float] | None = None, speed_tolerance_pct: float = 15.0,
-            absolute_speed: bool = True) -> Comparison:
+            absolute_speed: bool = True, new_failed: dict[str, str] | None = None,
+            allow_missing: bool = False) -> Comparison:
+    """``new_failed``: the new run's failed cells (cell → error), each a regression; the baseline's cells
+    that the new run has neither ok nor failed are missing, a regression unless ``allow_missing``."""
+    failed = dict(sorted((new_failed or {}).items()))
     common = [cid for cid in baseline if cid in new]
-    if not common:
+    if not common and not set(baseline) & set(failed):
         raise BenchError("The new run and the baseline have no cell in common (different suite, data, "
                          "resolution or parameters?); nothing to compare.")
-    result = Comparison(only_new=sorted(set(new) - set(baseline)), only_baseline=sorted(set(baseline) - set(new)))
+    result = Comparison(only_new=sorted(set(new) - set(baseline)),
+                        only_baseline=sorted(set(baseline) - set(new) - set(failed)),
+                        failed=failed, allow_missing=allow_missing)
     tolerances = metric_tolerances or {}
     devices_differ = False
     for cid in common:
@@ -149,8 +175,7 @@ def render_text(result: Comparison) -> str:
 
 
 def render_markdown(result: Comparison) -> str:
-    verdict = (f"**{len(result.regressions)} regression(s)**" if result.regressions
-               else "**No regression**")
+    verdict = f"**{result.regression_count} regression(s)**" if result.regression_count else "**No regression**"
     lines = [f"### anobench comparison: {verdict} in {len(result.checks)} check(s)", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     ordered = sorted(result.checks, key=lambda c: not c.regression)
@@ -159,17 +184,21 @@ def render_markdown(result: Comparison) -> str:
 
 
 def render_json(result: Comparison) -> str:
-    return json.dumps({"regressions": len(result.regressions), "checks": [asdict(c) for c in result.checks],
+    return json.dumps({"regressions": result.regression_count,
+                       "checks": [asdict(c) for c in result.checks], "failed": result.failed,
+                       "missing": result.only_baseline, "missing_allowed": result.allow_missing,
                        "only_new": result.only_new, "only_baseline": result.only_baseline,
                        "notes": result.notes}, indent=1)
 
 
 def _tail(result: Comparison) -> list[str]:
-    lines = []
+    lines = [f"REGRESSION: cell failed in the new run: {cid}: {error}" for cid, error in result.failed.items()]
+    if result.only_baseline:
+        verdict = "allowed (--allow-missing)" if result.allow_missing else "REGRESSION"
+        lines.append(f"{verdict}: missing from the new run, ok in the baseline ({len(result.only_baseline)}): "
+                     + ", ".join(result.only_baseline))
     if result.only_new:
         lines.append(f"Only in the new run ({len(result.only_new)}): " + ", ".join(result.only_new))
-    if result.only_baseline:
-        lines.append(f"Only in the baseline ({len(result.only_baseline)}): " + ", ".join(result.only_baseline))
     return lines + result.notes
 
 
@@ -182,8 +211,15 @@ RENDERERS = {"text": render_text, "md": render_markdown, "json": render_json}
 COMPACT_DROP = ("artifacts", "traceback", "memory", "method_params", "fit_stats")
 
 
+BASELINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def save_baseline(run_dir: str | Path, name: str, folder: Path = BASELINES_DIR) -> Path:
-    """Store a run's successful records without artifacts or bulky fields, as ``<folder>/<name>.jsonl``."""
+    """Store a run's successful records without artifacts or bulky fields, as ``<folder>/<name>.jsonl``
+    (``name`` is a plain file name: it cannot leave the folder)."""
+    if not BASELINE_NAME.fullmatch(name):
+        raise BenchError(f"Baseline name {name!r} must be a plain name (letters, digits, '.', '_', '-', no path), "
+                         f"e.g. smoke-cpu; it is stored as {folder}/NAME.jsonl.")
     cells = load_cells(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.jsonl"

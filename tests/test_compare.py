@@ -104,3 +104,37 @@ def test_saved_baseline_is_compact_and_comparable(tmp_path):
 def test_the_committed_smoke_baseline_loads():
     baseline = load_cells("smoke-cpu")
     assert baseline and all(r["config"]["dataset"] == "synthetic" for r in baseline.values())
+
+
+def failed(rec, error="RuntimeError: boom"):
+    return {**rec, "status": "failed", "error": error, "metrics": {}}
+
+
+def test_a_cell_that_failed_or_is_missing_in_the_new_run_is_a_regression(tmp_path):
+    base = write_run(tmp_path / "base", record(class_name="disc"), record(class_name="stripes"))
+    crashed = write_run(tmp_path / "crashed", record(class_name="disc"), failed(record(class_name="stripes")))
+    result = run_bench("compare", str(crashed), str(base))
+    assert result.returncode == 1
+    assert "REGRESSION: cell failed in the new run: synthetic/stripes/" in result.stdout
+    assert "boom" in result.stdout and "Only in the baseline" not in result.stdout
+    all_crashed = write_run(tmp_path / "all", failed(record(class_name="disc")), failed(record(class_name="stripes")))
+    assert json.loads(run_bench("compare", str(all_crashed), str(base), "--format", "json").stdout)["regressions"] == 2
+
+    smaller = write_run(tmp_path / "smaller", record(class_name="disc"))
+    result = run_bench("compare", str(smaller), str(base), "--format", "md")
+    assert result.returncode == 1 and "**1 regression(s)**" in result.stdout
+    assert "REGRESSION: missing from the new run, ok in the baseline (1): synthetic/stripes/" in result.stdout
+    relaxed = run_bench("compare", str(smaller), str(base), "--allow-missing")
+    assert relaxed.returncode == 0 and "allowed (--allow-missing): missing from the new run" in relaxed.stdout
+    # --allow-missing relaxes missing cells only: a crash still fails
+    assert run_bench("compare", str(crashed), str(base), "--allow-missing").returncode == 1
+
+
+def test_baseline_names_cannot_leave_the_baselines_folder(tmp_path):
+    run = write_run(tmp_path / "run", record())
+    for name in ("../x", "a/b", "..", "/tmp/x", ""):
+        with pytest.raises(BenchError, match="must be a plain name"):
+            save_baseline(run, name, tmp_path / "baselines")
+    result = run_bench("baseline", "save", str(run), "../escaped", "--dir", str(tmp_path / "baselines"))
+    assert result.returncode == 2 and "must be a plain name" in result.stderr
+    assert not (tmp_path / "escaped.jsonl").exists() and not (tmp_path / "baselines").exists()
