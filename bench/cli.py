@@ -43,8 +43,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--weights", help="Encoder weights: imagenet, random, or a path to a weights file.")
 @click.option("--allow-random", is_flag=True, help="Allow --weights random in suites that reproduce papers.")
 @click.option("--retry-failed", is_flag=True, help="Run again cells whose record says failed.")
-@click.option("--force-mixed", is_flag=True, help="Continue an --out run folder although this command's data, "
-              "weights, protocol, suite version or device differ from what it was run with.")
+@click.option("--force-mixed", is_flag=True, help="Continue an --out run folder although this command's "
+              "data, weights, protocol, suite version or device differ from what it was run with.")
 @click.option("--suite-path", multiple=True, type=click.Path(), help="Extra folder of suite files.")
 @click.option("--protocol", type=click.Choice(["strict", "paper"]), help="Override the suite's scoring protocol.")
 @click.option("--metrics-resolution", type=click.Choice(["input", "original"]),
@@ -57,9 +57,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--address", help="Ray cluster to join (e.g. auto); without it a local Ray instance is started.")
 @click.option("--cpus-per-cell", default=1.0, show_default=True, help="CPUs a Ray task asks for.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the reports at the end.")
-def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed, force_mixed,
-        suite_path, protocol, metrics_resolution, feature_cache_mb, plan_only, executor, address, cpus_per_cell,
-        report):
+def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed,
+        force_mixed, suite_path, protocol, metrics_resolution, feature_cache_mb, plan_only, executor, address,
+        cpus_per_cell, report):
     """Run a suite: every cell of its grid, one record each, then the report."""
     from anobench import reports
     from anobench.environment import resolve_device
@@ -117,13 +117,13 @@ def report_command(run_dir: Path, formats: str | None) -> None:
               help="Also compare absolute fps between records of the same device (off for shared CPU runners, "
                    "whose speed swings between runs; the fps ratio is always compared).")
 @click.option("--allow-missing", is_flag=True,
-              help="Cells the baseline has and the new run lacks are not a failure (a deliberately smaller run).")
+              help="Cells the baseline has and the new run lacks are no failure (a smaller run on purpose).")
 @click.option("--strict", is_flag=True, help="Cells only in the new run are a failure too.")
 @click.option("--format", "fmt", type=click.Choice(sorted(compare_module.RENDERERS)), default="text",
               show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), help="Also write the summary to this file.")
-def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_tolerance, absolute_speed, allow_missing,
-                    strict, fmt, output):
+def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_tolerance, absolute_speed,
+                    allow_missing, strict, fmt, output):
     """Compare NEW with BASELINE (run folders, records files or stored baseline names): exit 1 on a
     regression (a metric drop, a cell that failed in NEW, a baseline cell NEW lacks), 2 on unusable input."""
     tolerances = {}
@@ -155,9 +155,12 @@ def baseline() -> None:
 @click.argument("name")
 @click.option("--dir", "folder", type=click.Path(path_type=Path), default=compare_module.BASELINES_DIR,
               show_default=True, help="Where baselines are stored (committed with the code).")
-def baseline_save(run_dir: Path, name: str, folder: Path) -> None:
+@click.option("--variant", "variants", multiple=True, type=click.Path(path_type=Path),
+              help="A run folder of the same suite under other kernel settings (e.g. MKL_CBWR=COMPATIBLE); "
+                   "each cell's accuracy there is stored, and compare allows a drop of that size.")
+def baseline_save(run_dir: Path, name: str, folder: Path, variants: tuple[Path, ...]) -> None:
     """Store RUN_DIR's records (without artifacts) as baseline NAME."""
-    click.echo(str(compare_module.save_baseline(run_dir, name, folder)))
+    click.echo(str(compare_module.save_baseline(run_dir, name, folder, list(variants))))
 
 
 @cli.command("list")

@@ -56,7 +56,8 @@ class Comparison:
     @property
     def regression_count(self) -> int:
         """Metric regressions, failed cells and (unless allowed) missing cells: the check fails above zero."""
-        return len(self.regressions) + len(self.failed) + (0 if self.allow_missing else len(self.only_baseline))
+        missing = 0 if self.allow_missing else len(self.only_baseline)
+        return len(self.regressions) + len(self.failed) + missing
 
 
 def resolve_baseline(location: str) -> Path:
@@ -79,7 +80,8 @@ def load_cells(location: str | Path) -> dict[str, Record]:
 
 def load_failed(location: str | Path) -> dict[str, str]:
     """Cells whose last record says failed, with their error."""
-    return {k: r.get("error", "failed") for k, r in latest_records(location).items() if r.get("status") != "ok"}
+    latest = latest_records(location)
+    return {k: r.get("error", "failed") for k, r in latest.items() if r.get("status") != "ok"}
 
 
 def latest_records(location: str | Path) -> dict[str, Record]:
@@ -94,6 +96,19 @@ def latest_records(location: str | Path) -> dict[str, Record]:
     if not records or not all(isinstance(r, dict) and "cell_id" in r for r in records):
         raise BenchError(f"{path} holds no records; pass a records.jsonl written by bench run.")
     return latest_by_cell(records)
+
+
+def variation_pp(baseline: Record, metric: str) -> float:
+    """The drop, in pp, that a change of kernels alone caused in this cell when the baseline was recorded
+    (``variation``: the same cell run under other kernel settings, see ``save_baseline``): from the baseline's
+    value down to the worst value seen, plus the spread of the values once more, since a handful of runs
+    does not reach the tail. 0 where no variation was measured."""
+    values = baseline.get("variation", {}).get("metrics", {}).get(metric)
+    value = baseline.get("metrics", {}).get(metric)
+    if not values or value is None:
+        return 0.0
+    worst = min(values) if METRIC_INFO[metric].higher_is_better else max(values)
+    return 100 * (abs(value - worst) + max(values) - min(values))
 
 
 def _speed_entries(record: Record) -> dict[str, tuple[float | None, float | None]]:
@@ -128,7 +143,7 @@ def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp
                 continue
             sign = 1 if METRIC_INFO[metric].higher_is_better else -1
             delta = 100 * (new_value - old_value)
-            limit = tolerances.get(metric, tolerance_pp)
+            limit = max(tolerances.get(metric, tolerance_pp), variation_pp(a, metric))
             result.checks.append(Check(cid, metric, 100 * old_value, 100 * new_value, delta, "pp", limit,
                                        sign * delta < -limit))
         same_device = a.get("device", {}).get("name") == b.get("device", {}).get("name")
@@ -144,6 +159,12 @@ def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp
                 change = 100 * (new_value / old_value - 1)
                 result.checks.append(Check(cid, name, old_value, new_value, change, "%", speed_tolerance_pct,
                                            change < -speed_tolerance_pct))
+    widened = {c.cell_id for c in result.checks
+               if c.unit == "pp" and c.limit > tolerances.get(c.check, tolerance_pp)}
+    if widened:
+        result.notes.append(f"Accuracy tolerance of {len(widened)} cell(s) widened to the variation the "
+                            "baseline measured when the same cell ran under other kernel settings (a change "
+                            "of CPU alone moves their numbers that much).")
     if not absolute_speed:
         result.notes.append("Absolute fps not compared (--no-absolute-speed): only the method/encoder fps ratio.")
     elif devices_differ:
@@ -175,7 +196,8 @@ def render_text(result: Comparison) -> str:
 
 
 def render_markdown(result: Comparison) -> str:
-    verdict = f"**{result.regression_count} regression(s)**" if result.regression_count else "**No regression**"
+    count = result.regression_count
+    verdict = f"**{count} regression(s)**" if count else "**No regression**"
     lines = [f"### anobench comparison: {verdict} in {len(result.checks)} check(s)", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     ordered = sorted(result.checks, key=lambda c: not c.regression)
@@ -192,11 +214,12 @@ def render_json(result: Comparison) -> str:
 
 
 def _tail(result: Comparison) -> list[str]:
-    lines = [f"REGRESSION: cell failed in the new run: {cid}: {error}" for cid, error in result.failed.items()]
+    lines = [f"REGRESSION: cell failed in the new run: {cid}: {error}"
+             for cid, error in result.failed.items()]
     if result.only_baseline:
         verdict = "allowed (--allow-missing)" if result.allow_missing else "REGRESSION"
-        lines.append(f"{verdict}: missing from the new run, ok in the baseline ({len(result.only_baseline)}): "
-                     + ", ".join(result.only_baseline))
+        lines.append(f"{verdict}: missing from the new run, ok in the baseline "
+                     f"({len(result.only_baseline)}): " + ", ".join(result.only_baseline))
     if result.only_new:
         lines.append(f"Only in the new run ({len(result.only_new)}): " + ", ".join(result.only_new))
     return lines + result.notes
@@ -214,13 +237,36 @@ COMPACT_DROP = ("artifacts", "traceback", "memory", "method_params", "fit_stats"
 BASELINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def save_baseline(run_dir: str | Path, name: str, folder: Path = BASELINES_DIR) -> Path:
+def kernel_setting(record: Record) -> str:
+    """Which CPU and kernels produced a record (its machine and the kernel-choosing environment variables)."""
+    machine = record.get("machine_info", {})
+    env = ", ".join(f"{k}={v}" for k, v in sorted(machine.get("kernel_env", {}).items()))
+    capability = machine.get("cpu_capability", "?") + (f"; {env}" if env else "")
+    return f"{machine.get('cpu', 'unknown CPU')} ({capability})"
+
+
+def add_variation(cells: dict[str, Record], variants: list[dict[str, Record]]) -> None:
+    """Give each cell the accuracy it had in every variant run (the suite under other kernel settings)."""
+    for cid, record in cells.items():
+        runs = [record] + [variant[cid] for variant in variants if cid in variant]
+        if len(runs) < 2:
+            continue
+        metrics = {m: [r["metrics"][m] for r in runs if r.get("metrics", {}).get(m) is not None]
+                   for m in ACCURACY_METRICS if record.get("metrics", {}).get(m) is not None}
+        record["variation"] = {"runs": [kernel_setting(r) for r in runs], "metrics": metrics}
+
+
+def save_baseline(run_dir: str | Path, name: str, folder: Path = BASELINES_DIR,
+                  variants: list[str | Path] = ()) -> Path:
     """Store a run's successful records without artifacts or bulky fields, as ``<folder>/<name>.jsonl``
-    (``name`` is a plain file name: it cannot leave the folder)."""
+    (``name`` is a plain file name: it cannot leave the folder). ``variants`` are run folders of the same
+    suite under other kernel settings: each cell then carries the accuracy it had in each (``variation``),
+    and ``compare`` allows a drop of that size."""
     if not BASELINE_NAME.fullmatch(name):
-        raise BenchError(f"Baseline name {name!r} must be a plain name (letters, digits, '.', '_', '-', no path), "
-                         f"e.g. smoke-cpu; it is stored as {folder}/NAME.jsonl.")
+        raise BenchError(f"Baseline name {name!r} must be a plain name (letters, digits, '.', '_', '-', no "
+                         f"path), e.g. smoke-cpu; it is stored as {folder}/NAME.jsonl.")
     cells = load_cells(run_dir)
+    add_variation(cells, [load_cells(v) for v in variants])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.jsonl"
     with open(path, "w", encoding="utf-8") as f:

@@ -72,6 +72,7 @@ class MeasureSpec:
     cpu_batch_sizes: tuple[int, ...] | None = None  # smaller batches on a CPU, recorded as such
     cpu_warmup: int | None = None
     cpu_iterations: int | None = None  # fewer timed iterations on a CPU, recorded as such
+    cpu_threads: int | None = None  # torch threads while timing on a CPU (None: the process's)
 
     def on(self, device: str) -> tuple[tuple[int, ...], int, int]:
         """(batch sizes, warm-up iterations, timed iterations) to use on ``device``."""
@@ -276,12 +277,13 @@ def parse_suite(raw: dict[str, Any], path: Path) -> Suite:
 
     m = _Table(top.get("measure", dict, {}), path, "[measure]", {"speed", "batch_sizes", "warmup", "iterations",
                                                                  "cpu_batch_sizes", "cpu_warmup",
-                                                                 "cpu_iterations"})
+                                                                 "cpu_iterations", "cpu_threads"})
     measure = MeasureSpec(speed=m.get("speed", bool, False), batch_sizes=m.ints("batch_sizes", (1, 32)),
                           warmup=m.get("warmup", int, 3), iterations=m.get("iterations", int, 10),
                           cpu_batch_sizes=m.ints("cpu_batch_sizes", None),
                           cpu_warmup=m.get("cpu_warmup", int, None),
-                          cpu_iterations=m.get("cpu_iterations", int, None))
+                          cpu_iterations=m.get("cpu_iterations", int, None),
+                          cpu_threads=m.get("cpu_threads", int, None))
 
     seeds = top.get("seeds", list, [0], "a list of integers")
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):

@@ -117,8 +117,10 @@ def test_a_cell_that_failed_or_is_missing_in_the_new_run_is_a_regression(tmp_pat
     assert result.returncode == 1
     assert "REGRESSION: cell failed in the new run: synthetic/stripes/" in result.stdout
     assert "boom" in result.stdout and "Only in the baseline" not in result.stdout
-    all_crashed = write_run(tmp_path / "all", failed(record(class_name="disc")), failed(record(class_name="stripes")))
-    assert json.loads(run_bench("compare", str(all_crashed), str(base), "--format", "json").stdout)["regressions"] == 2
+    all_crashed = write_run(tmp_path / "all", failed(record(class_name="disc")),
+                            failed(record(class_name="stripes")))
+    summary = json.loads(run_bench("compare", str(all_crashed), str(base), "--format", "json").stdout)
+    assert summary["regressions"] == 2 and len(summary["failed"]) == 2
 
     smaller = write_run(tmp_path / "smaller", record(class_name="disc"))
     result = run_bench("compare", str(smaller), str(base), "--format", "md")
@@ -138,3 +140,26 @@ def test_baseline_names_cannot_leave_the_baselines_folder(tmp_path):
     result = run_bench("baseline", "save", str(run), "../escaped", "--dir", str(tmp_path / "baselines"))
     assert result.returncode == 2 and "must be a plain name" in result.stderr
     assert not (tmp_path / "escaped.jsonl").exists() and not (tmp_path / "baselines").exists()
+
+
+def test_a_baseline_saved_with_kernel_variants_allows_the_drop_they_measured(tmp_path):
+    base = write_run(tmp_path / "base", record(image_auroc=0.90))
+    variant_a = write_run(tmp_path / "a", record(image_auroc=0.88))
+    variant_b = write_run(tmp_path / "b", record(image_auroc=0.91))
+    for run, setting in ((variant_a, {"MKL_CBWR": "COMPATIBLE"}), (variant_b, {})):
+        lines = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+        lines[0]["machine_info"].update(cpu="AMD EPYC", cpu_capability="AVX512", kernel_env=setting)
+        (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    path = save_baseline(base, "varied", tmp_path / "baselines", variants=[variant_a, variant_b])
+    stored = json.loads(path.read_text())["variation"]
+    assert stored["metrics"]["image_auroc"] == [0.90, 0.88, 0.91]
+    assert stored["runs"][1] == "AMD EPYC (AVX512; MKL_CBWR=COMPATIBLE)"
+    # worst seen 88 (2 pp below 90) plus the spread 3 pp: 5 pp allowed
+    within = compare(cells(record(image_auroc=0.851)), load_cells(path))
+    assert within.regressions == [] and "widened" in within.notes[0]
+    (check,) = [c for c in within.checks if c.check == "image_auroc"]
+    assert check.limit == pytest.approx(5.0)
+    beyond = compare(cells(record(image_auroc=0.849)), load_cells(path))
+    assert [c.check for c in beyond.regressions] == ["image_auroc"]
+    # metrics the variants left unmoved keep the plain tolerance
+    assert {c.check: c.limit for c in within.checks if c.unit == "pp"}["pixel_auroc"] == 0.5
