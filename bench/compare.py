@@ -111,6 +111,13 @@ def variation_pp(baseline: Record, metric: str) -> float:
     return 100 * (abs(value - worst) + max(values) - min(values))
 
 
+def same_timing(a: Record, b: Record) -> bool:
+    """Whether two cells' speed was measured alike: on a CPU, with the same number of torch threads."""
+    threads_a, threads_b = a.get("speed", {}).get("torch_threads"), b.get("speed", {}).get("torch_threads")
+    on_cpu = a.get("device", {}).get("requested") == "cpu" or b.get("device", {}).get("requested") == "cpu"
+    return not on_cpu or threads_a == threads_b
+
+
 def _speed_entries(record: Record) -> dict[str, tuple[float | None, float | None]]:
     """batch → (end-to-end/encoder fps ratio, best end-to-end fps: the fastest iteration is the one a busy
     machine disturbs least)."""
@@ -135,6 +142,7 @@ def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp
                         failed=failed, allow_missing=allow_missing)
     tolerances = metric_tolerances or {}
     devices_differ = False
+    untimed: list[str] = []
     for cid in common:
         a, b = baseline[cid], new[cid]
         for metric in ACCURACY_METRICS:
@@ -149,6 +157,9 @@ def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp
         same_device = a.get("device", {}).get("name") == b.get("device", {}).get("name")
         devices_differ |= not same_device
         old_speed, new_speed = _speed_entries(a), _speed_entries(b)
+        if not same_timing(a, b):
+            untimed.append(cid)
+            continue
         for batch in sorted(set(old_speed) & set(new_speed), key=int):
             pairs = [(f"fps_ratio@{batch}", old_speed[batch][0], new_speed[batch][0])]
             if same_device and absolute_speed:
@@ -165,6 +176,9 @@ def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp
         result.notes.append(f"Accuracy tolerance of {len(widened)} cell(s) widened to the variation the "
                             "baseline measured when the same cell ran under other kernel settings (a change "
                             "of CPU alone moves their numbers that much).")
+    if untimed:
+        result.notes.append(f"Speed not compared for {len(untimed)} cell(s) timed on another number of CPU "
+                            "threads than the baseline's (a different measurement; see [measure] cpu_threads).")
     if not absolute_speed:
         result.notes.append("Absolute fps not compared (--no-absolute-speed): only the method/encoder fps ratio.")
     elif devices_differ:

@@ -163,3 +163,15 @@ def test_a_baseline_saved_with_kernel_variants_allows_the_drop_they_measured(tmp
     assert [c.check for c in beyond.regressions] == ["image_auroc"]
     # metrics the variants left unmoved keep the plain tolerance
     assert {c.check: c.limit for c in within.checks if c.unit == "pp"}["pixel_auroc"] == 0.5
+
+
+def test_speed_timed_on_another_thread_count_is_not_compared():
+    def timed(threads, ratio):
+        rec = record(ratio=ratio)
+        rec["device"]["requested"], rec["speed"]["torch_threads"] = "cpu", threads
+        return rec
+
+    result = compare(cells(timed(2, 0.3)), cells(timed(1, 0.5)))
+    assert result.regressions == [] and not any(c.check.startswith("fps") for c in result.checks)
+    assert "another number of CPU threads" in result.notes[-1]
+    assert [c.check for c in compare(cells(timed(1, 0.3)), cells(timed(1, 0.5))).regressions] == ["fps_ratio@8"]
