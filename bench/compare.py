@@ -20,12 +20,15 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from anobench.core import BenchError
 from anobench.metrics import METRIC_INFO
 from anobench.records import Record, latest_by_cell, read_records, records_path
+from scipy import stats
 
 ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 BASELINES_DIR = Path(__file__).resolve().parent / "baselines"
+VARIATION_CONFIDENCE = 0.99  # a cell's accuracy under other kernels stays above its bound this often
 
 
 @dataclass
@@ -99,16 +102,18 @@ def latest_records(location: str | Path) -> dict[str, Record]:
 
 
 def variation_pp(baseline: Record, metric: str) -> float:
-    """The drop, in pp, that a change of kernels alone caused in this cell when the baseline was recorded
-    (``variation``: the same cell run under other kernel settings, see ``save_baseline``): from the baseline's
-    value down to the worst value seen, plus the spread of the values once more, since a handful of runs
-    does not reach the tail. 0 where no variation was measured."""
-    values = baseline.get("variation", {}).get("metrics", {}).get(metric)
+    """The drop, in pp, that a change of kernels alone can cause in this cell, from the accuracy the same cell
+    reached under other kernel settings when the baseline was recorded (``variation``, see ``save_baseline``):
+    the distance from the baseline's value to the one-sided 99% prediction bound of those n values (mean −
+    t(0.99, n−1)·s·√(1 + 1/n), Student's t, as few runs leave the spread uncertain). 0 where nothing varied."""
+    values = np.asarray(baseline.get("variation", {}).get("metrics", {}).get(metric) or [], dtype=float)
     value = baseline.get("metrics", {}).get(metric)
-    if not values or value is None:
+    if len(values) < 2 or value is None or values.std() == 0:
         return 0.0
-    worst = min(values) if METRIC_INFO[metric].higher_is_better else max(values)
-    return 100 * (abs(value - worst) + max(values) - min(values))
+    n = len(values)
+    half_width = stats.t.ppf(VARIATION_CONFIDENCE, n - 1) * values.std(ddof=1) * np.sqrt(1 + 1 / n)
+    sign = 1 if METRIC_INFO[metric].higher_is_better else -1
+    return 100 * max(0.0, sign * (value - values.mean()) + half_width)
 
 
 def same_timing(a: Record, b: Record) -> bool:
