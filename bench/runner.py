@@ -146,8 +146,8 @@ def check_same_configuration(run_dir: Path, suite: Suite, options: RunOptions) -
     if not changes:
         return
     if not options.force_mixed:
-        raise BenchError(f"Run folder {run_dir} was run with {'; '.join(changes)}; pass --out with a new folder, "
-                         f"or --force-mixed to add these cells to it anyway.")
+        raise BenchError(f"Run folder {run_dir} was run with {'; '.join(changes)}; pass --out with a new "
+                         f"folder, or --force-mixed to add these cells to it anyway.")
     print(f"--force-mixed: {run_dir} now mixes configurations: {'; '.join(changes)}.", file=sys.stderr)
 
 

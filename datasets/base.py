@@ -83,8 +83,8 @@ def _as_rgb(img: Image.Image, path: Path) -> Image.Image:
     if mode in SIXTEEN_BIT_MODES or mode == "I":
         values = np.asarray(img)
         if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
-            raise _unreadable(path, f"32-bit integer pixels from {values.min()} to {values.max()}: no known white "
-                              "point", "convert it to 8- or 16-bit grey or RGB.")
+            raise _unreadable(path, f"32-bit integer pixels from {values.min()} to {values.max()}: no known "
+                              "white point", "convert it to 8- or 16-bit grey or RGB.")
         return Image.fromarray(_high_byte(values), "L").convert("RGB")
     if mode == "F":
         values = np.asarray(img)

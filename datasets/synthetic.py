@@ -181,14 +181,14 @@ class SynthSpec:
     def __post_init__(self):
         """Refuse options that would write a partial or unusable dataset, before anything is written."""
         limits = {"seed": (self.seed, 0, "numpy seeds are non-negative"),
-                  "size": (self.size, MIN_SIZE, "pixels per image side; smaller images cannot hold the defects"),
+                  "size": (self.size, MIN_SIZE, "pixels per side; smaller images cannot hold the defects"),
                   "train": (self.train, 1, "every class needs defect-free training images"),
                   "test_good": (self.test_good, 1, "image AUROC needs defect-free test images"),
                   "test_per_defect": (self.test_per_defect, 1, "every defect kind needs test images")}
         for name, (value, least, why) in limits.items():
             if not isinstance(value, int) or value < least:
-                raise DatasetError(f"Synthetic data option {name} must be an integer of at least {least} ({why}), "
-                                   f"got {value!r}.")
+                raise DatasetError(f"Synthetic data option {name} must be an integer of at least {least} "
+                                   f"({why}), got {value!r}.")
         unknown = [c for c in self.classes if c not in CLASSES]
         if unknown or not self.classes:
             raise unknown_name("synthetic class", unknown[0] if unknown else "", CLASSES)

@@ -149,7 +149,7 @@ def accuracy_vs_fps(run: RunData) -> list[Plot]:
 
 def _size_axis(ax, values: list[float]) -> None:
     """Linear from zero; a log axis only where sizes span more than two decades, then with a labelled tick
-    at every decade from one below the smallest size, so that bar lengths compare against visible references."""
+    at every decade from one below the smallest size, so that bars compare against visible references."""
     if min(values) > 0 and max(values) / min(values) > 100:
         low = 10 ** np.floor(np.log10(min(values)) - 1)
         ax.set_yscale("log")

@@ -338,8 +338,11 @@ class ModelRow:
         return median_over_cells(cell_fps(r, self.region) for r in self.records)
 
     def encoder_fps(self) -> float | None:
-        """The encoder timed alone in the same cells, at the levels the method taps (none for encoder rows)."""
-        return None if self.method == ENCODER_ROW else median_over_cells(cell_fps(r, "encoder") for r in self.records)
+        """The encoder timed alone in the same cells, at the levels the method taps (none for encoder-only
+        rows)."""
+        if self.method == ENCODER_ROW:
+            return None
+        return median_over_cells(cell_fps(r, "encoder") for r in self.records)
 
     def latency_ms(self) -> float | None:
         return median_over_cells(r["speed"]["batches"].get("1", {}).get(self.region, {}).get("latency_ms")
@@ -369,7 +372,8 @@ def model_rows(records: list[Record]) -> list[ModelRow]:
             for (key, resolution), members in groups.items()]
     for (encoder, resolution, weights), members in encoder_cells.items():
         mark = MARKS["random"] if weights == "random" else ""
-        rows.append(ModelRow(ENCODER_ROW, encoder, resolution, f"{short_name(encoder)} encoder only{mark}", members))
+        name = f"{short_name(encoder)} encoder only{mark}"
+        rows.append(ModelRow(ENCODER_ROW, encoder, resolution, name, members))
     return rows
 
 
@@ -470,14 +474,16 @@ def complexity_table(run: RunData) -> Table | None:
     records = [r for row in measured for r in row.records]
     datasets_seen = {r["config"]["dataset"] for r in records}
     devices = sorted({r["device"]["name"] for r in records})
+    paper_size = "STC" if datasets_seen == {"stc"} else "MVTec AD"
     table.caption = (f"Measured on {', '.join(devices)}; the paper's figures are on a GTX 1080. A row's fps, "
-                     "encoder fps, latency and size are the median over its cells (classes and seeds; column "
-                     "Cells) of each cell's value. A cell's fps = images / median time of the end-to-end region "
-                     "(network + post-processing, no data loading) at the largest batch measured; encoder fps "
-                     "times the encoder alone in the same cells at the levels the method taps; fps / encoder fps "
-                     "is the row's fps over its encoder fps. Encoder-only rows time the encoder of the CFLOW "
-                     "cells (every level up to the last). Size counts everything needed to score (MB = 10^6 "
-                     f"bytes); the paper's size column is {'STC' if datasets_seen == {'stc'} else 'MVTec AD'}.")
+                     "encoder fps, latency and size are the median over its cells (classes and seeds; "
+                     "column Cells) of each cell's value. A cell's fps = images / median time of the "
+                     "end-to-end region (network + post-processing, no data loading) at the largest batch "
+                     "measured; encoder fps times the encoder alone in the same cells at the levels the "
+                     "method taps; fps / encoder fps is the row's fps over its encoder fps. Encoder-only "
+                     "rows time the encoder of the CFLOW cells (every level up to the last). Size counts "
+                     "everything needed to score (MB = 10^6 bytes); the paper's size column is "
+                     f"{paper_size}.")
     notes = footnotes_for(records)
     if any(r["device"]["requested"] == "cpu" for r in records):
         threads = sorted({r["speed"]["torch_threads"] for r in records})
@@ -541,23 +547,23 @@ METRIC_DEFINITIONS = {
                    "chance).",
     "pixel_auroc": "area under the ROC curve of every test pixel's score against the ground-truth masks, "
                    "defect-free images included.",
-    "aupro": "area under the per-region-overlap (PRO) curve up to a false-positive rate of 0.3, divided by 0.3 "
-             "(MVTec AD's AUPRO): every connected defect region counts equally, whatever its size.",
-    "image_f1_max": "the best F1 score of the image scores over all thresholds (the threshold is chosen on the "
-                    "test set, so it is an upper bound).",
-    "pixel_f1_max": "the best F1 score of the pixel scores over all thresholds (chosen on the test set, an upper "
-                    "bound).",
+    "aupro": "area under the per-region-overlap (PRO) curve up to a false-positive rate of 0.3, divided by "
+             "0.3 (MVTec AD's AUPRO): every connected defect region counts equally, whatever its size.",
+    "image_f1_max": "the best F1 score of the image scores over all thresholds (the threshold is chosen on "
+                    "the test set, so it is an upper bound).",
+    "pixel_f1_max": "the best F1 score of the pixel scores over all thresholds (chosen on the test set, an "
+                    "upper bound).",
 }
 COLUMN_DEFINITIONS = {
     "fps": "images per second: images / median time of the timed region at the largest batch measured (see "
            "Table 6's caption for the regions and how a row summarizes its cells).",
     "Encoder fps": "fps of the encoder alone, timed in the same cells at the levels the method taps.",
-    "fps / encoder fps": "the row's fps over its encoder fps: the share of the encoder's speed the whole method "
-                         "keeps, less tied to the machine than fps itself (not free of it: CPUs differ in which "
-                         "kernels are fast).",
+    "fps / encoder fps": "the row's fps over its encoder fps: the share of the encoder's speed the whole "
+                         "method keeps, less tied to the machine than fps itself (not free of it: CPUs "
+                         "differ in which kernels are fast).",
     "Latency b=1 (ms)": "median time for one image, batch size 1.",
-    "Size MB": "bytes of everything needed to score (encoder up to its last tapped level and the fitted state), "
-               "in MB (10^6 bytes).",
+    "Size MB": "bytes of everything needed to score (encoder up to its last tapped level and the fitted "
+               "state), in MB (10^6 bytes).",
     "ours/paper": "our fps over the paper's.",
     "Size ours/paper": "our size over the paper's.",
     "Δ": "ours minus the paper's, in percentage points.",

@@ -92,11 +92,11 @@ def test_plan_writes_nothing(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("option,value,fragment", [
     ("--size", "0", "size must be an integer of at least 8"),
-    ("--train", "0", "train must be an integer of at least 1 (every class needs defect-free training images)"),
+    ("--train", "0", "train must be an integer of at least 1 (every class needs defect-free training"),
     ("--test-per-defect", "-1", "test_per_defect must be an integer of at least 1"),
     ("--seed", "-3", "seed must be an integer of at least 0"),
-    ("--classes", "weave,stripess", "Unknown synthetic class 'stripess'; did you mean 'stripes'? Valid synthetic "
-                                    "classes: capsule, disc, stripes, weave."),
+    ("--classes", "weave,stripess", "Unknown synthetic class 'stripess'; did you mean 'stripes'? Valid "
+                                    "synthetic classes: capsule, disc, stripes, weave."),
 ])
 def test_data_synth_validates_its_options_before_writing_anything(tmp_path, option, value, fragment):
     result = run_bench("data", "synth", "--out", str(tmp_path / "d"), "--size", "32", option, value)

@@ -93,8 +93,9 @@ def rewrite_images(source: Path, target: Path, variant) -> Path:
 
 
 def padim_metrics(root: Path) -> dict:
-    cell = Cell(suite="modes", dataset="folder", class_name=CLASS, method="padim", encoder="resnet18", resolution=64,
-                resize=64, seed=0, weights="random", protocol="strict", metrics_resolution="input", batch_size=8)
+    cell = Cell(suite="modes", dataset="folder", class_name=CLASS, method="padim", encoder="resnet18",
+                resolution=64, resize=64, seed=0, weights="random", protocol="strict",
+                metrics_resolution="input", batch_size=8)
     record, _ = run_cell(cell, create_dataset("folder", root), "cpu")
     assert record["status"] == "ok", record.get("error")
     return record["metrics"]
@@ -105,7 +106,8 @@ def padim_metrics(root: Path) -> dict:
     (grey_twin, [grey16_png, grey16_tiff]),
     (palette_twin, [palette_png]),
 ], ids=["rgb", "grey", "palette"])
-def test_other_bit_depths_and_modes_give_the_metrics_of_their_8_bit_rgb_twin(tiny_data, tmp_path, twin, variants):
+def test_other_bit_depths_and_modes_give_the_metrics_of_their_8_bit_rgb_twin(tiny_data, tmp_path, twin,
+                                                                             variants):
     reference = rewrite_images(tiny_data, tmp_path / "twin", twin) if twin else tiny_data
     expected = padim_metrics(reference)
     assert expected["image_auroc"] > 0.5  # real contrast, not a white image
@@ -116,7 +118,8 @@ def test_other_bit_depths_and_modes_give_the_metrics_of_their_8_bit_rgb_twin(tin
 def test_alpha_is_composited_over_black_and_16_bit_is_scaled_not_clipped(tmp_path):
     pixels = np.array([[[200, 100, 50, 255], [200, 100, 50, 128], [200, 100, 50, 0]]], np.uint8)
     Image.fromarray(pixels, "RGBA").save(tmp_path / "alpha.png")
-    assert np.asarray(read_image(tmp_path / "alpha.png")).tolist() == [[[200, 100, 50], [100, 50, 25], [0, 0, 0]]]
+    composited = [[[200, 100, 50], [100, 50, 25], [0, 0, 0]]]
+    assert np.asarray(read_image(tmp_path / "alpha.png")).tolist() == composited
     Image.fromarray(np.array([[0, 1000, 40000, 65535]], np.uint16)).save(tmp_path / "deep.png")
     assert np.asarray(read_image(tmp_path / "deep.png"))[0, :, 0].tolist() == [0, 3, 156, 255]
     Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)).save(tmp_path / "float.tif")

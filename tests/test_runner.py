@@ -83,8 +83,8 @@ def test_a_run_folder_belongs_to_one_configuration(tmp_path, tiny_data):
     suite = tiny_suite(tmp_path, tiny_data)
     run_dir = tmp_path / "run"
     assert run_suite(suite, run_dir, RunOptions(classes=("disc",))).ok == 1
-    with pytest.raises(BenchError, match=rf"was run with data root {tiny_data} \(now {other_root}\); pass --out "
-                                         "with a new folder, or --force-mixed"):
+    with pytest.raises(BenchError, match=rf"was run with data root {tiny_data} \(now {other_root}\); "
+                                         "pass --out with a new folder, or --force-mixed"):
         run_suite(suite, run_dir, RunOptions(classes=("disc",), data_root=str(other_root)))
     with pytest.raises(BenchError, match=r"classes disc \(now disc,stripes\); protocol strict \(now paper\)"):
         run_suite(suite, run_dir, RunOptions(classes=("disc", "stripes"), protocol="paper"))
