@@ -44,6 +44,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--weights", help="Encoder weights: imagenet, random, or a path to a weights file.")
 @click.option("--allow-random", is_flag=True, help="Allow --weights random in suites that reproduce papers.")
 @click.option("--retry-failed", is_flag=True, help="Run again cells whose record says failed.")
+@click.option("--force-mixed", is_flag=True, help="Continue an --out run folder although this command's "
+              "data, weights, protocol, suite version or device differ from what it was run with.")
 @click.option("--suite-path", multiple=True, type=click.Path(), help="Extra folder of suite files.")
 @click.option("--protocol", type=click.Choice(["strict", "paper"]), help="Override the suite's scoring protocol.")
 @click.option("--metrics-resolution", type=click.Choice(["input", "original"]),
@@ -56,8 +58,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--address", help="Ray cluster to join (e.g. auto); without it a local Ray instance is started.")
 @click.option("--cpus-per-cell", default=1.0, show_default=True, help="CPUs a Ray task asks for.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the reports at the end.")
-def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed, suite_path,
-        protocol, metrics_resolution, feature_cache_mb, plan_only, executor, address, cpus_per_cell, report):
+def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed,
+        force_mixed, suite_path, protocol, metrics_resolution, feature_cache_mb, plan_only, executor, address,
+        cpus_per_cell, report):
     """Run a suite: every cell of its grid, one record each, then the report."""
     from anobench.environment import resolve_device
     from anobench.executors import make_executor
@@ -71,19 +74,19 @@ def run(suite_name, data_root, dataset, classes, device, out, weights, allow_ran
     if resuming:
         recorded_suite, stored = recorded_run(out)
     suite = load_suite(suite_name, suite_path) if suite_name else recorded_suite
-    run_dir = out or next_run_dir(Path("runs"), suite.name)
     options = RunOptions(device=resolve_device(device), data_root=data_root or stored.get("data_root"),
                          weights=weights, dataset=dataset,
                          classes=tuple(c.strip() for c in classes.split(",")) if classes else None,
                          retry_failed=retry_failed, allow_random=allow_random or stored.get("allow_random", False),
-                         protocol=protocol, metrics_resolution=metrics_resolution,
+                         force_mixed=force_mixed, protocol=protocol, metrics_resolution=metrics_resolution,
                          feature_cache_mb=feature_cache_mb, command=shlex.join(["bench", *sys.argv[1:]]))
     if executor == "ray" and ":" in options.device:
         raise BenchError(f"--executor ray places each cell on a free GPU itself; pass --device cuda, not "
                          f"{options.device}.")
-    if plan_only:
+    if plan_only:  # writes nothing, not even runs/
         click.echo(format_plan(memory_plans(suite, options), options.device))
         return
+    run_dir = out or next_run_dir(Path("runs"), suite.name)
     click.echo(f"Suite {suite.name} → {run_dir} (device {options.device})", err=True)
     try:
         with sigterm_interrupts():
@@ -132,14 +135,16 @@ def _write_reports(run_dir: Path, formats: list[str] | None = None) -> list[Path
 @click.option("--absolute-speed/--no-absolute-speed", default=True, show_default=True,
               help="Also compare absolute fps between records of the same device (off for shared CPU runners, "
                    "whose speed swings between runs; the fps ratio is always compared).")
-@click.option("--strict", is_flag=True, help="Cells present on one side only are a failure too.")
+@click.option("--allow-missing", is_flag=True,
+              help="Cells the baseline has and the new run lacks are no failure (a smaller run on purpose).")
+@click.option("--strict", is_flag=True, help="Cells only in the new run are a failure too.")
 @click.option("--format", "fmt", type=click.Choice(sorted(compare_module.RENDERERS)), default="text",
               show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), help="Also write the summary to this file.")
-def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_tolerance, absolute_speed, strict, fmt,
-                    output):
+def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_tolerance, absolute_speed,
+                    allow_missing, strict, fmt, output):
     """Compare NEW with BASELINE (run folders, records files or stored baseline names): exit 1 on a
-    regression, 2 on unusable input."""
+    regression (a metric drop, a cell that failed in NEW, a baseline cell NEW lacks), 2 on unusable input."""
     tolerances = {}
     for item in metric_tolerance:
         metric, _, value = item.partition("=")
@@ -149,12 +154,13 @@ def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_toleran
         tolerances[metric] = float(value)
     result = compare_module.compare(compare_module.load_cells(new), compare_module.load_cells(baseline),
                                     tolerance_pp=tolerance_pp, metric_tolerances=tolerances,
-                                    speed_tolerance_pct=speed_tolerance, absolute_speed=absolute_speed)
+                                    speed_tolerance_pct=speed_tolerance, absolute_speed=absolute_speed,
+                                    new_failed=compare_module.load_failed(new), allow_missing=allow_missing)
     text = compare_module.RENDERERS[fmt](result)
     click.echo(text)
     if output:
         output.write_text(text + "\n", encoding="utf-8")
-    if result.regressions or (strict and (result.only_new or result.only_baseline)):
+    if result.regression_count or (strict and result.only_new):
         sys.exit(1)
 
 
@@ -179,9 +185,12 @@ def baseline() -> None:
 @click.argument("name")
 @click.option("--dir", "folder", type=click.Path(path_type=Path), default=compare_module.BASELINES_DIR,
               show_default=True, help="Where baselines are stored (committed with the code).")
-def baseline_save(run_dir: Path, name: str, folder: Path) -> None:
+@click.option("--variant", "variants", multiple=True, type=click.Path(path_type=Path),
+              help="A run folder of the same suite under other kernel settings (e.g. MKL_CBWR=COMPATIBLE); "
+                   "each cell's accuracy there is stored, and compare allows a drop of that size.")
+def baseline_save(run_dir: Path, name: str, folder: Path, variants: tuple[Path, ...]) -> None:
     """Store RUN_DIR's records (without artifacts) as baseline NAME."""
-    click.echo(str(compare_module.save_baseline(run_dir, name, folder)))
+    click.echo(str(compare_module.save_baseline(run_dir, name, folder, list(variants))))
 
 
 @cli.command("list")

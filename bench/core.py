@@ -40,7 +40,8 @@ def unknown_name(kind: str, value: str, valid: Iterable[str], where: str | None 
     place = f" in {where}" if where else ""
     close = difflib.get_close_matches(value, valid, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else "."
-    return BenchError(f"Unknown {kind} '{value}'{place}{hint} Valid {kind}s: {', '.join(valid)}.")
+    plural = kind + ("es" if kind.endswith("s") else "s")
+    return BenchError(f"Unknown {kind} '{value}'{place}{hint} Valid {plural}: {', '.join(valid)}.")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ import torch
 from anobench.core import BenchError
 
 UNKNOWN = "unknown"
+# Environment variables that choose CPU kernels, and so the float rounding of results (see bench compare).
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS",
+              "MKL_NUM_THREADS")
 SOURCE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -77,6 +80,8 @@ def machine_info() -> dict[str, Any]:
         "numpy": _version("numpy"),
         "scikit_learn": _version("scikit-learn"),
         "anobench": _version("anobench"),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ},
         "cuda_available": cuda,
         "cuda": torch.version.cuda or None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,

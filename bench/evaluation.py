@@ -191,7 +191,7 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str,
         batch_sizes, warmup, iterations = cell.measure.on(device)
         with PeakMemory(device) as memory:
             result["speed"] = measure_speed(method, cell.resolution, batch_sizes, device, warmup, iterations,
-                                            seed=cell.seed)
+                                            seed=cell.seed, threads=cell.measure.cpu_threads)
         result["memory"]["speed"] = memory.result
 
     result.update({

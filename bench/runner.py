@@ -45,6 +45,7 @@ class RunOptions:
     retry_failed: bool = False
     feature_cache_mb: int | None = None  # encoder features shared between cells (None: the suite's; 0: off)
     allow_random: bool = False  # permits random weights in suites that reproduce published numbers
+    force_mixed: bool = False  # continue a run folder with another configuration (its report then mixes them)
     command: str = ""
 
 
@@ -179,10 +180,43 @@ def recorded_run(run_dir: Path) -> tuple[Suite, dict[str, Any]]:
     return parse_suite(info["suite"]["raw"], Path(info["suite"]["path"])), info["options"]
 
 
+def absolute(path: str | None) -> str | None:
+    """A data root as an absolute path: a run folder continued from another directory reads the same data."""
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
+def run_configuration(suite: Suite, device: str, data_root: str | None) -> dict[str, Any]:
+    """What every record of a run folder shares and a report's title speaks for: the suite's version, the
+    data (where from, which classes, with which options), weights, protocol and the kind of device."""
+    return {"suite version": suite.version, "dataset": suite.dataset.name,
+            "data root": absolute(data_root or suite.dataset.root),
+            "classes": ",".join(suite.dataset.classes) if suite.dataset.classes else "all",
+            "dataset options": json.dumps(suite.dataset.options, sort_keys=True), "weights": suite.weights,
+            "protocol": suite.protocol, "metrics resolution": suite.metrics_resolution,
+            "device": device.split(":")[0]}
+
+
+def check_same_configuration(run_dir: Path, suite: Suite, options: RunOptions) -> None:
+    """A run folder holds one configuration: continuing it with another (data root, dataset options or
+    classes, suite version, weights, protocol, device kind) is refused in one sentence naming what changed,
+    unless ``options.force_mixed``; ``suite`` carries the command line's overrides already."""
+    recorded_suite, recorded_options = recorded_run(run_dir)
+    before = run_configuration(recorded_suite, recorded_options.get("device", "cpu"),
+                               recorded_options.get("data_root"))
+    current = run_configuration(suite, options.device, options.data_root)
+    changes = [f"{key} {before[key]} (now {current[key]})" for key in before if before[key] != current[key]]
+    if not changes:
+        return
+    if not options.force_mixed:
+        raise BenchError(f"Run folder {run_dir} was run with {'; '.join(changes)}; pass --out with a new "
+                         f"folder, or --force-mixed to add these cells to it anyway.")
+    print(f"--force-mixed: {run_dir} now mixes configurations: {'; '.join(changes)}.", file=sys.stderr)
+
+
 def _write_run_file(run_dir: Path, suite: Suite, cells: list[Cell], options: RunOptions) -> None:
     info = {"created_at": now(), "command": options.command,
             "suite": {"name": suite.name, "version": suite.version, "path": str(suite.path), "raw": suite.raw},
-            "options": {"device": options.device, "data_root": options.data_root,
+            "options": {"device": options.device, "data_root": absolute(options.data_root),
                         "allow_random": options.allow_random},
             "plan": [{"cell_id": c.cell_id, "config": c.config()} for c in cells]}
     tmp = run_dir / (RUN_FILE + ".tmp")
@@ -226,6 +260,7 @@ def _run_in_folder(suite: Suite, run_dir: Path, options: RunOptions, executor, c
         if recorded != suite.name:
             raise BenchError(f"Run folder {run_dir} belongs to suite '{recorded}', not '{suite.name}'; "
                              f"pass another --out.")
+        check_same_configuration(run_dir, suite, options)
     else:
         _write_run_file(run_dir, suite, cells, options)
 

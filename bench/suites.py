@@ -110,6 +110,8 @@ class MeasureSpec:
     cpu_batch_sizes: tuple[int, ...] | None = suite_key(None, nonempty=True, minimum=1)
     cpu_warmup: int | None = suite_key(None, minimum=0)
     cpu_iterations: int | None = suite_key(None, minimum=1)
+    # torch threads while timing on a CPU (None: the process's)
+    cpu_threads: int | None = suite_key(None, minimum=1)
 
     def on(self, device: str) -> tuple[tuple[int, ...], int, int]:
         """(batch sizes, warm-up iterations, timed iterations) to use on ``device``."""

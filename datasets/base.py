@@ -29,6 +29,8 @@ class SampleRef:
     """Where one sample lives and what it is; label 1 means anomalous.
 
     ``mask_frame`` is set when the mask is one frame of a (T, H, W) ``.npy`` array (video datasets).
+    ``mask_threshold`` is for datasets whose own definition of a defect pixel is not "any non-zero value"
+    (see ``read_mask``): stored values at or above it are defects.
     """
 
     image_path: Path
@@ -36,6 +38,7 @@ class SampleRef:
     label: int
     defect_type: str
     mask_frame: int | None = None
+    mask_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -50,26 +53,90 @@ class Geometry:
             raise BenchError(f"crop {self.crop} must be positive and at most the resize {self.resize}")
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+EXACT_RGB_MODES = ("1", "L", "P", "RGB", "RGBX", "YCbCr")  # Pillow converts these to RGB without loss
+ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+SINGLE_CHANNEL_MODES = ("1", "L", "P", "I", "F", *SIXTEEN_BIT_MODES)
+LOSSY_MASK_SUFFIXES = (".jpg", ".jpeg")
+LOSSY_MASK_THRESHOLD = 128
+
+
+def _unreadable(path: Path, why: str, fix: str) -> DatasetError:
+    return DatasetError(f"Cannot read {path} ({why}); {fix}")
+
+
+def _high_byte(values: np.ndarray) -> np.ndarray:
+    """16-bit values 0..65535 onto 0..255 by their high byte (v // 256): linear, the way Pillow itself
+    decodes 16-bit colour PNGs (so grey and colour files agree), and exact for 8-bit data widened either as
+    v·257 or v·256."""
+    return (values.astype(np.uint32) >> 8).astype(np.uint8)
+
+
+def _over_black(img: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 colour composited over black (colour × alpha / 255, rounded): a transparent pixel is
+    black whatever colour it stores, an opaque alpha changes nothing."""
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.uint32)
+    return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)
+
+
+def _as_rgb(img: Image.Image, path: Path) -> Image.Image:
+    """An opened image as 8-bit RGB with its real contrast, or one sentence saying why it cannot be."""
+    mode = img.mode
+    if mode in SIXTEEN_BIT_MODES or mode == "I":
+        values = np.asarray(img)
+        if mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise _unreadable(path, f"32-bit integer pixels from {values.min()} to {values.max()}: no known "
+                              "white point", "convert it to 8- or 16-bit grey or RGB.")
+        return Image.fromarray(_high_byte(values), "L").convert("RGB")
+    if mode == "F":
+        values = np.asarray(img)
+        if not np.isfinite(values).all() or (values.size and (values.min() < 0 or values.max() > 1)):
+            raise _unreadable(path, "floating-point pixels outside [0, 1]: no known white point",
+                              "convert it to 8- or 16-bit grey or RGB, or scale it to [0, 1].")
+        return Image.fromarray(np.rint(values * 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ALPHA_MODES or (mode == "P" and "transparency" in img.info):
+        return Image.fromarray(_over_black(img), "RGB")
+    if mode in EXACT_RGB_MODES:
+        return img.convert("RGB")
+    raise _unreadable(path, f"pixel mode {mode} has no exact conversion to RGB without a colour profile",
+                      "convert it to 8- or 16-bit grey or RGB.")
+
+
 def read_image(path: Path) -> Image.Image:
-    """Open an image as RGB (grayscale datasets such as grid, screw or magnetic tiles included)."""
+    """Open an image as 8-bit RGB with its real contrast: 8-bit grey, RGB and palette exactly; 16-bit grey
+    by the high byte of each value (``_high_byte``, as Pillow decodes 16-bit colour); float pixels in [0, 1]
+    ×255; alpha composited over black (``_over_black``). A mode without an exact conversion (CMYK, LAB,
+    32-bit integers beyond 16 bits, floats beyond [0, 1]) is one sentence naming the file."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return _as_rgb(img, path)
     except (OSError, UnidentifiedImageError) as exc:
         raise DatasetError(f"Cannot read image {path} ({exc}); replace or remove the file.") from None
 
 
 def read_mask(ref: SampleRef) -> np.ndarray:
-    """A sample's mask as a boolean array: an image (values of 128 and above are defect) or one frame of a
-    ``.npy`` stack (non-zero is defect, read through a memory map)."""
+    """A sample's ground truth as a boolean array: a pixel is a defect where its stored value is not zero,
+    so 0/255, 0/1 and defect-class-number masks all work, in 8 or 16 bits. Colour masks count a pixel whose
+    largest channel (after compositing any alpha over black) is not zero; palette masks their stored index.
+    Where the dataset defines defects otherwise, ``ref.mask_threshold`` applies (values at or above it);
+    JPEG masks default to 128, because lossy compression leaves small non-zero values beside every edge.
+    A frame of a ``.npy`` stack is read through a memory map."""
     path = ref.mask_path
+    threshold = ref.mask_threshold
     try:
         if ref.mask_frame is not None:
-            return np.asarray(np.load(path, mmap_mode="r")[ref.mask_frame]) > 0
-        with Image.open(path) as img:
-            return np.asarray(img.convert("L")) >= 128
+            values = np.asarray(np.load(path, mmap_mode="r")[ref.mask_frame])
+        else:
+            with Image.open(path) as img:
+                if img.mode in SINGLE_CHANNEL_MODES:
+                    values = np.asarray(img)
+                else:
+                    values = np.asarray(_as_rgb(img, path)).max(axis=-1)
+            if threshold is None and path.suffix.lower() in LOSSY_MASK_SUFFIXES:
+                threshold = LOSSY_MASK_THRESHOLD
     except (OSError, ValueError, IndexError, UnidentifiedImageError) as exc:
         raise DatasetError(f"Cannot read mask {path} ({exc}); replace or remove the file.") from None
+    return values > 0 if threshold is None else values >= threshold
 
 
 class AnomalyDataset(torch.utils.data.Dataset):

@@ -91,7 +91,7 @@ def test_samples_are_resized_cropped_rgb_with_binary_masks(tmp_path):
     Image.fromarray(np.full((40, 20), 100, np.uint8), "L").save(class_dir / "test/hole/b.png")
     soft = np.zeros((40, 20), np.uint8)
     soft[10:30, 5:15] = 200
-    soft[0, 0] = 60  # soft edge below 128: not a defect
+    soft[0, 0] = 60  # a soft edge: non-zero, so a defect pixel too
     Image.fromarray(soft, "L").save(class_dir / "ground_truth/hole/b_mask.png")
     dataset = AnomalyDataset(create_dataset("folder", class_dir).samples("gray", "test"), Geometry(32, 24))
     sample = dataset[0]
