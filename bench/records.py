@@ -16,7 +16,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypedDict
 
-SCHEMA_VERSION = 1
+from anobench.core import BenchError
+
+SCHEMA_VERSION = 2
+#: What each version added; a reader reads every version up to its own (later fields are optional).
+SCHEMA_CHANGES = {
+    1: "configuration, metrics, timings, size, memory, speed, environment, status",
+    2: "display names; bootstrap intervals, per-defect metrics and the test-set fingerprint; FLOPs",
+}
 RECORDS_FILE = "records.jsonl"
 RUN_FILE = "run.json"  # beside the records: the suite as resolved, the plan, the command
 
@@ -122,6 +129,7 @@ def read_records(location: str | Path) -> list[Record]:
                 damaged.append(f"line {number} (not valid JSON)")
                 continue
             if isinstance(record, dict) and isinstance(record.get("cell_id"), str):
+                check_schema_version(record, path, number)
                 records.append(record)
             else:
                 damaged.append(f"line {number} (not a record)")
@@ -132,6 +140,14 @@ def read_records(location: str | Path) -> list[Record]:
                    + " as not done (a resumed run reruns it) and "
                    + ("the damaged line stays" if one else "the damaged lines stay") + " in the file.")
     return records
+
+
+def check_schema_version(record: dict, path: Path, line: int) -> None:
+    """A record from a newer anobench may mean something this one cannot tell: refuse it rather than guess."""
+    version = record.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise BenchError(f"{path}, line {line}: record schema version {version!r} is newer than this anobench "
+                         f"reads (up to {SCHEMA_VERSION}); upgrade anobench (pip install -U anobench) to read it.")
 
 
 _WARNED: set[str] = set()

@@ -6,6 +6,7 @@ import math
 import pandas as pd
 
 import anobench
+from anobench.records import SCHEMA_VERSION
 from tests.conftest import REPO, run_bench
 
 PUBLISHED = REPO / "reports" / "published" / "paper-table6-cpu-2core"
@@ -55,3 +56,20 @@ def test_parquet_without_pyarrow_is_one_sentence(tmp_path):
         assert result.returncode == 2 and "pip install 'anobench[parquet]'" in result.stderr
     else:
         assert result.returncode == 0 and pd.read_parquet(tmp_path / "x.parquet").shape[0] == 9
+
+
+def test_records_of_a_newer_schema_are_refused_in_one_sentence_and_older_ones_read(tmp_path):
+    """Schema version 1 (the published run) still reads in every reader; a version this anobench does not
+    know is refused by report, compare and export alike, naming the file and line, exit 2."""
+    records = [json.loads(line) for line in (PUBLISHED / "records.jsonl").read_text().splitlines()]
+    assert {r["schema_version"] for r in records} == {1}
+    assert len(anobench.load_records(PUBLISHED)) == len(records)
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    future = dict(records[0], schema_version=SCHEMA_VERSION + 1)
+    (newer / "records.jsonl").write_text(json.dumps(records[1]) + "\n" + json.dumps(future) + "\n")
+    for command in (["export", str(newer)], ["report", str(newer)], ["compare", str(newer), str(PUBLISHED)]):
+        result = run_bench(*command)
+        assert result.returncode == 2, command
+        assert (f"records.jsonl, line 2: record schema version {future['schema_version']} is newer than this "
+                f"anobench reads") in result.stderr and "Traceback" not in result.stderr

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from anobench.cells import Cell
-from anobench.datasets import AnomalyDataset, DatasetError, Geometry, SampleRef, create_dataset
-from anobench.datasets.base import read_image, read_mask
+from anobench.datasets import create_dataset
+from anobench.datasets.base import AnomalyDataset, DatasetError, Geometry, SampleRef, read_image, read_mask
 from anobench.evaluation import compute_metrics, run_cell
 from anobench.methods import create_method
 from anobench.methods.base import Prediction

@@ -121,7 +121,8 @@ def save_run(work: Path, name: str, log_p: list[torch.Tensor], losses: list[list
 def prepare(args) -> None:
     import timm
 
-    from anobench.datasets import AnomalyDataset, Geometry, create_dataset
+    from anobench.datasets import create_dataset
+    from anobench.datasets.base import AnomalyDataset, Geometry
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
