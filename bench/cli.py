@@ -114,11 +114,16 @@ def report_command(run_dir: Path, formats: str | None) -> None:
               help="Also compare absolute fps between records of the same device (off for shared CPU runners, "
                    "whose speed swings between runs; the fps ratio is always compared).")
 @click.option("--strict", is_flag=True, help="Cells present on one side only are a failure too.")
+@click.option("--tolerance-only", is_flag=True, help="Flag every drop beyond the tolerances, noise or not (without "
+              "it a drop must also lie beyond the baseline's interval, the seeds' spread, or the timed "
+              "iterations' spread).")
+@click.option("--alpha", default=compare_module.ALPHA, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Significance level of the seeds' and the timed iterations' one-sided tests.")
 @click.option("--format", "fmt", type=click.Choice(sorted(compare_module.RENDERERS)), default="text",
               show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), help="Also write the summary to this file.")
-def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_tolerance, absolute_speed, strict, fmt,
-                    output):
+def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_tolerance, absolute_speed, strict,
+                    tolerance_only, alpha, fmt, output):
     """Compare NEW with BASELINE (run folders, records files or stored baseline names): exit 1 on a
     regression, 2 on unusable input."""
     tolerances = {}
@@ -130,7 +135,8 @@ def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_toleran
         tolerances[metric] = float(value)
     result = compare_module.compare(compare_module.load_cells(new), compare_module.load_cells(baseline),
                                     tolerance_pp=tolerance_pp, metric_tolerances=tolerances,
-                                    speed_tolerance_pct=speed_tolerance, absolute_speed=absolute_speed)
+                                    speed_tolerance_pct=speed_tolerance, absolute_speed=absolute_speed,
+                                    tolerance_only=tolerance_only, alpha=alpha)
     text = compare_module.RENDERERS[fmt](result)
     click.echo(text)
     if output:

@@ -82,6 +82,32 @@ class MeasureSpec:
         return self.batch_sizes, self.warmup, self.iterations
 
 
+DEFAULT_TABLE_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    """Bootstrap intervals for every metric of every cell. Not part of a cell's configuration: it changes
+    no metric's value, only the intervals beside them."""
+
+    resamples: int = 1000  # 0: no intervals
+    seed: int = 0
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True)
+class RowSelector:
+    """A table row a suite names (``compare_to``): method and encoder, and the parameters where they matter."""
+
+    method: str
+    encoder: str
+    params: dict[str, Any] | None = None
+
+    def matches(self, method: str, encoder: str, params: dict[str, Any]) -> bool:
+        return (method == self.method and encoder.split(".")[0] == self.encoder.split(".")[0]
+                and (self.params is None or params == self.params))
+
+
 @dataclass(frozen=True)
 class Suite:
     name: str
@@ -100,6 +126,9 @@ class Suite:
     references: tuple[Reference, ...] = ()
     feature_cache_mb: int = 4096  # encoder features shared between cells (0: off, e.g. where memory is measured)
     changelog: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = DEFAULT_TABLE_METRICS  # the accuracy columns its tables show
+    bootstrap: BootstrapSpec = BootstrapSpec()
+    compare_to: RowSelector | None = None  # the reference row of the paired-difference table
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -221,7 +250,7 @@ def _merged(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 TOP_KEYS = {"name", "version", "description", "protocol", "seeds", "weights", "allow_random_weights",
             "batch_size", "metrics_resolution", "dataset", "grid", "measure", "reference", "feature_cache_mb",
-            "changelog"}
+            "changelog", "metrics", "bootstrap", "compare_to"}
 
 
 def load_suite(name_or_path: str, extra: Sequence[str | Path] = ()) -> Suite:
@@ -287,6 +316,13 @@ def parse_suite(raw: dict[str, Any], path: Path) -> Suite:
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise top.fail("seeds", "a non-empty list of integers")
     changelog = top.get("changelog", list, [])
+    b = _Table(top.get("bootstrap", dict, {}), path, "[bootstrap]", {"resamples", "seed", "confidence"})
+    bootstrap = BootstrapSpec(resamples=b.get("resamples", int, 1000), seed=b.get("seed", int, 0),
+                              confidence=float(b.get("confidence", (int, float), 0.95)))
+    if bootstrap.resamples < 0 or (0 < bootstrap.resamples < 100):
+        raise b.fail("resamples", "0 (no intervals) or at least 100")
+    if not 0.5 <= bootstrap.confidence < 1:
+        raise b.fail("confidence", "a level in [0.5, 1), e.g. 0.95")
     return Suite(
         name=top.get("name", str),
         version=top.get("version", int),
@@ -304,5 +340,21 @@ def parse_suite(raw: dict[str, Any], path: Path) -> Suite:
         references=tuple(references),
         feature_cache_mb=top.get("feature_cache_mb", int, 4096),
         changelog=tuple(str(c) for c in changelog),
+        metrics=top.names("metrics", DEFAULT_TABLE_METRICS),
+        bootstrap=bootstrap,
+        compare_to=_compare_to(top, grid),
         raw=raw,
     )
+
+
+def _compare_to(top: _Table, grid: list[GridBlock]) -> RowSelector | None:
+    """The suite's reference row, which must be one of its grid's rows."""
+    value = top.get("compare_to", dict, None, "a table such as { method = \"padim\", encoder = \"resnet18\" }")
+    if value is None:
+        return None
+    t = _Table(value, top.path, "compare_to", {"method", "encoder", "params"})
+    selector = RowSelector(t.get("method", str), t.get("encoder", str), t.get("params", dict, None))
+    if not any(selector.matches(m, e, block.params) for block in grid for m in block.methods for e in block.encoders):
+        raise t.fail("method", f"a method and encoder of the suite's grid (no [[grid]] has {selector.method} with "
+                               f"{selector.encoder})")
+    return selector
