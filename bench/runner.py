@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anobench import artifacts, datasets, methods, planning
+from anobench import artifacts, datasets, methods, metrics, planning
 from anobench.cells import Cell, expand
-from anobench.core import BenchError, progress
+from anobench.core import BenchError, progress, unknown_name
 from anobench.datasets import DatasetSource
 from anobench.evaluation import failed_record, now, open_source
 from anobench.executors import LocalExecutor, Task
@@ -63,6 +63,11 @@ def check_names(suite: Suite) -> None:
         for name in block.encoders:
             check_encoder_name(name, where)
     datasets.DATASETS.get(suite.dataset.name, where)
+    for name in suite.metrics:
+        info = metrics.metric_info(name)
+        if info is None or not info.level:
+            valid = [n for n, i in metrics.METRIC_INFO.items() if i.level] + ["aupro@<limit in (0, 1]>"]
+            raise unknown_name("metric", name, valid, f"{where} (metrics)")
 
 
 def apply_overrides(suite: Suite, options: RunOptions) -> Suite:

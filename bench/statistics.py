@@ -276,7 +276,8 @@ def bootstrap_cell(labels: np.ndarray, image_scores: np.ndarray, masks, maps, de
     labels = np.asarray(labels).astype(int)
     image = image_counts(labels, image_scores)
     has_pixels = any(np.asarray(m).any() for m in masks)
-    pixel = pixel_counts(masks, maps) if has_pixels and any(n not in IMAGE_METRICS for n in names) else None
+    needs_pixels = any(n not in IMAGE_METRICS for n in (*names, *defect_names))
+    pixel = pixel_counts(masks, maps) if has_pixels and needs_pixels else None
 
     def run(chosen: Sequence[str], rows: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         weights = stratified_counts(labels[rows], resamples, rng)

@@ -11,7 +11,7 @@ import pytest
 from anobench.reports import write_reports
 
 from tests.conftest import REPO
-from tests.test_reports import run_dir  # noqa: F401  (the fixture: fixed records with artifacts)
+from tests.test_reports import run_dir, seeds_run_dir  # noqa: F401  (fixtures: records with artifacts)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
@@ -48,3 +48,30 @@ def test_html_report_in_chromium(run_dir):  # noqa: F811
     assert n_images >= 4 and broken == []
     assert n_tables >= 2 and empty_tables == []
     assert (out / "report-html.png").stat().st_size > 10_000
+
+
+def test_html_report_with_seeds_intervals_per_defect_and_paired_tables_in_chromium(seeds_run_dir):  # noqa: F811
+    """Mean ± std with intervals under each number, the paired table, and per-defect tables that open on click."""
+    report = seeds_run_dir / "report.html"
+    out = Path(os.environ.get("ANOBENCH_TEST_ARTIFACTS", REPO / "test-artifacts"))
+    out.mkdir(parents=True, exist_ok=True)
+    errors = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(report.as_uri(), wait_until="load")
+        paired = page.locator("table[data-table='paired-synthetic']")
+        assert paired.is_visible() and paired.locator("tbody tr").count() == 3
+        assert "[" in paired.locator("tbody tr").first.locator("td").nth(3).inner_text()
+        first_mean = page.locator("table[data-table='accuracy-synthetic'] tbody td").nth(4)
+        assert "±" in first_mean.inner_text() and first_mean.locator("span.interval").is_visible()
+        per_defect = page.locator("table[data-table='per-defect-synthetic-a']")
+        assert not per_defect.is_visible()  # collapsed by default
+        page.locator("details", has=per_defect).locator("summary").click()
+        assert per_defect.is_visible() and per_defect.locator("tbody tr").count() == 4
+        page.click("table[data-table='paired-synthetic'] th:nth-child(4)")  # sorting numbers with intervals
+        page.screenshot(path=str(out / "report-seeds-html.png"), full_page=True)
+        browser.close()
+    assert errors == []
