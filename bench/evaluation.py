@@ -123,7 +123,7 @@ def compute_metrics(labels: np.ndarray, masks: list[np.ndarray] | np.ndarray, im
             value, threshold = _metric(name, labels, image_scores, masks, maps)
         values[name] = value if np.isfinite(value) else None
         if values[name] is None:
-            notes[name] = str(caught[-1].message) if caught else "undefined on this test set"
+            notes[name] = str(caught[-1].message).removesuffix("; returning nan") if caught else "undefined here"
         elif threshold is not None:
             thresholds[metrics.metric_info(name).level] = threshold
     return values, notes, thresholds
@@ -131,7 +131,7 @@ def compute_metrics(labels: np.ndarray, masks: list[np.ndarray] | np.ndarray, im
 
 def test_set_fingerprint(cell: Cell, test: AnomalyDataset) -> str:
     """Which images, labels and geometry a cell was scored on: equal fingerprints make paired comparisons valid."""
-    items = [f"{r.defect_type}/{r.image_path.name}:{r.label}" for r in test.refs]
+    items = [f"{r.defect_type}/{r.image_path.name}:{r.mask_frame}:{r.label}" for r in test.refs]
     identity = [cell.dataset, cell.class_name, cell.resize, cell.resolution, cell.metrics_resolution, *items]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 

@@ -103,13 +103,16 @@ class BinnedCounts:
 
 
 def image_counts(labels: np.ndarray, scores: np.ndarray) -> BinnedCounts:
-    """One bin per distinct image score: resampled image metrics are exact."""
+    """One bin per distinct image score (sparse: one entry per image): resampled image metrics are exact."""
+    from scipy import sparse
+
     labels = np.asarray(labels).astype(bool)
     distinct, index = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
     column = len(distinct) - 1 - index.ravel()  # highest score first
-    onehot = np.zeros((labels.size, len(distinct)))
-    onehot[np.arange(labels.size), column] = 1.0
-    return BinnedCounts(onehot * labels[:, None], onehot * ~labels[:, None])
+    shape = (labels.size, len(distinct))
+    rows = np.arange(labels.size)
+    return BinnedCounts(*(sparse.csr_array((np.ones(int(part.sum())), (rows[part], column[part])), shape=shape)
+                          for part in (labels, ~labels)))
 
 
 def pixel_grid(mask_list: Sequence[np.ndarray], map_list: Sequence[np.ndarray]) -> np.ndarray:
@@ -138,7 +141,7 @@ def pixel_counts(masks, maps, edges: np.ndarray | None = None) -> BinnedCounts:
     edges = pixel_grid(mask_list, map_list) if edges is None else np.asarray(edges, dtype=np.float64)
     k = edges.size
     n = len(mask_list)
-    positive, negative, overlap = np.zeros((n, k)), np.zeros((n, k)), np.zeros((n, k))
+    positive, negative, overlap = (np.zeros((n, k), np.float32) for _ in range(3))
     regions, pixels = np.zeros(n), np.zeros(n)
     for i, (mask, amap) in enumerate(zip(mask_list, map_list, strict=True)):
         column = k - np.searchsorted(edges, amap.ravel().astype(np.float64), side="right")  # 0 = highest bin

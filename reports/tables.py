@@ -282,6 +282,17 @@ def seed_count(records: list[Record]) -> int:
     return len({r["config"]["seed"] for r in records})
 
 
+def empty_notes(records: list[Record], metric_names: list[str]) -> list[str]:
+    """Why cells of these metrics are empty (the reason each record gave; one line per metric)."""
+    notes = []
+    for metric in metric_names:
+        reasons = [r["metric_notes"][metric] for r in records if metric in r.get("metric_notes", {})]
+        if reasons:
+            notes.append(f"{metric_display(metric)} undefined in {len(reasons)} cell(s), for example: {reasons[0]}. "
+                         "A mean leaves those cells out.")
+    return notes
+
+
 def uncertainty_notes(records: list[Record], with_seeds: bool) -> list[str]:
     """What ± and [lo, hi] mean in a table of these records."""
     notes = []
@@ -318,7 +329,7 @@ def accuracy_tables(run: RunData) -> list[Table]:
         for record in records:
             rows_by_key[row_key(record)].append(record)
         mean_refs = [ref for ref in references if ref.class_name == "mean" and ref.metric in ACCURACY_METRICS]
-        metric_names = [m for m in run.table_metrics if any(r["metrics"].get(m) is not None for r in records)
+        metric_names = [m for m in run.table_metrics if any(m in r["metrics"] for r in records)
                         or any(ref.metric == m for ref in mean_refs)]
         with_reference = {ref.metric for ref in mean_refs}
         with_seeds = any(seed_count(group) > 1 for group in rows_by_key.values())
@@ -356,7 +367,8 @@ def accuracy_tables(run: RunData) -> list[Table]:
                     ref = find_reference(mean_refs, method, encoder, m)
                     row += [ref.value if ref else None, None]
             table.rows.append(row)
-        table.footnotes = footnotes_for(records) + uncertainty_notes(records, with_seeds)
+        table.footnotes = footnotes_for(records) + uncertainty_notes(records, with_seeds) + empty_notes(records,
+                                                                                                     metric_names)
         if with_reference:
             sources = sorted({ref.source for ref in references if ref.metric in with_reference})
             table.footnotes.append("Paper numbers as published (" + "; ".join(sources) + "), not measured here.")
@@ -383,7 +395,8 @@ def per_class_table(run: RunData, dataset: str, records: list[Record], rows_by_k
             row += [seed_count(members)] if with_seeds else []
             row += [metric_estimate(run, members, m) for m in metric_names]
             table.rows.append(row)
-    table.footnotes = footnotes_for(records) + uncertainty_notes(records, with_seeds)
+    table.footnotes = footnotes_for(records) + uncertainty_notes(records, with_seeds) + empty_notes(records,
+                                                                                                 metric_names)
     return table
 
 
