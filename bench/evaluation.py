@@ -129,7 +129,7 @@ def compute_metrics(labels: np.ndarray, masks: list[np.ndarray] | np.ndarray, im
     return values, notes, thresholds
 
 
-def test_set_fingerprint(cell: Cell, test: AnomalyDataset) -> str:
+def fingerprint_test_set(cell: Cell, test: AnomalyDataset) -> str:
     """Which images, labels and geometry a cell was scored on: equal fingerprints make paired comparisons valid."""
     items = [f"{r.defect_type}/{r.image_path.name}:{r.mask_frame}:{r.label}" for r in test.refs]
     identity = [cell.dataset, cell.class_name, cell.resize, cell.resolution, cell.metrics_resolution, *items]
@@ -172,6 +172,8 @@ def bootstrap_intervals(cell: Cell, fingerprint: str, labels: np.ndarray, defect
         "seconds": time.perf_counter() - start, "replicates": "artifacts: bootstrap_names, bootstrap_replicates",
     }
     kept = [k for k in boot.replicates if k in names or k.startswith("defect/")]
+    if not kept:
+        return {}
     return {"bootstrap_names": np.array(kept), "bootstrap_replicates": np.stack([boot.replicates[k] for k in kept],
                                                                               axis=1).astype(np.float32)}
 
@@ -273,7 +275,7 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str,
         if notes:
             result["metric_notes"] = notes
         result["per_defect"] = per_defect_metrics(labels, defect_types, masks, scores, maps)
-        fingerprint = test_set_fingerprint(cell, test)
+        fingerprint = fingerprint_test_set(cell, test)
         result["test_set"] = {"fingerprint": fingerprint, "good": int((labels == 0).sum()),
                               "defective": int(labels.sum())}
         chosen = artifacts.qualitative_indices(labels)

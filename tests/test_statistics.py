@@ -152,3 +152,17 @@ def test_undefined_resamples_leave_no_interval():
     values = np.r_[np.full(980, 0.5), np.full(20, np.nan)]
     assert statistics.percentile_interval(values, 0.95) is None
     assert statistics.percentile_interval(values[:-15], 0.95) == (0.5, 0.5)  # 5 of 985 undefined
+
+
+def test_a_test_set_of_good_images_only_gets_no_interval_and_no_failure():
+    from anobench import evaluation
+    from anobench.cells import Cell
+
+    labels, scores, masks, maps = generated_test_set(6, n_good=6, n_defective=0)
+    cell = Cell(suite="s", dataset="d", class_name="c", method="padim", encoder="resnet18", resolution=48,
+                resize=48, seed=0, weights="random", protocol="strict", metrics_resolution="input", batch_size=8)
+    result = {"per_defect": {}}
+    result["metrics"], notes, _ = evaluation.compute_metrics(labels, masks, scores, maps)
+    assert result["metrics"]["image_auroc"] is None and "one class" in notes["image_auroc"]
+    assert evaluation.bootstrap_intervals(cell, "ab" * 8, labels, ["good"] * 6, masks, scores, maps, result) == {}
+    assert result["intervals"] == {}
