@@ -119,9 +119,9 @@ def pixel_grid(mask_list: Sequence[np.ndarray], map_list: Sequence[np.ndarray]) 
     """Ascending thresholds shared by every image: dense where ROC, PRO, AP/F1 and AUPIMO are integrated."""
     normal = np.sort(np.concatenate([a[~m] for m, a in zip(mask_list, map_list, strict=True)]))
     defect = np.sort(np.concatenate([a[m] for m, a in zip(mask_list, map_list, strict=True)]))
-    exceedance = np.unique(np.r_[np.linspace(0, 1, 1025), np.linspace(0, 0.4, 2049), np.geomspace(1e-7, 1e-2, 256)])
+    exceedance = np.unique(np.r_[np.linspace(0, 1, 513), np.linspace(0, 0.4, 1025), np.geomspace(1e-7, 1e-2, 128)])
     edges = [pixels[(levels * (pixels.size - 1)).round().astype(int)]
-             for pixels, levels in ((normal, 1 - exceedance), (defect, np.linspace(0, 1, 513))) if pixels.size]
+             for pixels, levels in ((normal, 1 - exceedance), (defect, np.linspace(0, 1, 257))) if pixels.size]
     normal_images = [a.ravel() for m, a in zip(mask_list, map_list, strict=True) if not m.any()]
     if normal_images:
         pooled = np.concatenate(normal_images)
@@ -160,37 +160,45 @@ def pixel_counts(masks, maps, edges: np.ndarray | None = None) -> BinnedCounts:
 # metrics of many resamples at once: rows are resamples, columns bins (cumulative from the highest)
 
 
-def _with_origin(values: np.ndarray) -> np.ndarray:
-    """Prepend the curve's starting point (0, nothing predicted) to each row."""
-    return np.hstack([np.zeros((values.shape[0], 1), dtype=values.dtype), values])
+def _at_or_above(per_bin) -> np.ndarray | None:
+    """Per image, the counts at or above each bin's threshold, after a first column of zeros (the curve's
+    origin: nothing scores at or above +inf). A resample's curve is then one matrix product away."""
+    if per_bin is None:
+        return None
+    if hasattr(per_bin, "toarray"):  # image counts: sparse, one entry per image
+        per_bin = per_bin.toarray()
+    cumulative = np.cumsum(per_bin, axis=1)
+    return np.hstack([np.zeros((cumulative.shape[0], 1), dtype=cumulative.dtype), cumulative])
 
 
 def _auroc(tp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    tpr, fpr = _with_origin(tp / tp[:, -1:]), _with_origin(fp / fp[:, -1:])
+    tpr, fpr = tp / tp[:, -1:], fp / fp[:, -1:]
     return np.einsum("ij,ij->i", tpr[:, 1:] + tpr[:, :-1], np.diff(fpr, axis=1)) / 2
 
 
 def _average_precision(tp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    predicted = tp + fp
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    return np.einsum("ij,ij->i", np.diff(tp, axis=1, prepend=0), precision) / tp[:, -1]
+    predicted = tp[:, 1:] + fp[:, 1:]
+    precision = np.divide(tp[:, 1:], predicted, out=np.zeros_like(predicted), where=predicted > 0)
+    return np.einsum("ij,ij->i", np.diff(tp, axis=1), precision) / tp[:, -1]
 
 
 def _f1_max(tp: np.ndarray, fp: np.ndarray) -> np.ndarray:
     return (2 * tp / (tp + fp + tp[:, -1:])).max(axis=1)
 
 
-def _columns_until(rates: np.ndarray, limit: float) -> int:
-    """How many leading bins any row needs to reach ``limit`` (the rest lie beyond every row's limit)."""
-    return int(min(rates.shape[1], (rates < limit).sum(axis=1).max() + 1))
+def _columns_until(counts: np.ndarray, totals: np.ndarray, limit: float) -> int:
+    """How many leading points any row needs to reach the rate ``limit`` (counts / totals); the rest lie
+    beyond every row's limit."""
+    return int(min(counts.shape[1], (counts < limit * totals[:, None]).sum(axis=1).max() + 1))
 
 
-def _aupro(fp: np.ndarray, overlap: np.ndarray, regions: np.ndarray, limit: float) -> np.ndarray:
-    """Area under PRO against FPR up to ``limit`` (linear at the limit), divided by it; as ``metrics.aupro``."""
-    fpr = fp / fp[:, -1:]
-    used = _columns_until(fpr, limit)
-    x = _with_origin(fpr[:, :used])
-    y = _with_origin(np.minimum(overlap[:, :used] / regions[:, None], 1.0))
+def _aupro(fp: np.ndarray, weights: np.ndarray, overlap: np.ndarray, regions: np.ndarray,
+           limit: float) -> np.ndarray:
+    """Area under PRO against FPR up to ``limit`` (linear at the limit), divided by it; as ``metrics.aupro``.
+    Only the points up to the limit are accumulated (``overlap``: per image, at or above each threshold)."""
+    used = _columns_until(fp, fp[:, -1], limit)
+    x = fp[:, :used] / fp[:, -1:]
+    y = np.minimum((weights @ overlap[:, :used]) / (weights @ regions)[:, None], 1.0)
     x0, x1, y0, y1 = x[:, :-1], x[:, 1:], y[:, :-1], y[:, 1:]
     end = np.minimum(x1, limit)
     width = np.clip(end - x0, 0, None)
@@ -198,27 +206,22 @@ def _aupro(fp: np.ndarray, overlap: np.ndarray, regions: np.ndarray, limit: floa
     return np.einsum("ij,ij->i", width, y0 + (y1 - y0) * (fraction / 2)) / limit
 
 
-def _aupimo(weights: np.ndarray, counts: BinnedCounts, bounds: tuple[float, float]) -> np.ndarray:
-    """Mean AUPIMO over the drawn anomalous images, as ``metrics.aupimo`` on the grid's thresholds."""
-    has_defect = counts.positive.sum(axis=1) > 0
-    normal, anomalous = ~has_defect, has_defect
-    if not normal.any() or not anomalous.any():
-        return np.full(weights.shape[0], np.nan)
-    w_normal, w_anomalous = weights[:, normal], weights[:, anomalous]
-    per_image_fpr = np.cumsum(counts.negative[normal], axis=1) / counts.pixels[normal, None]
-    shared = (w_normal @ per_image_fpr) / w_normal.sum(axis=1, keepdims=True)
-    used = _columns_until(shared, bounds[1])
-    overlap = np.cumsum(counts.positive[anomalous, :used], axis=1) / counts.positive[anomalous].sum(axis=1)[:, None]
+def _aupimo(weights: np.ndarray, normal_fpr: np.ndarray, overlap: np.ndarray, normal: np.ndarray,
+            bounds: tuple[float, float]) -> np.ndarray:
+    """Mean AUPIMO over the drawn anomalous images, as ``metrics.aupimo`` on the grid's thresholds.
+    ``normal_fpr``: each normal image's FPR at each point; ``overlap``: each anomalous image's TPR."""
+    w_normal, w_anomalous = weights[:, normal], weights[:, ~normal]
+    shared = (w_normal @ normal_fpr) / w_normal.sum(axis=1, keepdims=True)
+    used = _columns_until(shared, np.ones(shared.shape[0]), bounds[1])
     log_lower, log_upper = np.log(bounds[0]), np.log(bounds[1])
     with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.log(_with_origin(shared[:, :used]))
+        x = np.log(shared[:, :used])
         x0, x1 = x[:, :-1], x[:, 1:]
         start, end = np.maximum(x0, log_lower), np.minimum(x1, log_upper)
         width = np.clip(end - start, 0, None)
         middle = np.where(width > 0, ((start + end) / 2 - x0) / (x1 - x0), 0.0)  # 0..1 along the segment
     unresolved = ((width > 0) & ~np.isfinite(x0)).any(axis=1)
-    overlap_before = np.hstack([np.zeros((overlap.shape[0], 1)), overlap[:, :-1]])
-    area = (width * (1 - middle)) @ overlap_before.T + (width * middle) @ overlap.T  # (resamples, anomalous)
+    area = (width * (1 - middle)) @ overlap[:, :used - 1].T + (width * middle) @ overlap[:, 1:used].T
     result = (area * w_anomalous).sum(axis=1) / w_anomalous.sum(axis=1) / (log_upper - log_lower)
     result[unresolved] = np.nan
     return np.clip(result, 0.0, 1.0)
@@ -228,14 +231,17 @@ def resampled_metrics(names: Iterable[str], counts: BinnedCounts, weights: np.nd
     """Each metric of each resample (rows of ``weights``: how often each image is drawn)."""
     names = list(names)
     out = {name: np.empty(weights.shape[0]) for name in names}
+    positive, negative = _at_or_above(counts.positive), _at_or_above(counts.negative)
+    overlap = _at_or_above(counts.overlap) if any(metrics.aupro_limit(n) for n in names) else None
+    if "aupimo" in names:
+        normal = positive[:, -1] == 0
+        normal_fpr = negative[normal] / counts.pixels[normal, None]
+        anomalous_overlap = positive[~normal] / positive[~normal, -1:]
     chunk = max(1, CHUNK_CELLS // max(counts.bins, 1))
-    positive, negative = counts.positive.astype(counts.dtype), counts.negative.astype(counts.dtype)
     for start in range(0, weights.shape[0], chunk):
         w = weights[start:start + chunk]
         w_curves = w.astype(counts.dtype)
-        tp = np.cumsum(w_curves @ positive, axis=1)
-        fp = np.cumsum(w_curves @ negative, axis=1)
-        overlap = None
+        tp, fp = w_curves @ positive, w_curves @ negative
         for name in names:
             if name.endswith("_auroc"):
                 value = _auroc(tp, fp)
@@ -244,11 +250,10 @@ def resampled_metrics(names: Iterable[str], counts: BinnedCounts, weights: np.nd
             elif name.endswith("_f1_max"):
                 value = _f1_max(tp, fp)
             elif name == "aupimo":
-                value = _aupimo(w, counts, metrics.AUPIMO_FPR_BOUNDS)
+                value = (_aupimo(w, normal_fpr, anomalous_overlap, normal, metrics.AUPIMO_FPR_BOUNDS)
+                         if normal.any() and not normal.all() else np.nan)
             else:
-                if overlap is None:
-                    overlap = np.cumsum(w_curves @ counts.overlap.astype(counts.dtype), axis=1)
-                value = _aupro(fp, overlap, w @ counts.regions, metrics.aupro_limit(name))
+                value = _aupro(fp, w_curves, overlap, counts.regions, metrics.aupro_limit(name))
             out[name][start:start + chunk] = value
     return out
 
