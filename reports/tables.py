@@ -293,14 +293,14 @@ def empty_notes(records: list[Record], metric_names: list[str]) -> list[str]:
     return notes
 
 
-def uncertainty_notes(records: list[Record], with_seeds: bool) -> list[str]:
-    """What ± and [lo, hi] mean in a table of these records."""
+def uncertainty_notes(records: list[Record], with_seeds: bool, intervals: bool = True) -> list[str]:
+    """What ± and (with ``intervals``) [lo, hi] mean in a table of these records."""
     notes = []
     if with_seeds:
         notes.append("mean ± standard deviation over seeds (n seeds; the standard deviation of the mean over "
                      "classes, from seeds that have every class).")
     boot = {json.dumps({k: r["bootstrap"][k] for k in ("resamples", "seed", "confidence")}, sort_keys=True)
-            for r in records if "bootstrap" in r}
+            for r in records if "bootstrap" in r and intervals}
     if boot:
         spec = json.loads(sorted(boot)[0]) if len(boot) == 1 else None
         what = (f"{100 * spec['confidence']:g}% bootstrap percentile interval over test images ({spec['resamples']} "
@@ -514,7 +514,7 @@ def paired_tables(run: RunData) -> list[Table]:
             "Δ = model − reference on the same test images (same dataset, class, resolution and seed); [lo, hi]: "
             "paired bootstrap interval (the same resampled images for both models, resample by resample); "
             "* where it excludes 0. A mean over classes or seeds averages the paired resamples the same way.",
-        ] + uncertainty_notes(members, with_seeds)[:1] + footnotes_for(members)
+        ] + uncertainty_notes(members, with_seeds, intervals=False) + footnotes_for(members)
         if unpaired:
             table.footnotes.append(f"{unpaired} cell(s) have no reference cell scored on the same test images "
                                    "and are left out.")
