@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from anobench import metrics
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")

@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from anobench.reports import write_reports
 
+from anobench.reports import write_reports
 from tests.conftest import REPO
 from tests.test_reports import run_dir, seeds_run_dir  # noqa: F401  (fixtures: records with artifacts)
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from anobench import artifacts
 from anobench.records import append_record
 from anobench.reports import write_reports
+from anobench.reports.tables import footnotes_for, row_marks
 
 REFERENCE_SUITE = {
     "name": "fixed", "version": 1, "description": "fixed records", "weights": "random",
@@ -215,7 +217,6 @@ def seeded_record(run, method, class_name, seed, test_seed):
     from anobench import evaluation
     from anobench.cells import Cell
     from anobench.suites import BootstrapSpec
-
     from tests.test_statistics import generated_test_set
 
     labels, scores, masks, maps = generated_test_set(test_seed, n_good=8, n_defective=8, size=48,
@@ -321,3 +322,14 @@ def test_without_artifacts_means_keep_their_spread_and_lose_their_intervals(seed
     write_reports(copy, ["md"])
     header, rows = md_rows((copy / "report.md").read_text(), "Accuracy on synthetic (mean over classes, %)")
     assert all(re.fullmatch(r"-?\d+\.\d\d ± \d+\.\d\d", row[4]) for row in rows)
+def test_reflect_padding_and_hard_permutations_are_marked_and_explained():
+    official = fake_record("cflow", "a", {})
+    official["labels"].update(encoder_padding="reflect", permutation="soft")
+    departure = fake_record("cflow", "a", {})
+    departure["labels"].update(encoder_padding="zeros", permutation="hard")
+    assert row_marks([official]) == "†§¶" and row_marks([departure]) == "†§‖"
+    assert row_marks([fake_record("padim", "a", {})]) == "†"
+    notes = footnotes_for([official, departure])
+    assert any(n.startswith("¶ encoder padded by reflection") for n in notes)
+    assert any(n.startswith("‖ hard channel permutations") and "departure" in n for n in notes)
+    assert not any(n[0] in "¶‖" for n in footnotes_for([fake_record("padim", "a", {})]))

@@ -4,8 +4,8 @@ import warnings
 
 import numpy as np
 import pytest
-from anobench import metrics, statistics
 
+from anobench import metrics, statistics
 from tests import brute_force
 from tests.test_metrics import random_case
 
