@@ -96,3 +96,14 @@ def read(run_dir: Path, relative: str) -> dict[str, np.ndarray] | None:
         return None
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def read_replicates(run_dir: Path, relative: str) -> dict[str, np.ndarray]:
+    """The cell's bootstrap resamples (metric or ``defect/<type>/<metric>`` → values), {} where it has none."""
+    path = run_dir / relative
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as data:
+        if "bootstrap_names" not in data.files:
+            return {}
+        return dict(zip(data["bootstrap_names"].tolist(), data["bootstrap_replicates"].T, strict=True))

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from anobench.suites import MeasureSpec, Suite
+from anobench.suites import DEFAULT_TABLE_METRICS, BootstrapSpec, MeasureSpec, Suite
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class Cell:
     dataset_options_json: str = "{}"
     measure_only: bool = False  # speed and size only: no test-set prediction, no accuracy
     measure: MeasureSpec = MeasureSpec()  # how speed is measured (not part of the config)
+    metrics: tuple[str, ...] = DEFAULT_TABLE_METRICS  # the suite's table metrics (those beyond the standard set
+    # are computed too, e.g. aupro@0.1); not part of the config
+    bootstrap: BootstrapSpec = BootstrapSpec()  # intervals (not part of the config: they change no metric)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -42,7 +45,8 @@ class Cell:
     def config(self) -> dict[str, Any]:
         """What determines the result (no suite name, no machine): cells with equal configs are comparable."""
         config = asdict(self)
-        del config["suite"], config["params_json"], config["dataset_options_json"], config["measure"]
+        for key in ("suite", "params_json", "dataset_options_json", "measure", "metrics", "bootstrap"):
+            del config[key]
         config["class"] = config.pop("class_name")
         config["params"] = self.params
         config["dataset_options"] = self.dataset_options
@@ -82,5 +86,6 @@ def expand(suite: Suite, classes: list[str]) -> list[Cell]:
                                 params_json=_canonical(block.params),
                                 dataset_options_json=_canonical(suite.dataset.options),
                                 measure_only=block.measure_only, measure=suite.measure,
+                                metrics=suite.metrics, bootstrap=suite.bootstrap,
                             ))
     return list(dict.fromkeys(cells))  # per-class resolutions can make two grid points one cell

@@ -138,11 +138,16 @@ def _write_reports(run_dir: Path, formats: list[str] | None = None) -> list[Path
 @click.option("--allow-missing", is_flag=True,
               help="Cells the baseline has and the new run lacks are no failure (a smaller run on purpose).")
 @click.option("--strict", is_flag=True, help="Cells only in the new run are a failure too.")
+@click.option("--tolerance-only", is_flag=True, help="Flag every drop beyond the tolerances, noise or not (without "
+              "it a drop must also lie beyond the baseline's interval, the seeds' spread, or the timed "
+              "iterations' spread).")
+@click.option("--alpha", default=compare_module.ALPHA, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Significance level of the seeds' and the timed iterations' one-sided tests.")
 @click.option("--format", "fmt", type=click.Choice(sorted(compare_module.RENDERERS)), default="text",
               show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), help="Also write the summary to this file.")
 def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_tolerance, absolute_speed,
-                    allow_missing, strict, fmt, output):
+                    allow_missing, strict, tolerance_only, alpha, fmt, output):
     """Compare NEW with BASELINE (run folders, records files or stored baseline names): exit 1 on a
     regression (a metric drop, a cell that failed in NEW, a baseline cell NEW lacks), 2 on unusable input."""
     tolerances = {}
@@ -155,6 +160,7 @@ def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_toleran
     result = compare_module.compare(compare_module.load_cells(new), compare_module.load_cells(baseline),
                                     tolerance_pp=tolerance_pp, metric_tolerances=tolerances,
                                     speed_tolerance_pct=speed_tolerance, absolute_speed=absolute_speed,
+                                    tolerance_only=tolerance_only, alpha=alpha,
                                     new_failed=compare_module.load_failed(new), allow_missing=allow_missing)
     text = compare_module.RENDERERS[fmt](result)
     click.echo(text)

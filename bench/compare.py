@@ -4,37 +4,51 @@ Cells match by ``cell_id``, which is derived from the configuration only (datase
 parameters, encoder, resolution, seed, weights, protocol): environment fields never split or join cells,
 a change of resolution is another cell.
 
-- Accuracy: a drop of more than a tolerance in percentage points is a regression (direction from
-  ``METRIC_INFO``).
+Each check says which rule decided it (``Check.rule``) and on what evidence (``Check.detail``):
+
+- Accuracy (direction from ``METRIC_INFO``): a regression is a drop beyond the tolerance in percentage
+  points *and* beyond the noise. The noise is the seeds' spread where both runs have several seeds of a
+  configuration (rule ``seeds``: the mean over seeds dropped, one-sided Welch t-test p < alpha), else the
+  baseline cell's bootstrap interval (rule ``interval``: the new value lies outside it on the worse side).
+  A baseline without intervals, or ``tolerance_only``, leaves the fixed tolerance alone (rule ``tolerance``).
 - Speed: the method/encoder fps ratio measured within each run is compared always (it survives a change of
   machine); absolute fps (from each run's fastest iteration) only when both runs name the same device.
-  Tolerance in percent.
+  A regression is a drop beyond the tolerance in percent *and* a shift of the timed iterations'
+  distribution (rule ``mann-whitney``: per-iteration ratios or fps of the new run stochastically smaller,
+  one-sided Mann–Whitney U p < alpha); records without iteration times fall back to the tolerance. Speed is
+  compared only between cells timed alike (on a CPU, the same torch thread count).
+- A baseline saved with kernel variants (``save_baseline(variants=...)``) widens a cell's accuracy tolerance
+  to the drop that other CPU kernels alone caused in it.
 - Cells: a cell that failed in the new run is a regression; so is a cell the baseline has (ok) and the new run
   lacks, unless missing cells are allowed (a deliberately smaller run).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
+from anobench import statistics
 from anobench.core import BenchError
 from anobench.metrics import METRIC_INFO
 from anobench.records import Record, latest_by_cell, read_records, records_path
 
 ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 BASELINES_DIR = Path(__file__).resolve().parent / "baselines"
+ALPHA = 0.05
 VARIATION_CONFIDENCE = 0.99  # a cell's accuracy under other kernels stays above its bound this often
 
 
 @dataclass
 class Check:
-    cell_id: str
+    cell_id: str  # or a configuration's seeds together ("…/s0,1,2-<digest>") for the seeds rule
     check: str  # metric name, "fps_ratio@B" or "fps@B"
     baseline: float
     new: float
@@ -42,6 +56,8 @@ class Check:
     unit: str
     limit: float
     regression: bool
+    rule: str = "tolerance"  # what decided: tolerance, interval, seeds or mann-whitney
+    detail: str = ""  # the evidence: the baseline's interval, a p-value, or why only the tolerance applied
 
 
 @dataclass
@@ -124,6 +140,78 @@ def same_timing(a: Record, b: Record) -> bool:
     return not on_cpu or threads_a == threads_b
 
 
+# ----------------------------------------------------------------------------------------------------------
+# accuracy
+
+
+def _seed_groups(cids: list[str], new: dict[str, Record]) -> dict[str, list[str]]:
+    """Common cells grouped by their configuration without the seed."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for cid in cids:
+        config = {k: v for k, v in new[cid].get("config", {}).items() if k != "seed"}
+        groups[json.dumps(config, sort_keys=True, default=str)].append(cid)
+    return groups
+
+
+def _group_id(cids: list[str], records: dict[str, Record], config_key: str) -> str:
+    seeds = ",".join(str(records[c]["config"]["seed"]) for c in cids)
+    return f"{cids[0].rsplit('/s', 1)[0]}/s{seeds}-{hashlib.sha256(config_key.encode()).hexdigest()[:10]}"
+
+
+def _seeds_check(group: str, metric: str, old: list[float], new: list[float], limit: float, alpha: float) -> Check:
+    sign = 1 if METRIC_INFO[metric].higher_is_better else -1
+    old_mean, old_std = statistics.mean_std([100 * v for v in old])
+    new_mean, new_std = statistics.mean_std([100 * v for v in new])
+    delta = new_mean - old_mean
+    p = statistics.welch_drop_p([sign * v for v in new], [sign * v for v in old])
+    detail = (f"{len(new)} seeds: baseline {old_mean:.2f} ± {old_std:.2f}, new {new_mean:.2f} ± {new_std:.2f}; "
+              f"one-sided Welch p = {p:.3g}")
+    return Check(group, metric, old_mean, new_mean, delta, "pp", limit, sign * delta < -limit and p < alpha,
+                 "seeds", detail)
+
+
+def _cell_check(cid: str, metric: str, old: Record, new: Record, limit: float, tolerance_only: bool) -> Check:
+    sign = 1 if METRIC_INFO[metric].higher_is_better else -1
+    old_value, new_value = 100 * old["metrics"][metric], 100 * new["metrics"][metric]
+    delta = new_value - old_value
+    beyond_tolerance = sign * delta < -limit
+    interval = old.get("intervals", {}).get(metric)
+    if tolerance_only or not interval:
+        detail = "fixed tolerance only" if tolerance_only else "the baseline has no interval for it"
+        return Check(cid, metric, old_value, new_value, delta, "pp", limit, beyond_tolerance, "tolerance", detail)
+    lo, hi = 100 * interval[0], 100 * interval[1]
+    outside = new_value < lo if sign > 0 else new_value > hi
+    confidence = old.get("bootstrap", {}).get("confidence", 0.95)
+    detail = (f"baseline {100 * confidence:g}% interval [{lo:.2f}, {hi:.2f}]; new value "
+              f"{'outside it' if outside else 'inside it'}")
+    return Check(cid, metric, old_value, new_value, delta, "pp", limit, beyond_tolerance and outside, "interval",
+                 detail)
+
+
+def accuracy_checks(new: dict[str, Record], baseline: dict[str, Record], common: list[str], tolerances: dict[str, float],
+                    tolerance_pp: float, tolerance_only: bool, alpha: float) -> list[Check]:
+    """One check per metric and configuration with several seeds on both sides (seeds rule), else per cell."""
+    checks = []
+    for config_key, cids in _seed_groups(common, new).items():
+        for metric in ACCURACY_METRICS:
+            present = [c for c in cids if baseline[c].get("metrics", {}).get(metric) is not None
+                       and new[c].get("metrics", {}).get(metric) is not None]
+            # a baseline saved with kernel variants allows the drop that other kernels alone caused
+            limits = {c: max(tolerances.get(metric, tolerance_pp), variation_pp(baseline[c], metric)) for c in present}
+            if len(present) > 1 and not tolerance_only:
+                checks.append(_seeds_check(_group_id(present, new, config_key), metric,
+                                           [baseline[c]["metrics"][metric] for c in present],
+                                           [new[c]["metrics"][metric] for c in present],
+                                           max(limits.values()), alpha))
+            else:
+                checks += [_cell_check(c, metric, baseline[c], new[c], limits[c], tolerance_only) for c in present]
+    return checks
+
+
+# ----------------------------------------------------------------------------------------------------------
+# speed
+
+
 def _speed_entries(record: Record) -> dict[str, tuple[float | None, float | None]]:
     """batch → (end-to-end/encoder fps ratio, best end-to-end fps: the fastest iteration is the one a busy
     machine disturbs least)."""
@@ -132,10 +220,49 @@ def _speed_entries(record: Record) -> dict[str, tuple[float | None, float | None
             for b, t in batches.items()}
 
 
+def _iteration_values(record: Record, batch: str, name: str) -> np.ndarray | None:
+    """Per timed iteration: the paired end-to-end/encoder fps ratio, or the end-to-end fps (None without times)."""
+    timings = record.get("speed", {}).get("batches", {}).get(batch, {})
+    end_to_end = timings.get("end_to_end", {}).get("times_s")
+    if not end_to_end:
+        return None
+    if name.startswith("fps_ratio"):
+        encoder = timings.get("encoder", {}).get("times_s")
+        return None if not encoder else np.asarray(encoder) / np.asarray(end_to_end)
+    return int(batch) / np.asarray(end_to_end)
+
+
+def speed_checks(cid: str, old: Record, new: Record, same_device: bool, absolute_speed: bool, tolerance_pct: float,
+                 tolerance_only: bool, alpha: float) -> list[Check]:
+    checks = []
+    old_speed, new_speed = _speed_entries(old), _speed_entries(new)
+    for batch in sorted(set(old_speed) & set(new_speed), key=int):
+        pairs = [(f"fps_ratio@{batch}", old_speed[batch][0], new_speed[batch][0])]
+        if same_device and absolute_speed:
+            pairs.append((f"fps@{batch}", old_speed[batch][1], new_speed[batch][1]))
+        for name, old_value, new_value in pairs:
+            if not old_value or new_value is None:
+                continue
+            change = 100 * (new_value / old_value - 1)
+            beyond = change < -tolerance_pct
+            old_iterations, new_iterations = _iteration_values(old, batch, name), _iteration_values(new, batch, name)
+            if tolerance_only or old_iterations is None or new_iterations is None:
+                detail = "fixed tolerance only" if tolerance_only else "no per-iteration times on both sides"
+                checks.append(Check(cid, name, old_value, new_value, change, "%", tolerance_pct, beyond, "tolerance",
+                                    detail))
+                continue
+            p = statistics.slower_p(new_iterations, old_iterations)
+            detail = (f"{len(old_iterations)} vs {len(new_iterations)} timed iterations; one-sided Mann-Whitney U "
+                      f"p = {p:.3g}")
+            checks.append(Check(cid, name, old_value, new_value, change, "%", tolerance_pct, beyond and p < alpha,
+                                "mann-whitney", detail))
+    return checks
+
+
 def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp: float = 0.5,
             metric_tolerances: dict[str, float] | None = None, speed_tolerance_pct: float = 15.0,
-            absolute_speed: bool = True, new_failed: dict[str, str] | None = None,
-            allow_missing: bool = False) -> Comparison:
+            absolute_speed: bool = True, tolerance_only: bool = False, alpha: float = ALPHA,
+            new_failed: dict[str, str] | None = None, allow_missing: bool = False) -> Comparison:
     """``new_failed``: the new run's failed cells (cell → error), each a regression; the baseline's cells
     that the new run has neither ok nor failed are missing, a regression unless ``allow_missing``."""
     failed = dict(sorted((new_failed or {}).items()))
@@ -147,35 +274,18 @@ def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp
                         only_baseline=sorted(set(baseline) - set(new) - set(failed)),
                         failed=failed, allow_missing=allow_missing)
     tolerances = metric_tolerances or {}
+    result.checks += accuracy_checks(new, baseline, common, tolerances, tolerance_pp, tolerance_only, alpha)
     devices_differ = False
     untimed: list[str] = []
     for cid in common:
         a, b = baseline[cid], new[cid]
-        for metric in ACCURACY_METRICS:
-            old_value, new_value = a.get("metrics", {}).get(metric), b.get("metrics", {}).get(metric)
-            if old_value is None or new_value is None:
-                continue
-            sign = 1 if METRIC_INFO[metric].higher_is_better else -1
-            delta = 100 * (new_value - old_value)
-            limit = max(tolerances.get(metric, tolerance_pp), variation_pp(a, metric))
-            result.checks.append(Check(cid, metric, 100 * old_value, 100 * new_value, delta, "pp", limit,
-                                       sign * delta < -limit))
         same_device = a.get("device", {}).get("name") == b.get("device", {}).get("name")
         devices_differ |= not same_device
-        old_speed, new_speed = _speed_entries(a), _speed_entries(b)
         if not same_timing(a, b):
             untimed.append(cid)
             continue
-        for batch in sorted(set(old_speed) & set(new_speed), key=int):
-            pairs = [(f"fps_ratio@{batch}", old_speed[batch][0], new_speed[batch][0])]
-            if same_device and absolute_speed:
-                pairs.append((f"fps@{batch}", old_speed[batch][1], new_speed[batch][1]))
-            for name, old_value, new_value in pairs:
-                if not old_value or new_value is None:
-                    continue
-                change = 100 * (new_value / old_value - 1)
-                result.checks.append(Check(cid, name, old_value, new_value, change, "%", speed_tolerance_pct,
-                                           change < -speed_tolerance_pct))
+        result.checks += speed_checks(cid, a, b, same_device, absolute_speed, speed_tolerance_pct, tolerance_only,
+                                      alpha)
     widened = {c.cell_id for c in result.checks
                if c.unit == "pp" and c.limit > tolerances.get(c.check, tolerance_pp)}
     if widened:
@@ -190,6 +300,11 @@ def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp
     elif devices_differ:
         result.notes.append("Some cells ran on different devices: absolute fps not compared for them, only the "
                             "method/encoder fps ratio measured within each run.")
+    fallback = [c for c in result.checks if c.rule == "tolerance" and not tolerance_only]
+    if fallback:
+        result.notes.append(f"{len(fallback)} check(s) used the fixed tolerance alone: the baseline (or the new "
+                            "run) lacks bootstrap intervals or iteration times; a baseline saved from a current run "
+                            "has them.")
     return result
 
 
@@ -201,10 +316,10 @@ def _row(check: Check) -> list[str]:
     digits = 3 if check.check.startswith("fps_ratio") else 2
     return [check.cell_id, check.check, f"{check.baseline:.{digits}f}", f"{check.new:.{digits}f}",
             f"{check.delta:+.2f} {check.unit}", f"-{check.limit:g} {check.unit}",
-            "REGRESSION" if check.regression else "ok"]
+            "REGRESSION" if check.regression else "ok", check.rule, check.detail]
 
 
-HEADER = ["cell", "check", "baseline", "new", "change", "allowed", "verdict"]
+HEADER = ["cell", "check", "baseline", "new", "change", "allowed", "verdict", "rule", "evidence"]
 
 
 def render_text(result: Comparison) -> str:
@@ -251,7 +366,7 @@ RENDERERS = {"text": render_text, "md": render_markdown, "json": render_json}
 # ----------------------------------------------------------------------------------------------------------
 # baselines
 
-COMPACT_DROP = ("artifacts", "traceback", "memory", "method_params", "fit_stats")
+COMPACT_DROP = ("artifacts", "traceback", "memory", "method_params", "fit_stats", "per_defect")
 
 
 BASELINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -7,25 +7,28 @@ suite goes on. This module knows nothing of run folders or executors: it is what
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import inspect
+import json
 import random
 import time
 import traceback
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anobench import __version__, artifacts, datasets, methods, metrics
+from anobench import __version__, artifacts, datasets, methods, metrics, statistics
 from anobench.cells import Cell
 from anobench.core import BenchError
 from anobench.datasets.base import AnomalyDataset, DatasetSource, Geometry
 from anobench.environment import commit_info, device_name, machine_info
 from anobench.memory import PeakMemory
 from anobench.methods import encoder_short_name
-from anobench.methods.base import AnomalyMethod, Prediction
+from anobench.methods.base import AnomalyMethod
 from anobench.methods.feature_cache import FeatureCache
 from anobench.records import SCHEMA_VERSION, Record
 from anobench.speed import measure_speed
@@ -76,19 +79,105 @@ def build_method(cell: Cell, device: str) -> AnomalyMethod:
         raise BenchError(f"Method '{cell.method}' does not take these parameters ({exc}); check [grid.params].") from None
 
 
-def compute_metrics(labels: np.ndarray, masks: list[np.ndarray] | np.ndarray, prediction: Prediction,
-                    maps: list[np.ndarray] | np.ndarray) -> tuple[dict[str, float | None], dict[str, float]]:
-    """Detection and localization metrics (pixel ones only where the test set has defect pixels), and the
-    F1-max thresholds (for figures, never for the metrics)."""
-    result: dict[str, float | None] = {"image_auroc": metrics.image_auroc(labels, prediction.image_scores)}
+STANDARD_METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro",
+                    "aupro@0.05", "aupimo")  # every cell computes these (AUPRO@0.05 as MVTec AD 2 reports it)
+DEFECT_METRICS = ("image_auroc", "pixel_auroc", "aupro")  # per defect type, against the good images
+
+
+def _metric(name: str, labels: np.ndarray, image_scores: np.ndarray, masks, maps) -> tuple[float, float | None]:
+    """The metric's value, and the threshold that attains it for F1-max (for the figures)."""
+    if name == "image_auroc":
+        return metrics.image_auroc(labels, image_scores), None
+    if name == "image_ap":
+        return metrics.average_precision(labels, image_scores), None
+    if name == "image_f1_max":
+        return metrics.f1_max(labels, image_scores)
+    if name == "pixel_auroc":
+        return metrics.pixel_auroc(masks, maps), None
+    if name == "pixel_ap":
+        return metrics.average_precision(masks, maps), None
+    if name == "pixel_f1_max":
+        return metrics.f1_max(masks, maps)
+    if name == "aupimo":
+        return metrics.aupimo(masks, maps), None
+    return metrics.aupro(masks, maps, fpr_limit=metrics.aupro_limit(name)), None
+
+
+def computable(name: str) -> bool:
+    """Whether this module computes metric ``name`` from labels, image scores, masks and maps."""
+    return name in STANDARD_METRICS or metrics.aupro_limit(name) is not None
+
+
+def compute_metrics(labels: np.ndarray, masks: list[np.ndarray] | np.ndarray, image_scores: np.ndarray,
+                    maps: list[np.ndarray] | np.ndarray, names: Sequence[str] = STANDARD_METRICS
+                    ) -> tuple[dict[str, float | None], dict[str, str], dict[str, float]]:
+    """Each metric of ``names`` (pixel ones only where the test set has defect pixels), the reason for each
+    one that is undefined here (its value is None), and the F1-max thresholds (for figures, never metrics)."""
+    has_pixels = any(np.asarray(m).any() for m in masks)
+    values: dict[str, float | None] = {}
+    notes: dict[str, str] = {}
     thresholds: dict[str, float] = {}
-    if labels.any():
-        result["image_f1_max"], thresholds["image"] = metrics.f1_max(labels, prediction.image_scores)
-    if any(m.any() for m in masks):
-        result["pixel_auroc"] = metrics.pixel_auroc(masks, maps)
-        result["aupro"] = metrics.aupro(masks, maps)
-        result["pixel_f1_max"], thresholds["pixel"] = metrics.f1_max(masks, maps)
-    return result, thresholds
+    for name in dict.fromkeys(names):
+        if not computable(name) or (metrics.metric_info(name).level == "pixel" and not has_pixels):
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value, threshold = _metric(name, labels, image_scores, masks, maps)
+        values[name] = value if np.isfinite(value) else None
+        if values[name] is None:
+            notes[name] = str(caught[-1].message).removesuffix("; returning nan") if caught else "undefined here"
+        elif threshold is not None:
+            thresholds[metrics.metric_info(name).level] = threshold
+    return values, notes, thresholds
+
+
+def fingerprint_test_set(cell: Cell, test: AnomalyDataset) -> str:
+    """Which images, labels and geometry a cell was scored on: equal fingerprints make paired comparisons valid."""
+    items = [f"{r.defect_type}/{r.image_path.name}:{r.mask_frame}:{r.label}" for r in test.refs]
+    identity = [cell.dataset, cell.class_name, cell.resize, cell.resolution, cell.metrics_resolution, *items]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+
+
+def per_defect_metrics(labels: np.ndarray, defect_types: list[str], masks, image_scores: np.ndarray,
+                       maps) -> dict[str, dict[str, Any]]:
+    """``DEFECT_METRICS`` of each defect type on its images and the good ones."""
+    out: dict[str, dict[str, Any]] = {}
+    types = np.asarray(defect_types)
+    for defect in sorted({d for d, label in zip(defect_types, labels, strict=True) if label}):
+        rows = np.flatnonzero((labels == 0) | (types == defect))
+        values, notes, _ = compute_metrics(labels[rows], [masks[i] for i in rows], image_scores[rows],
+                                           [maps[i] for i in rows], DEFECT_METRICS)
+        out[defect] = {"n_images": int((types == defect).sum()), "metrics": values}
+        if notes:
+            out[defect]["metric_notes"] = notes
+    return out
+
+
+def bootstrap_intervals(cell: Cell, fingerprint: str, labels: np.ndarray, defect_types: list[str], masks,
+                        image_scores: np.ndarray, maps, result: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Add intervals to ``result``'s metrics and per-defect metrics; return the resampled values for the
+    artifacts (what paired comparisons and means over classes or seeds resample from)."""
+    spec = cell.bootstrap
+    start = time.perf_counter()
+    names = [m for m, v in result["metrics"].items() if v is not None and statistics.has_bootstrap(m)]
+    boot = statistics.bootstrap_cell(labels, image_scores, masks, maps, defect_types, names, DEFECT_METRICS,
+                                     resamples=spec.resamples, seed=spec.seed, fingerprint=fingerprint,
+                                     confidence=spec.confidence)
+    result["intervals"] = {m: boot.intervals[m] for m in names}
+    for defect, entry in result["per_defect"].items():
+        entry["intervals"] = {m: boot.intervals.get(statistics.defect_key(defect, m))
+                              for m, v in entry["metrics"].items() if v is not None}
+    result["bootstrap"] = {
+        "resamples": spec.resamples, "seed": spec.seed, "confidence": spec.confidence, "interval": "percentile",
+        "strata": "good and defective images resampled separately (per defect type: its images and the good ones)",
+        "pixel_grid_bins": boot.pixel_bins, "undefined_resamples": boot.undefined,
+        "seconds": time.perf_counter() - start, "replicates": "artifacts: bootstrap_names, bootstrap_replicates",
+    }
+    kept = [k for k in boot.replicates if k in names or k.startswith("defect/")]
+    if not kept:
+        return {}
+    return {"bootstrap_names": np.array(kept), "bootstrap_replicates": np.stack([boot.replicates[k] for k in kept],
+                                                                              axis=1).astype(np.float32)}
 
 
 def original_resolution(source: DatasetSource, test: AnomalyDataset, maps: np.ndarray):
@@ -182,10 +271,20 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str,
             masks, maps = original_resolution(source, test, prediction.maps)
         else:
             masks, maps = np.stack([test[i]["mask"].numpy() for i in range(len(test))]), prediction.maps
-        result["metrics"], thresholds = compute_metrics(labels, masks, prediction, maps)
+        scores, defect_types = prediction.image_scores, [r.defect_type for r in test.refs]
+        result["metrics"], notes, thresholds = compute_metrics(labels, masks, scores, maps,
+                                                               (*STANDARD_METRICS, *cell.metrics))
+        if notes:
+            result["metric_notes"] = notes
+        result["per_defect"] = per_defect_metrics(labels, defect_types, masks, scores, maps)
+        fingerprint = fingerprint_test_set(cell, test)
+        result["test_set"] = {"fingerprint": fingerprint, "good": int((labels == 0).sum()),
+                              "defective": int(labels.sum())}
         chosen = artifacts.qualitative_indices(labels)
-        arrays = artifacts.collect([test.image_u8(i) for i in chosen], labels, [r.defect_type for r in test.refs],
-                                   masks, maps, prediction.image_scores, thresholds.get("pixel"))
+        arrays = artifacts.collect([test.image_u8(i) for i in chosen], labels, defect_types, masks, maps, scores,
+                                   thresholds.get("pixel"))
+        if cell.bootstrap.resamples:
+            arrays.update(bootstrap_intervals(cell, fingerprint, labels, defect_types, masks, scores, maps, result))
 
     if cell.measure.speed:
         batch_sizes, warmup, iterations = cell.measure.on(device)

@@ -7,6 +7,7 @@ Pixel metrics accept either an array of shape (n, H, W) or a sequence of 2-D arr
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,26 +20,68 @@ PixelArrays = np.ndarray | Sequence[np.ndarray]
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """What a report or a regression check needs to know about a metric."""
+    """What a report or a regression check needs to know about a metric.
+
+    ``level`` says what a test-set metric is computed from ("image": one score per image, "pixel": the
+    anomaly maps); measurements of cost (speed, size, memory) leave it empty.
+    """
 
     display: str
     higher_is_better: bool
     unit: str = ""
     percent: bool = False  # stored as a fraction, shown ×100
+    level: str = ""
 
 
 METRIC_INFO: dict[str, MetricInfo] = {
-    "image_auroc": MetricInfo("Image AUROC", True, "%", percent=True),
-    "pixel_auroc": MetricInfo("Pixel AUROC", True, "%", percent=True),
-    "aupro": MetricInfo("AUPRO@0.3", True, "%", percent=True),
-    "image_f1_max": MetricInfo("Image F1-max", True, "%", percent=True),
-    "pixel_f1_max": MetricInfo("Pixel F1-max", True, "%", percent=True),
+    "image_auroc": MetricInfo("Image AUROC", True, "%", percent=True, level="image"),
+    "image_ap": MetricInfo("Image AP", True, "%", percent=True, level="image"),
+    "image_f1_max": MetricInfo("Image F1-max", True, "%", percent=True, level="image"),
+    "pixel_auroc": MetricInfo("Pixel AUROC", True, "%", percent=True, level="pixel"),
+    "pixel_ap": MetricInfo("Pixel AP", True, "%", percent=True, level="pixel"),
+    "pixel_f1_max": MetricInfo("Pixel F1-max", True, "%", percent=True, level="pixel"),
+    "aupro": MetricInfo("AUPRO@0.3", True, "%", percent=True, level="pixel"),
+    "aupimo": MetricInfo("AUPIMO", True, "%", percent=True, level="pixel"),
     "fps": MetricInfo("fps", True, "1/s"),
     "latency_ms": MetricInfo("Latency", False, "ms"),
     "size_mb": MetricInfo("Model size", False, "MB"),
     "peak_rss_mb": MetricInfo("Peak host RSS", False, "MB"),
     "peak_gpu_mb": MetricInfo("Peak GPU memory", False, "MB"),
 }
+AUPRO_DEFAULT_LIMIT = 0.3
+AUPIMO_FPR_BOUNDS = (1e-5, 1e-4)  # anomalib's default integration range of the shared FPR
+
+
+def register_metric(name: str, info: MetricInfo) -> None:
+    """Add a metric other modules compute (its name becomes valid in a suite's ``metrics``); names are unique."""
+    if name in METRIC_INFO or aupro_limit(name) is not None:
+        raise ValueError(f"metric {name!r} is already registered")
+    METRIC_INFO[name] = info
+
+
+def aupro_limit(name: str) -> float | None:
+    """The integration limit of an AUPRO metric name: ``aupro`` is 0.3, ``aupro@0.05`` is 0.05; None otherwise."""
+    if name == "aupro":
+        return AUPRO_DEFAULT_LIMIT
+    match = re.fullmatch(r"aupro@(0?\.\d+|1(\.0*)?)", name)
+    if not match or not 0 < float(match.group(1)) <= 1:
+        return None
+    return float(match.group(1))
+
+
+def aupro_name(limit: float) -> str:
+    """The metric name of AUPRO integrated to ``limit`` (the default limit keeps the plain name)."""
+    return "aupro" if limit == AUPRO_DEFAULT_LIMIT else f"aupro@{limit:g}"
+
+
+def metric_info(name: str) -> MetricInfo | None:
+    """The registered metric, or an AUPRO with any integration limit (``aupro@0.05``); None if unknown."""
+    if name in METRIC_INFO:
+        return METRIC_INFO[name]
+    limit = aupro_limit(name)
+    if limit is None:
+        return None
+    return MetricInfo(f"AUPRO@{limit:g}", True, "%", percent=True, level="pixel")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -147,17 +190,37 @@ def pixel_auroc(masks: PixelArrays, maps: PixelArrays) -> float:
     return _auroc(_concat(mask_list).astype(bool), _concat(map_list), "pixel AUROC")
 
 
+def _flat_pairs(truth, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Image labels with scores, or pixel masks with maps, as one flat pair of vectors."""
+    if np.ndim(truth[0]) == 0:
+        return _check_vectors(truth, scores)
+    mask_list, map_list = _pixel_pairs(truth, scores)
+    return _concat(mask_list).astype(bool), _concat(map_list)
+
+
+def average_precision(truth: np.ndarray | PixelArrays, scores: np.ndarray | PixelArrays) -> float:
+    """Average precision: the sum over distinct thresholds of precision × recall gained (scikit-learn's step
+    definition, no interpolation; tied scores are one threshold).
+
+    Works for image labels with scores, and for pixel masks with maps. Returns nan (with a warning)
+    without positives.
+    """
+    flat_truth, flat_scores = _flat_pairs(truth, scores)
+    if not flat_truth.any():
+        warnings.warn("average precision is undefined without positives; returning nan", stacklevel=2)
+        return float("nan")
+    _, tps, fps = _counts_at_thresholds(flat_truth, flat_scores)
+    recall_gained = np.diff(np.r_[0, tps]) / tps[-1]
+    return float(np.sum(recall_gained * tps / (tps + fps)))
+
+
 def f1_max(truth: np.ndarray | PixelArrays, scores: np.ndarray | PixelArrays) -> tuple[float, float]:
     """Best F1 over all thresholds (predict anomalous when score >= threshold) and that threshold.
 
     Works for image labels with scores, and for pixel masks with maps (same shapes, or equal-length
     sequences of 2-D arrays).
     """
-    if np.ndim(truth[0]) == 0:
-        flat_truth, flat_scores = _check_vectors(truth, scores)
-    else:
-        mask_list, map_list = _pixel_pairs(truth, scores)
-        flat_truth, flat_scores = _concat(mask_list).astype(bool), _concat(map_list)
+    flat_truth, flat_scores = _flat_pairs(truth, scores)
     if not flat_truth.any():
         warnings.warn("F1 is undefined without positives; returning nan", stacklevel=2)
         return float("nan"), float("nan")
@@ -172,6 +235,11 @@ def f1_max(truth: np.ndarray | PixelArrays, scores: np.ndarray | PixelArrays) ->
 # PRO (MVTec definition)
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
+
+
+def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The defect regions of one mask as MVTec AD defines them (8-connected components), labelled 1..n."""
+    return ndimage.label(mask, structure=_EIGHT_CONNECTED)
 
 
 def pro_curve(masks: PixelArrays, maps: PixelArrays, *, fpr_limit: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +257,7 @@ def pro_curve(masks: PixelArrays, maps: PixelArrays, *, fpr_limit: float = 1.0) 
     fp_weight, overlap_weight = [], []
     n_regions = 0
     for mask in mask_list:
-        labelled, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+        labelled, n = label_regions(mask)
         sizes = np.bincount(labelled.ravel(), minlength=n + 1).astype(np.float64)
         inverse_size = np.zeros(n + 1)
         inverse_size[1:] = 1.0 / sizes[1:]
@@ -252,6 +320,85 @@ def aupro(masks: PixelArrays, maps: PixelArrays, fpr_limit: float = 0.3) -> floa
         return float("nan")
     fpr, pro = pro_curve(mask_list, map_list, fpr_limit=fpr_limit)
     return _area_to(fpr, pro, fpr_limit) / fpr_limit
+
+
+# ----------------------------------------------------------------------------------------------------------
+# AUPIMO (anomalib's per-image overlap)
+
+
+def per_image_aupimo(masks: PixelArrays, maps: PixelArrays,
+                     fpr_bounds: tuple[float, float] = AUPIMO_FPR_BOUNDS) -> np.ndarray:
+    """AUPIMO of each image: the area under its per-image overlap (PIMO) curve; nan for images without defect.
+
+    Definition (anomalib's, from Bertoldo et al., "AUPIMO", BMVC 2024): normal images are those whose mask
+    is empty. At a threshold t, the shared FPR is the mean over normal images of the fraction of their
+    pixels scoring >= t, and an anomalous image's overlap is the fraction of its defect pixels scoring >= t.
+    AUPIMO is the area under overlap against log(shared FPR) between the bounds, divided by
+    log(upper / lower), so that it lies in [0, 1].
+
+    Where this differs from anomalib's code: anomalib samples 300,000 thresholds spaced linearly between
+    the normal images' lowest and highest score and snaps each bound to the nearest sampled FPR; here
+    every distinct score of a normal image is a threshold (tied scores make one straight segment, as in
+    ROC) and the bounds are interpolated linearly in log FPR: the limit of anomalib's number as its
+    thresholds get finer.
+
+    Parameters
+    ----------
+    masks : ndarray of shape (n, H, W) or sequence of 2-D arrays; 1 marks defect pixels.
+    maps : anomaly maps of the same shapes; higher means more anomalous.
+    fpr_bounds : (float, float), default=(1e-5, 1e-4)
+
+    Returns an array of shape (n,); all nan (with a warning) without normal or anomalous images, or when
+    the normal images have too few pixels to resolve the lower bound.
+    """
+    lower, upper = fpr_bounds
+    if not 0 < lower < upper <= 1:
+        raise ValueError(f"fpr_bounds must satisfy 0 < lower < upper <= 1, got {fpr_bounds}")
+    mask_list, map_list = _pixel_pairs(masks, maps)
+    result = np.full(len(mask_list), np.nan)
+    normal_maps = [a for m, a in zip(mask_list, map_list, strict=True) if not m.any()]
+    if not normal_maps or len(normal_maps) == len(mask_list):
+        warnings.warn("AUPIMO is undefined without both normal (empty mask) and anomalous images; returning nan",
+                      stacklevel=2)
+        return result
+    scores = _concat(normal_maps)
+    weights = np.concatenate([np.full(a.size, 1.0 / (a.size * len(normal_maps))) for a in normal_maps])
+    order = np.argsort(scores)[::-1]
+    sorted_scores = scores[order]
+    last_of_tie = np.r_[np.diff(sorted_scores) != 0, True]
+    thresholds = sorted_scores[last_of_tie]
+    shared_fpr = np.cumsum(weights[order])[last_of_tie]
+    shared_fpr[-1] = 1.0  # every pixel of every normal image, without rounding
+    if shared_fpr[0] > lower:
+        warnings.warn(f"AUPIMO is undefined here: the normal images have too few pixels to resolve a shared FPR "
+                      f"of {lower:g} (the smallest non-zero one is {shared_fpr[0]:.3g}); returning nan", stacklevel=2)
+        return result
+    # segment k runs from the point at the next higher threshold (shared_fpr[k - 1]) to the one at thresholds[k]
+    first = int(np.searchsorted(shared_fpr, lower, side="right"))
+    last = int(np.searchsorted(shared_fpr, upper, side="left"))
+    segments = np.arange(first, last + 1)
+    x0, x1 = np.log(shared_fpr[segments - 1]), np.log(shared_fpr[segments])
+    log_lower, log_upper = np.log(lower), np.log(upper)
+    start, end = np.maximum(x0, log_lower), np.minimum(x1, log_upper)
+    width = np.clip(end - start, 0, None)
+    middle = ((start + end) / 2 - x0) / (x1 - x0)  # where the segment's mean height is taken, 0..1
+    weight_above, weight_at = width * (1 - middle), width * middle
+    for i, (mask, amap) in enumerate(zip(mask_list, map_list, strict=True)):
+        if not mask.any():
+            continue
+        defect_scores = np.sort(amap[mask])
+        n = defect_scores.size
+        overlap_above = (n - np.searchsorted(defect_scores, thresholds[segments], side="right")) / n
+        overlap_at = (n - np.searchsorted(defect_scores, thresholds[segments], side="left")) / n
+        result[i] = (weight_above @ overlap_above + weight_at @ overlap_at) / (log_upper - log_lower)
+    return np.clip(result, 0.0, 1.0)
+
+
+def aupimo(masks: PixelArrays, maps: PixelArrays, fpr_bounds: tuple[float, float] = AUPIMO_FPR_BOUNDS) -> float:
+    """Mean AUPIMO over the anomalous images (``per_image_aupimo``), as anomalib's ``AUPIMO`` returns it."""
+    values = per_image_aupimo(masks, maps, fpr_bounds)
+    present = values[~np.isnan(values)]
+    return float(present.mean()) if present.size else float("nan")
 
 
 def downsample_curve(x: np.ndarray, y: np.ndarray, max_points: int = 512) -> tuple[np.ndarray, np.ndarray]:

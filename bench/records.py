@@ -41,6 +41,11 @@ class Record(TypedDict, total=False):
     error: str
     traceback: str
     metrics: dict[str, float | None]
+    metric_notes: dict[str, str]  # why a metric is None (undefined on this test set)
+    intervals: dict[str, list[float] | None]  # bootstrap interval [lo, hi] of each metric
+    bootstrap: dict[str, Any]  # resamples, seed, confidence, method; the resamples' values are in the artifacts
+    per_defect: dict[str, dict[str, Any]]  # defect type → n_images, metrics, intervals (against the good images)
+    test_set: dict[str, Any]  # fingerprint of the images scored (equal → paired comparisons), good/defective counts
     n_images: dict[str, int]
     timings: dict[str, Any]
     size: dict[str, Any]

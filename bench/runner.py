@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anobench import artifacts, datasets, methods, planning
+from anobench import artifacts, datasets, methods, metrics, planning
 from anobench.cells import Cell, expand
-from anobench.core import BenchError, progress
+from anobench.core import BenchError, progress, unknown_name
 from anobench.datasets.base import DatasetSource
 from anobench.evaluation import failed_record, now, open_source
 from anobench.executors import LocalExecutor, Task
@@ -85,6 +85,11 @@ def check_suite(suite: Suite) -> None:
             for encoder in block.encoders:
                 _check_resolutions(name, encoder, block, place)
     datasets.DATASETS.get(suite.dataset.name, where)
+    for name in suite.metrics:
+        info = metrics.metric_info(name)
+        if info is None or not info.level:
+            valid = [n for n, i in metrics.METRIC_INFO.items() if i.level] + ["aupro@<limit in (0, 1]>"]
+            raise unknown_name("metric", name, valid, f"{where} (metrics)")
 
 
 def _check_params(method: str, params: dict[str, Any], place: str) -> None:

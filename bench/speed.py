@@ -54,11 +54,12 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], device: str, warmup: i
 
 
 def summarize(times: Sequence[float], images: int) -> dict[str, float | int]:
-    """fps from the median time; ``fps_best`` from the fastest iteration (the steadier one on a shared machine)."""
+    """fps from the median time; ``fps_best`` from the fastest iteration (the steadier one on a shared machine);
+    every iteration's time, to the microsecond (``bench compare`` tests whether two distributions differ)."""
     median, best = float(np.median(times)), float(np.min(times))
     return {"iterations": len(times), "median_s": median, "p90_s": float(np.percentile(times, 90)), "min_s": best,
             "fps": images / median if median > 0 else None, "fps_best": images / best if best > 0 else None,
-            "latency_ms": 1000 * median}
+            "latency_ms": 1000 * median, "times_s": [round(float(t), 6) for t in times]}
 
 
 def paired_ratio(numerator_times: Sequence[float], denominator_times: Sequence[float]) -> float:

@@ -122,6 +122,38 @@ class MeasureSpec:
         return self.batch_sizes, self.warmup, self.iterations
 
 
+DEFAULT_TABLE_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    """Bootstrap intervals for every metric of every cell. Not part of a cell's configuration: it changes
+    no metric's value, only the intervals beside them."""
+
+    resamples: int = suite_key(1000, minimum=0)  # 0: no intervals
+    seed: int = suite_key(0, minimum=0)
+    confidence: float = suite_key(0.95)
+
+    def __post_init__(self):
+        if 0 < self.resamples < 100:
+            raise ValueError(f"resamples must be 0 (no intervals) or at least 100, got {self.resamples}")
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"confidence must be a level in [0.5, 1), e.g. 0.95, got {self.confidence}")
+
+
+@dataclass(frozen=True)
+class RowSelector:
+    """A table row a suite names (``compare_to``): method and encoder, and the parameters where they matter."""
+
+    method: str = suite_key()
+    encoder: str = suite_key()
+    params: dict[str, Any] | None = suite_key(None)
+
+    def matches(self, method: str, encoder: str, params: dict[str, Any]) -> bool:
+        return (method == self.method and encoder.split(".")[0] == self.encoder.split(".")[0]
+                and (self.params is None or params == self.params))
+
+
 @dataclass(frozen=True, kw_only=True)
 class Suite:
     name: str = suite_key()
@@ -141,7 +173,16 @@ class Suite:
     # encoder features shared between cells (0: off, e.g. where memory is measured)
     feature_cache_mb: int = suite_key(4096, minimum=0)
     changelog: tuple[str, ...] = suite_key(())
+    metrics: tuple[str, ...] = suite_key(DEFAULT_TABLE_METRICS, nonempty=True)  # the accuracy columns shown
+    bootstrap: BootstrapSpec = suite_key(BootstrapSpec())
+    compare_to: RowSelector | None = suite_key(None)  # the reference row of the paired-difference table
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        rows = [(m, e, block.params) for block in self.grid for m in block.methods for e in block.encoders]
+        if self.compare_to is not None and not any(self.compare_to.matches(*row) for row in rows):
+            raise ValueError(f"compare_to names {self.compare_to.method} with {self.compare_to.encoder}, which no "
+                             f"[[grid]] has; name a method and encoder of the suite's grid")
 
 
 # ----------------------------------------------------------------------------------------------------------

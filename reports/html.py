@@ -13,7 +13,7 @@ from pathlib import Path
 
 from anobench.reports.markdown import format_cell, summary_line
 from anobench.reports.plots import Plot, png_bytes
-from anobench.reports.tables import RunData, Table, all_tables, definitions, environment_lines
+from anobench.reports.tables import Estimate, RunData, Table, all_tables, definitions, environment_lines
 
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -31,6 +31,8 @@ tbody tr:hover { background: #fafafa; }
 figure { margin: 1em 0; } figcaption { font-size: .9em; color: #444; }
 img { max-width: 100%; height: auto; }
 code { background: #f4f4f4; padding: 0 .2em; }
+.interval { font-size: .85em; color: #666; }
+details > summary { cursor: pointer; color: #555; font-size: .9em; }
 """
 
 SORT_SCRIPT = """
@@ -67,12 +69,24 @@ def table_html(table: Table) -> str:
     parts += [f"<th>{html.escape(c)}</th>" for c in table.columns]
     parts.append("</tr></thead><tbody>")
     for row in table.rows:
-        cells = [html.escape(format_cell(v, table.decimals.get(col))) for v, col in zip(row, table.columns, strict=True)]
+        cells = [cell_html(v, table.decimals.get(col)) for v, col in zip(row, table.columns, strict=True)]
         parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     parts.append("</tbody></table>")
     if table.footnotes:
         parts.append('<div class="notes">' + "".join(f"<p>{html.escape(n)}</p>" for n in table.footnotes) + "</div>")
+    if table.collapsed:  # the title stays a heading (the contents link to it); the table opens on demand
+        return f'{parts[0]}\n<details><summary>show the table</summary>\n{chr(10).join(parts[1:])}\n</details>'
     return "\n".join(parts)
+
+
+def cell_html(value, decimals: int | None) -> str:
+    """A number, and under it its interval in small type where it has one."""
+    if not isinstance(value, Estimate):
+        return html.escape(format_cell(value, decimals))
+    decimals = 2 if decimals is None else decimals
+    interval = value.interval_text(decimals)
+    below = f'<br><span class="interval">{html.escape(interval)}</span>' if interval else ""
+    return html.escape(value.main_text(decimals)) + below
 
 
 def figure_html(plot: Plot) -> str:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from anobench.reports.plots import Plot, png_bytes
-from anobench.reports.tables import RunData, Table, all_tables, definitions, environment_lines
+from anobench.reports.tables import Estimate, RunData, Table, all_tables, definitions, environment_lines
 
 FIGURES_DIR = "figures"
 
@@ -14,6 +14,8 @@ FIGURES_DIR = "figures"
 def format_cell(value, decimals: int | None) -> str:
     if value is None:
         return ""
+    if isinstance(value, Estimate):
+        return value.text(decimals if decimals is not None else 2)
     if isinstance(value, float):
         return f"{value:.{decimals if decimals is not None else 2}f}"
     return str(value)

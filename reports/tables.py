@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from anobench import artifacts, statistics
 from anobench.methods import encoder_short_name as short_name
-from anobench.metrics import METRIC_INFO
+from anobench.metrics import METRIC_INFO, metric_info
 from anobench.records import RUN_FILE, Record, latest_by_cell, read_records
-from anobench.suites import Reference, Suite, parse_suite
+from anobench.suites import DEFAULT_TABLE_METRICS, Reference, RowSelector, Suite, parse_suite
 
 ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 METHOD_NAMES = {"cflow": "CFLOW-AD", "padim": "PaDiM", "spade": "SPADE"}
@@ -27,7 +28,7 @@ ENCODER_ROW = "encoder"  # the method name of Table 6's encoder-only rows (as in
 
 @dataclass
 class Table:
-    """A titled grid of cells (str, float or None) with footnotes; renderers decide the look."""
+    """A titled grid of cells (str, float, Estimate or None) with footnotes; renderers decide the look."""
 
     key: str
     title: str
@@ -36,6 +37,31 @@ class Table:
     decimals: dict[str, int] = field(default_factory=dict)
     footnotes: list[str] = field(default_factory=list)
     caption: str = ""
+    collapsed: bool = False  # details a reader opens on demand (HTML shows the title only)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A number with its uncertainty, in the table's unit: the mean over seeds (± their standard deviation
+    where there are several) and the bootstrap interval [lo, hi] over test images where the records have it."""
+
+    value: float
+    std: float | None = None
+    lo: float | None = None
+    hi: float | None = None
+    mark: str = ""  # e.g. "*" where a paired interval excludes 0
+
+    def main_text(self, decimals: int) -> str:
+        text = f"{self.value:.{decimals}f}"
+        return text + (f" ± {self.std:.{decimals}f}" if self.std is not None else "")
+
+    def interval_text(self, decimals: int) -> str:
+        if self.lo is None or self.hi is None:
+            return self.mark
+        return f"[{self.lo:.{decimals}f}, {self.hi:.{decimals}f}]{self.mark}"
+
+    def text(self, decimals: int) -> str:
+        return " ".join(t for t in (self.main_text(decimals), self.interval_text(decimals)) if t)
 
 
 @dataclass
@@ -54,6 +80,19 @@ class RunData:
     @property
     def failed(self) -> list[Record]:
         return [r for r in self.records if r.get("status") != "ok"]
+
+    def replicates(self, record: Record) -> dict[str, np.ndarray]:
+        """The cell's bootstrap resamples from its artifacts ({} where there are none), read once."""
+        cache = self.__dict__.setdefault("_replicates", {})
+        if record["cell_id"] not in cache:
+            file = record.get("artifacts", {}).get("file")
+            cache[record["cell_id"]] = artifacts.read_replicates(self.run_dir, file) if file else {}
+        return cache[record["cell_id"]]
+
+    @property
+    def table_metrics(self) -> tuple[str, ...]:
+        """The accuracy metrics the suite's tables show."""
+        return self.suite.metrics if self.suite else DEFAULT_TABLE_METRICS
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -184,6 +223,109 @@ def mean_or_none(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+def metric_display(metric: str) -> str:
+    info = metric_info(metric)
+    return info.display if info else metric
+
+
+# ----------------------------------------------------------------------------------------------------------
+# numbers with their uncertainty: means over classes and seeds, bootstrap intervals
+
+
+@dataclass
+class Sample:
+    """One cell's value of one quantity, with what its interval is made of."""
+
+    class_name: str
+    seed: int
+    value: float
+    interval: list[float] | None  # the record's, when this sample stands alone
+    replicates: Callable[[], np.ndarray | None]  # its bootstrap resamples (from the artifacts), read on demand
+    confidence: float | None
+
+
+def combine(samples: list[Sample], scale: float = 100.0, mark_excluding_zero: bool = False) -> Estimate | None:
+    """Mean over classes of each class's mean over seeds; ± the standard deviation over seeds of the class
+    mean (seeds with every class); the interval of that mean from the resamples, averaged the same way
+    resample by resample (cells of one class share their resamples, classes are resampled independently)."""
+    if not samples:
+        return None
+    by_class: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_class[sample.class_name].append(sample)
+    value = float(np.mean([np.mean([s.value for s in group]) for group in by_class.values()]))
+    by_seed: dict[int, dict[str, float]] = defaultdict(dict)
+    for sample in samples:
+        by_seed[sample.seed][sample.class_name] = sample.value
+    complete = [np.mean(list(v.values())) for v in by_seed.values() if len(v) == len(by_class)]
+    std = statistics.mean_std(complete)[1] if len(complete) > 1 else None
+    interval = samples[0].interval if len(samples) == 1 else None
+    confidences = {s.confidence for s in samples}
+    if interval is None and len(confidences) == 1 and None not in confidences:
+        vectors = {c: [s.replicates() for s in group] for c, group in by_class.items()}
+        if all(v is not None for group in vectors.values() for v in group):
+            mean = np.mean([np.mean(group, axis=0) for group in vectors.values()], axis=0)
+            interval = statistics.percentile_interval(mean, confidences.pop())
+    lo, hi = (scale * interval[0], scale * interval[1]) if interval else (None, None)
+    mark = "*" if mark_excluding_zero and interval and (interval[0] > 0 or interval[1] < 0) else ""
+    return Estimate(scale * value, None if std is None else scale * std, lo, hi, mark)
+
+
+def metric_samples(run: RunData, records: list[Record], metric: str, defect: str | None = None) -> list[Sample]:
+    """The metric (of one defect type, if given) in each record that has it."""
+    samples = []
+    for record in records:
+        holder = record.get("per_defect", {}).get(defect, {}) if defect else record
+        value = holder.get("metrics", {}).get(metric)
+        if value is None:
+            continue
+        key = statistics.defect_key(defect, metric) if defect else metric
+        samples.append(Sample(record["config"]["class"], record["config"]["seed"], value,
+                              holder.get("intervals", {}).get(metric),
+                              lambda r=record, k=key: run.replicates(r).get(k),
+                              record.get("bootstrap", {}).get("confidence")))
+    return samples
+
+
+def metric_estimate(run: RunData, records: list[Record], metric: str, defect: str | None = None) -> Estimate | None:
+    info = metric_info(metric)
+    return combine(metric_samples(run, records, metric, defect), 100.0 if info is None or info.percent else 1.0)
+
+
+def seed_count(records: list[Record]) -> int:
+    return len({r["config"]["seed"] for r in records})
+
+
+def empty_notes(records: list[Record], metric_names: list[str]) -> list[str]:
+    """Why cells of these metrics are empty (the reason each record gave; one line per metric)."""
+    notes = []
+    for metric in metric_names:
+        reasons = [r["metric_notes"][metric] for r in records if metric in r.get("metric_notes", {})]
+        if reasons:
+            notes.append(f"{metric_display(metric)} undefined in {len(reasons)} cell(s), for example: {reasons[0]}. "
+                         "A mean leaves those cells out.")
+    return notes
+
+
+def uncertainty_notes(records: list[Record], with_seeds: bool, intervals: bool = True) -> list[str]:
+    """What ± and (with ``intervals``) [lo, hi] mean in a table of these records."""
+    notes = []
+    if with_seeds:
+        notes.append("mean ± standard deviation over seeds (n seeds; the standard deviation of the mean over "
+                     "classes, from seeds that have every class).")
+    boot = {json.dumps({k: r["bootstrap"][k] for k in ("resamples", "seed", "confidence")}, sort_keys=True)
+            for r in records if "bootstrap" in r and intervals}
+    if boot:
+        spec = json.loads(sorted(boot)[0]) if len(boot) == 1 else None
+        what = (f"{100 * spec['confidence']:g}% bootstrap percentile interval over test images ({spec['resamples']} "
+                f"resamples from seed {spec['seed']}, good and defective images resampled separately)"
+                if spec else "bootstrap percentile interval over test images (settings differ between cells: see "
+                             "the records)")
+        notes.append(f"[lo, hi]: {what}; of a mean over classes or seeds, from the cells' resamples averaged "
+                     "the same way; empty where a cell has no interval (e.g. a record without one).")
+    return notes
+
+
 # ----------------------------------------------------------------------------------------------------------
 # accuracy tables
 
@@ -201,55 +343,61 @@ def accuracy_tables(run: RunData) -> list[Table]:
         for record in records:
             rows_by_key[row_key(record)].append(record)
         mean_refs = [ref for ref in references if ref.class_name == "mean" and ref.metric in ACCURACY_METRICS]
-        metric_names = [m for m in ACCURACY_METRICS if any(r["metrics"].get(m) is not None for r in records)
+        metric_names = [m for m in run.table_metrics if any(m in r["metrics"] for r in records)
                         or any(ref.metric == m for ref in mean_refs)]
         with_reference = {ref.metric for ref in mean_refs}
-        columns = ["Model", "Input", "Classes"]
+        with_seeds = any(seed_count(group) > 1 for group in rows_by_key.values())
+        columns = ["Model", "Input", "Classes"] + (["n"] if with_seeds else [])
         decimals = {}
         for m in metric_names:
-            columns.append(METRIC_INFO[m].display)
-            decimals[METRIC_INFO[m].display] = 2
+            columns.append(metric_display(m))
+            decimals[metric_display(m)] = 2
             if m in with_reference:
-                columns += [f"{METRIC_INFO[m].display} (paper)", "Δ"]
+                columns += [f"{metric_display(m)} (paper)", "Δ"]
         table = Table(f"accuracy-{dataset}", f"Accuracy on {dataset_title(records)} (mean over classes, %)", columns,
                       decimals={**decimals, **{c: 2 for c in columns if c.endswith("(paper)") or c == "Δ"}})
         n_classes = len({r["config"]["class"] for r in records})
         ambiguous = ambiguous_rows(rows_by_key)
         for key, group in rows_by_key.items():
             row = [row_name(group, key in ambiguous), resolutions(group), f"{len({r['config']['class'] for r in group})}/{n_classes}"]
+            row += [seed_count(group)] if with_seeds else []
             for m in metric_names:
-                ours = percent(mean_or_none([r["metrics"].get(m) for r in group]))
+                ours = metric_estimate(run, group, m)
                 row.append(ours)
                 if m in with_reference:
                     ref = find_reference(references, key[0], key[1], m)
                     row += [ref.value if ref else None,
-                            ours - ref.value if ref and ours is not None else None]
+                            ours.value - ref.value if ref and ours is not None else None]
             table.rows.append(row)
         measured = {(key[0], base_encoder(key[1])) for key in rows_by_key}
         for method, encoder in dict.fromkeys((ref.method, base_encoder(ref.encoder)) for ref in mean_refs):
             if (method, encoder) in measured:
                 continue
             row = [f"{METHOD_NAMES.get(method, method)}-{short_name(encoder)} (not run)", None, f"0/{n_classes}"]
+            row += [None] if with_seeds else []
             for m in metric_names:
                 row.append(None)
                 if m in with_reference:
                     ref = find_reference(mean_refs, method, encoder, m)
                     row += [ref.value if ref else None, None]
             table.rows.append(row)
-        table.footnotes = footnotes_for(records)
+        table.footnotes = footnotes_for(records) + uncertainty_notes(records, with_seeds) + empty_notes(records,
+                                                                                                     metric_names)
         if with_reference:
             sources = sorted({ref.source for ref in references if ref.metric in with_reference})
             table.footnotes.append("Paper numbers as published (" + "; ".join(sources) + "), not measured here.")
         tables.append(table)
-        tables.append(per_class_table(dataset, records, rows_by_key, metric_names, references))
+        tables.append(per_class_table(run, dataset, records, rows_by_key, metric_names))
+        tables += per_defect_tables(run, dataset, records, rows_by_key)
     return tables
 
 
-def per_class_table(dataset: str, records: list[Record], rows_by_key: dict[tuple, list[Record]],
-                    metric_names: list[str], references: Iterable[Reference]) -> Table:
-    columns = ["Class", "Model", "Input"] + [METRIC_INFO[m].display for m in metric_names]
+def per_class_table(run: RunData, dataset: str, records: list[Record], rows_by_key: dict[tuple, list[Record]],
+                    metric_names: list[str]) -> Table:
+    with_seeds = any(seed_count(group) > 1 for group in rows_by_key.values())
+    columns = ["Class", "Model", "Input"] + (["n"] if with_seeds else []) + [metric_display(m) for m in metric_names]
     table = Table(f"per-class-{dataset}", f"Per class on {dataset_title(records)} (%)", columns,
-                  decimals={METRIC_INFO[m].display: 2 for m in metric_names})
+                  decimals={metric_display(m): 2 for m in metric_names})
     classes = sorted({r["config"]["class"] for r in records})
     ambiguous = ambiguous_rows(rows_by_key)
     for class_name in classes:
@@ -258,10 +406,134 @@ def per_class_table(dataset: str, records: list[Record], rows_by_key: dict[tuple
             if not members:
                 continue
             row = [class_name, row_name(group, key in ambiguous), resolutions(members)]
-            row += [percent(mean_or_none([r["metrics"].get(m) for r in members])) for m in metric_names]
+            row += [seed_count(members)] if with_seeds else []
+            row += [metric_estimate(run, members, m) for m in metric_names]
             table.rows.append(row)
-    table.footnotes = footnotes_for(records)
+    table.footnotes = footnotes_for(records) + uncertainty_notes(records, with_seeds) + empty_notes(records,
+                                                                                                 metric_names)
     return table
+
+
+def per_defect_tables(run: RunData, dataset: str, records: list[Record],
+                      rows_by_key: dict[tuple, list[Record]]) -> list[Table]:
+    """One table per class: each defect type's metrics against the good images (collapsed in HTML)."""
+    tables = []
+    ambiguous = ambiguous_rows(rows_by_key)
+    for class_name in sorted({r["config"]["class"] for r in records}):
+        members = [r for r in records if r["config"]["class"] == class_name and r.get("per_defect")]
+        defects = sorted({d for r in members for d in r["per_defect"]})
+        metric_names = [m for m in run.table_metrics if any(m in r["per_defect"][d].get("metrics", {})
+                                                             for r in members for d in r["per_defect"])]
+        if not defects or not metric_names:
+            continue
+        with_seeds = any(seed_count([r for r in group if r in members]) > 1 for group in rows_by_key.values())
+        columns = ["Defect type", "Images", "Model"] + (["n"] if with_seeds else []) + [metric_display(m)
+                                                                                       for m in metric_names]
+        table = Table(f"per-defect-{dataset}-{class_name}", f"Per defect type: {class_name} on "
+                      f"{dataset_title(members)} (%)", columns, decimals={metric_display(m): 2 for m in metric_names},
+                      collapsed=True)
+        for defect in defects:
+            for key, group in rows_by_key.items():
+                cells = [r for r in group if r in members and defect in r["per_defect"]]
+                if not cells:
+                    continue
+                row = [defect, cells[0]["per_defect"][defect]["n_images"], row_name(group, key in ambiguous)]
+                row += [seed_count(cells)] if with_seeds else []
+                row += [metric_estimate(run, cells, m, defect) for m in metric_names]
+                table.rows.append(row)
+        table.footnotes = ["Each defect type's images against all good images of the class (image AUROC; pixel "
+                           "metrics over the pixels of those images)."] + uncertainty_notes(members, with_seeds)
+        tables.append(table)
+    return tables
+
+
+def _reference_partner(record: Record, candidates: list[Record]) -> Record | None:
+    """The reference cell scored on the same test images (class, seed, geometry, bootstrap settings)."""
+    def same(other: Record) -> bool:
+        return (other["config"]["seed"] == record["config"]["seed"]
+                and other.get("test_set", {}).get("fingerprint") == record.get("test_set", {}).get("fingerprint")
+                and {k: other.get("bootstrap", {}).get(k) for k in ("resamples", "seed")}
+                == {k: record.get("bootstrap", {}).get(k) for k in ("resamples", "seed")})
+    matches = [r for r in candidates if same(r) and "test_set" in r]
+    preferred = [r for r in matches if row_key(r)[2:4] == row_key(record)[2:4]]  # same protocol and weights
+    return (preferred or matches or [None])[0]
+
+
+def paired_difference(run: RunData, pairs: list[tuple[Record, Record]], metric: str) -> Estimate | None:
+    """Mean difference model − reference over the pairs, with its paired bootstrap interval (marked * where
+    it excludes 0)."""
+    samples = []
+    for record, reference in pairs:
+        ours, theirs = record["metrics"].get(metric), reference["metrics"].get(metric)
+        if ours is None or theirs is None:
+            continue
+
+        def difference(a=record, b=reference) -> np.ndarray | None:
+            x, y = run.replicates(a).get(metric), run.replicates(b).get(metric)
+            return None if x is None or y is None else x - y
+        samples.append(Sample(record["config"]["class"], record["config"]["seed"], ours - theirs, None, difference,
+                              record.get("bootstrap", {}).get("confidence")))
+    info = metric_info(metric)
+    return combine(samples, 100.0 if info is None or info.percent else 1.0, mark_excluding_zero=True)
+
+
+def paired_tables(run: RunData) -> list[Table]:
+    """Per dataset: each model − the suite's reference row (``compare_to``) on the same test images."""
+    selector: RowSelector | None = run.suite.compare_to if run.suite else None
+    if selector is None:
+        return []
+    tables = []
+    records = [r for r in run.ok if not r["config"].get("measure_only")]
+    for dataset in sorted({r["config"]["dataset"] for r in records}):
+        members = [r for r in records if r["config"]["dataset"] == dataset]
+        is_reference = [selector.matches(r["config"]["method"], r["config"]["encoder"], r["config"].get("params", {}))
+                        for r in members]
+        references = [r for r, ref in zip(members, is_reference, strict=True) if ref]
+        rows_by_key: dict[tuple, list[Record]] = defaultdict(list)
+        for record, ref in zip(members, is_reference, strict=True):
+            if not ref:
+                rows_by_key[row_key(record)].append(record)
+        metric_names = [m for m in run.table_metrics if any(r["metrics"].get(m) is not None for r in members)]
+        if not references or not rows_by_key or not metric_names:
+            continue
+        reference_name = row_name(references, False)
+        with_seeds = any(seed_count(group) > 1 for group in rows_by_key.values())
+        columns = ["Class", "Model"] + (["n"] if with_seeds else []) + [f"Δ {metric_display(m)}" for m in metric_names]
+        table = Table(f"paired-{dataset}", f"Paired differences on {dataset_title(members)}: each model − "
+                      f"{reference_name} (percentage points)", columns,
+                      decimals={f"Δ {metric_display(m)}": 2 for m in metric_names})
+        ambiguous = ambiguous_rows(rows_by_key)
+        unpaired = 0
+        pairs_by_key: dict[tuple, list[tuple[Record, Record]]] = {}
+        for key, group in rows_by_key.items():
+            pairs_by_key[key] = []
+            for record in group:
+                partner = _reference_partner(record, references)
+                if partner is None:
+                    unpaired += 1
+                else:
+                    pairs_by_key[key].append((record, partner))
+        classes = sorted({r["config"]["class"] for r in members})
+        for class_name in [*classes, None]:
+            for key, pairs in pairs_by_key.items():
+                chosen = [p for p in pairs if class_name is None or p[0]["config"]["class"] == class_name]
+                if not chosen:
+                    continue
+                row = ["mean over classes" if class_name is None else class_name,
+                       row_name(rows_by_key[key], key in ambiguous)]
+                row += [seed_count([p[0] for p in chosen])] if with_seeds else []
+                row += [paired_difference(run, chosen, m) for m in metric_names]
+                table.rows.append(row)
+        table.footnotes = [
+            "Δ = model − reference on the same test images (same dataset, class, resolution and seed); [lo, hi]: "
+            "paired bootstrap interval (the same resampled images for both models, resample by resample); "
+            "* where it excludes 0. A mean over classes or seeds averages the paired resamples the same way.",
+        ] + uncertainty_notes(members, with_seeds, intervals=False) + footnotes_for(members)
+        if unpaired:
+            table.footnotes.append(f"{unpaired} cell(s) have no reference cell scored on the same test images "
+                                   "and are left out.")
+        tables.append(table)
+    return tables
 
 
 def failures_table(run: RunData) -> Table | None:
@@ -562,6 +834,13 @@ METRIC_DEFINITIONS = {
                    "defect-free images included.",
     "aupro": "area under the per-region-overlap (PRO) curve up to a false-positive rate of 0.3, divided by "
              "0.3 (MVTec AD's AUPRO): every connected defect region counts equally, whatever its size.",
+    "image_ap": "average precision of the image scores (area under the precision-recall curve, defective "
+                "images positive); chance is the share of defective images.",
+    "pixel_ap": "average precision of every test pixel's score against the ground-truth masks; chance is the "
+                "share of defect pixels.",
+    "aupimo": "mean over defective images of the area under each image's per-image overlap curve against the "
+              "log of the false-positive rate on the good images, between 10^-5 and 10^-4, normalized to "
+              "[0, 100] (Bertoldo et al., BMVC 2024, as anomalib defines it).",
     "image_f1_max": "the best F1 score of the image scores over all thresholds (the threshold is chosen on "
                     "the test set, so it is an upper bound).",
     "pixel_f1_max": "the best F1 score of the pixel scores over all thresholds (chosen on the test set, an "
@@ -584,13 +863,23 @@ COLUMN_DEFINITIONS = {
 }
 
 
+def _aupro_definition(term: str) -> str | None:
+    """AUPRO at any limit (a column "AUPRO@L")."""
+    limit = term.removeprefix("AUPRO@") if term.startswith("AUPRO@") else None
+    if limit is None:
+        return None
+    return (f"area under the per-region-overlap (PRO) curve up to a false-positive rate of {limit}, divided by "
+            f"{limit}: every connected defect region counts equally, whatever its size.")
+
+
 def definitions(tables: Iterable[Table]) -> list[tuple[str, str]]:
     """(term, meaning) for every metric or measurement a table's columns name, once, in order of appearance;
     a "(paper)" column is the paper's published value of the term."""
     known = {**{METRIC_INFO[m].display: text for m, text in METRIC_DEFINITIONS.items() if m in METRIC_INFO},
              **COLUMN_DEFINITIONS}
     terms = dict.fromkeys(c.removesuffix(" (paper)") for t in tables for c in t.columns)
-    found = [(term, known[term]) for term in terms if term in known]
+    found = [(term, known.get(term) or _aupro_definition(term)) for term in terms
+             if term in known or _aupro_definition(term)]
     if any(c.endswith(" (paper)") for t in tables for c in t.columns):
         found.append(("(paper)", "the number the paper publishes, printed beside ours, never measured here."))
     return found
@@ -598,5 +887,5 @@ def definitions(tables: Iterable[Table]) -> list[tuple[str, str]]:
 
 def all_tables(run: RunData) -> list[Table]:
     """Every table a report shows, in order: complexity, accuracy (mean, per class, Table 3), failures."""
-    return [t for t in [complexity_table(run), *accuracy_tables(run), *per_class_paper_tables(run),
-                        failures_table(run)] if t is not None]
+    return [t for t in [complexity_table(run), *accuracy_tables(run), *paired_tables(run),
+                        *per_class_paper_tables(run), failures_table(run)] if t is not None]

@@ -70,3 +70,58 @@ def f1_max_by_thresholds(truth, scores):
         if f1 > best[0]:
             best = (f1, t)
     return best
+
+
+def average_precision_by_thresholds(truth, scores) -> float:
+    """Σ over distinct thresholds (high to low) of precision × recall gained, each threshold counted alone."""
+    truth = np.asarray(truth).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    total, previous_recall = 0.0, 0.0
+    for t in np.unique(scores)[::-1]:
+        predicted = scores >= t
+        tp = (predicted & truth).sum()
+        recall = tp / truth.sum()
+        total += (recall - previous_recall) * tp / predicted.sum()
+        previous_recall = recall
+    return float(total)
+
+
+def area_between(x, y, lo, hi):
+    """Area under a piecewise-linear curve y(x) for x in [lo, hi], segment by segment (x ascending)."""
+    area = 0.0
+    for x0, x1, y0, y1 in zip(x[:-1], x[1:], y[:-1], y[1:], strict=True):
+        if x1 <= lo or x0 >= hi or x1 == x0:
+            continue
+        a, b = max(x0, lo), min(x1, hi)
+        ya, yb = (y0 + (y1 - y0) * (v - x0) / (x1 - x0) for v in (a, b))
+        area += (b - a) * (ya + yb) / 2
+    return area
+
+
+def per_image_aupimo_by_thresholds(masks, maps, bounds=(1e-5, 1e-4)):
+    """Threshold every map at every distinct score: shared FPR = mean over normal images of each one's FPR,
+    overlap = each anomalous image's TPR; area under overlap against log(shared FPR) between the bounds."""
+    masks = [np.asarray(m).astype(bool) for m in masks]
+    maps = [np.asarray(a, dtype=np.float64) for a in maps]
+    normal = [a for m, a in zip(masks, maps, strict=True) if not m.any()]
+    thresholds = np.unique(np.concatenate([a.ravel() for a in maps]))[::-1]
+    shared = [0.0] + [float(np.mean([(a >= t).mean() for a in normal])) for t in thresholds]
+    with np.errstate(divide="ignore"):
+        x = np.log(shared)
+    out = []
+    for mask, amap in zip(masks, maps, strict=True):
+        if not mask.any():
+            out.append(np.nan)
+            continue
+        y = [0.0] + [float((amap[mask] >= t).mean()) for t in thresholds]
+        out.append(area_between(x, y, np.log(bounds[0]), np.log(bounds[1])) / np.log(bounds[1] / bounds[0]))
+    return np.array(out)
+
+
+def resampled_exactly(weights, labels, scores, masks, maps, metric):
+    """A metric of each resample, computed by repeating each image as often as it is drawn."""
+    values = []
+    for row in weights:
+        index = np.repeat(np.arange(len(row)), row.astype(int))
+        values.append(metric(labels[index], scores[index], [masks[i] for i in index], [maps[i] for i in index]))
+    return np.array(values)

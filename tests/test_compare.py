@@ -1,6 +1,7 @@
 import copy
 import json
 
+import numpy as np
 import pytest
 
 from anobench.cells import Cell
@@ -106,6 +107,97 @@ def test_the_committed_smoke_baseline_loads():
     assert baseline and all(r["config"]["dataset"] == "synthetic" for r in baseline.values())
 
 
+def with_interval(rec, lo, hi, metric="image_auroc"):
+    rec["intervals"] = {metric: [lo, hi]}
+    rec["bootstrap"] = {"resamples": 1000, "seed": 0, "confidence": 0.95}
+    return rec
+
+
+def test_accuracy_drop_inside_the_baselines_interval_is_noise_and_beyond_it_a_regression():
+    base = cells(with_interval(record(image_auroc=0.90), 0.86, 0.94))
+    inside = compare(cells(record(image_auroc=0.88)), base)  # 2 pp drop, new value inside [86, 94]
+    assert inside.regressions == [] and inside.checks[0].rule == "interval"
+    assert "inside" in inside.checks[0].detail and "[86.00, 94.00]" in inside.checks[0].detail
+    beyond = compare(cells(record(image_auroc=0.84)), base)
+    assert [(c.check, c.rule) for c in beyond.regressions] == [("image_auroc", "interval")]
+    fixed = compare(cells(record(image_auroc=0.88)), base, tolerance_only=True)
+    assert [(c.check, c.rule) for c in fixed.regressions] == [("image_auroc", "tolerance")]
+    # a narrow interval does not excuse a drop within the tolerance
+    assert compare(cells(record(image_auroc=0.898)), cells(with_interval(record(), 0.899, 0.901))).regressions == []
+
+
+def test_a_baseline_without_intervals_falls_back_to_the_tolerance_with_a_note():
+    result = compare(cells(record(image_auroc=0.88)), cells(record(image_auroc=0.90)))
+    check = next(c for c in result.checks if c.check == "image_auroc")
+    assert check.regression and check.rule == "tolerance" and "no interval" in check.detail
+    assert any("fixed tolerance alone" in note for note in result.notes)
+
+
+def seeded(seed, image_auroc):
+    rec = record(image_auroc=image_auroc)
+    rec["config"]["seed"] = seed
+    rec["cell_id"] = rec["cell_id"].replace("/s0-", f"/s{seed}-")
+    return rec
+
+
+def test_with_several_seeds_a_drop_must_exceed_their_spread():
+    base = cells(seeded(0, 0.90), seeded(1, 0.86), seeded(2, 0.94))
+    within_spread = compare(cells(seeded(0, 0.89), seeded(1, 0.84), seeded(2, 0.92)), base)
+    check = next(c for c in within_spread.checks if c.check == "image_auroc")
+    assert check.rule == "seeds" and not check.regression and "3 seeds" in check.detail and "/s0,1,2-" in check.cell_id
+    consistent = compare(cells(seeded(0, 0.80), seeded(1, 0.79), seeded(2, 0.81)), base)
+    assert [(c.check, c.rule) for c in consistent.regressions] == [("image_auroc", "seeds")]
+
+
+def timed(ratio_times, e2e_times):
+    """A record whose speed block holds per-iteration times (encoder times = ratio × end-to-end times)."""
+    rec = record()
+    batch = rec["speed"]["batches"]["8"]
+    e2e = np.asarray(e2e_times)
+    encoder = np.asarray(ratio_times) * e2e
+    batch["end_to_end"].update(times_s=e2e.tolist(), fps_best=8 / e2e.min())
+    batch["encoder"]["times_s"] = encoder.tolist()
+    batch["ratio_end_to_end_to_encoder"] = float(np.median(encoder / e2e))
+    return rec
+
+
+def test_a_slower_build_is_flagged_on_its_iteration_times_and_a_noisy_one_is_not():
+    rng = np.random.default_rng(0)
+    base_times = 0.1 * (1 + 0.03 * rng.random(10))
+    base = cells(timed(0.5 + 0.01 * rng.random(10), base_times))
+    slower = compare(cells(timed(0.35 + 0.01 * rng.random(10), 1.4 * base_times)), base)
+    assert {c.check for c in slower.regressions} == {"fps_ratio@8", "fps@8"}
+    assert all(c.rule == "mann-whitney" and "p = " in c.detail for c in slower.regressions)
+    # on a machine this noisy (iteration ratios spread over ±40%) a 16% lower median is within the noise
+    spread = np.linspace(0.3, 0.7, 10)
+    noisy_base = cells(timed(spread, base_times))
+    noisy_new = cells(timed(0.84 * spread, base_times))
+    ratio = next(c for c in compare(noisy_new, noisy_base).checks if c.check == "fps_ratio@8")
+    assert ratio.delta < -15 and not ratio.regression and ratio.rule == "mann-whitney"
+    assert [c.check for c in compare(noisy_new, noisy_base, tolerance_only=True).regressions] == ["fps_ratio@8"]
+
+
+def test_cli_says_which_rule_fired(tmp_path):
+    base = write_run(tmp_path / "base", with_interval(record(image_auroc=0.90), 0.86, 0.94))
+    worse = write_run(tmp_path / "worse", record(image_auroc=0.80))
+    result = run_bench("compare", str(worse), str(base))
+    assert result.returncode == 1 and "REGRESSION" in result.stdout and "interval" in result.stdout
+    noise = write_run(tmp_path / "noise", record(image_auroc=0.88))
+    assert run_bench("compare", str(noise), str(base)).returncode == 0
+    assert run_bench("compare", str(noise), str(base), "--tolerance-only").returncode == 1
+
+
+def test_records_without_intervals_or_iteration_times_compare_with_the_fixed_tolerance_and_say_so():
+    baseline = load_cells("smoke-cpu")
+    old = copy.deepcopy(baseline)  # as records written before intervals and iteration times existed
+    for rec in old.values():
+        rec.pop("intervals", None)
+        for timings in rec.get("speed", {}).get("batches", {}).values():
+            for region in ("encoder", "end_to_end", "network"):
+                timings.get(region, {}).pop("times_s", None)
+    result = compare(copy.deepcopy(baseline), old)
+    assert result.regressions == [] and {c.rule for c in result.checks} == {"tolerance"}
+    assert any("fixed tolerance alone" in note for note in result.notes)
 def failed(rec, error="RuntimeError: boom"):
     return {**rec, "status": "failed", "error": error, "metrics": {}}
 
@@ -172,5 +264,5 @@ def test_speed_timed_on_another_thread_count_is_not_compared():
 
     result = compare(cells(timed(2, 0.3)), cells(timed(1, 0.5)))
     assert result.regressions == [] and not any(c.check.startswith("fps") for c in result.checks)
-    assert "another number of CPU threads" in result.notes[-1]
+    assert any("another number of CPU threads" in note for note in result.notes)
     assert [c.check for c in compare(cells(timed(1, 0.3)), cells(timed(1, 0.5))).regressions] == ["fps_ratio@8"]

@@ -133,3 +133,72 @@ def test_truncated_pro_curve_is_a_prefix_of_the_full_curve(limit):
     np.testing.assert_allclose(short_fpr, fpr[:n])
     np.testing.assert_allclose(short_pro, pro[:n])
     assert short_fpr[-1] > limit >= short_fpr[-2]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_average_precision_matches_threshold_sweep_and_sklearn(seed):
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 40)
+    scores = rng.integers(0, 6, 40).astype(float)  # heavy ties
+    expected = brute_force.average_precision_by_thresholds(labels, scores)
+    assert metrics.average_precision(labels, scores) == pytest.approx(expected, abs=1e-12)
+    assert metrics.average_precision(labels, scores) == pytest.approx(average_precision_score(labels, scores))
+    masks, maps = random_case(seed)
+    assert metrics.average_precision(masks, maps) == pytest.approx(
+        brute_force.average_precision_by_thresholds(masks, maps), abs=1e-12)
+
+
+def aupimo_case(seed, n_normal=3, n_anomalous=3, size=64):
+    """Quantized Gaussian maps (ties everywhere, a thin tail of distinct high scores) and rectangular defects."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n_normal + n_anomalous, size, size), np.uint8)
+    for i in range(n_normal, n_normal + n_anomalous):
+        r, c = rng.integers(0, size - 12, 2)
+        masks[i, r:r + rng.integers(2, 12), c:c + rng.integers(2, 12)] = 1
+    maps = np.round(rng.standard_normal(masks.shape) + 2.5 * masks * rng.random(masks.shape), 1)
+    return masks, maps
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("bounds", [(1e-3, 1e-2), (2e-3, 0.3)])
+def test_aupimo_matches_per_threshold_definition(seed, bounds):
+    masks, maps = aupimo_case(seed)
+    expected = brute_force.per_image_aupimo_by_thresholds(masks, maps, bounds)
+    np.testing.assert_allclose(metrics.per_image_aupimo(masks, maps, bounds), expected, atol=1e-12)
+    assert metrics.aupimo(masks, maps, bounds) == pytest.approx(np.nanmean(expected), abs=1e-12)
+
+
+def test_aupimo_with_anomalibs_default_bounds_on_images_of_different_sizes():
+    masks, maps = aupimo_case(7, n_normal=2, size=256)
+    ragged_masks, ragged_maps = [m[:, :200] for m in masks], [a[:, :200] for a in maps]
+    expected = brute_force.per_image_aupimo_by_thresholds(ragged_masks, ragged_maps)
+    assert np.isfinite(expected[2:]).all()
+    np.testing.assert_allclose(metrics.per_image_aupimo(ragged_masks, ragged_maps), expected, atol=1e-12)
+
+
+def test_aupimo_is_undefined_with_too_few_normal_pixels_or_no_normal_image():
+    masks, maps = aupimo_case(0, size=16)
+    with pytest.warns(UserWarning, match="too few pixels"):
+        assert np.isnan(metrics.aupimo(masks, maps))
+    with pytest.warns(UserWarning, match="normal"):
+        assert np.isnan(metrics.aupimo(masks[3:], maps[3:], (1e-2, 0.1)))
+    separated = masks + 0.5 * np.random.default_rng(0).random(masks.shape)  # every defect pixel above every other
+    perfect = metrics.per_image_aupimo(masks, separated, (1e-2, 0.1))
+    assert np.allclose(perfect[3:], 1.0) and np.isnan(perfect[:3]).all()
+
+
+def test_metric_registry_names_aupro_limits_and_refuses_duplicates():
+    assert metrics.aupro_limit("aupro") == 0.3 and metrics.aupro_limit("aupro@0.05") == 0.05
+    assert metrics.aupro_limit("aupro@1") == 1.0
+    assert metrics.aupro_limit("aupro@0") is None and metrics.aupro_limit("aupro@2") is None
+    assert metrics.metric_info("aupro@0.05").display == "AUPRO@0.05" and metrics.aupro_name(0.3) == "aupro"
+    assert metrics.metric_info("no_such_metric") is None
+    with pytest.raises(ValueError, match="already registered"):
+        metrics.register_metric("aupro@0.1", metrics.MetricInfo("x", True))
+    metrics.register_metric("test_only_metric", metrics.MetricInfo("Test only", True, "%", True, "pixel"))
+    try:
+        assert metrics.metric_info("test_only_metric").display == "Test only"
+    finally:
+        del metrics.METRIC_INFO["test_only_metric"]

@@ -3,6 +3,7 @@
 The screenshot is kept as a test artifact in ``test-artifacts/`` (or $ANOBENCH_TEST_ARTIFACTS).
 """
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from anobench.reports import write_reports
 from tests.conftest import REPO
-from tests.test_reports import run_dir  # noqa: F401  (the fixture: fixed records with artifacts)
+from tests.test_reports import run_dir, seeds_run_dir  # noqa: F401  (fixtures: records with artifacts)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
@@ -21,10 +22,16 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def test_html_report_in_chromium(run_dir):  # noqa: F811
-    report = write_reports(run_dir, ["html"])[0]
+def artifacts_dir() -> Path:
     out = Path(os.environ.get("ANOBENCH_TEST_ARTIFACTS", REPO / "test-artifacts"))
     out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@contextlib.contextmanager
+def opened(report: Path):
+    """The report loaded in headless Chromium: the page, and the list of errors it reports (console, page,
+    failed requests)."""
     errors = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -33,6 +40,14 @@ def test_html_report_in_chromium(run_dir):  # noqa: F811
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("requestfailed", lambda request: errors.append(f"request failed: {request.url}"))
         page.goto(report.as_uri(), wait_until="load")
+        yield page, errors
+        browser.close()
+
+
+def test_html_report_in_chromium(run_dir):  # noqa: F811
+    report = write_reports(run_dir, ["html"])[0]
+    out = artifacts_dir()
+    with opened(report) as (page, errors):
         broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0)"
                                ".map(i => i.alt)")
         n_images = page.evaluate("document.images.length")
@@ -43,8 +58,24 @@ def test_html_report_in_chromium(run_dir):  # noqa: F811
         n_tables = page.evaluate("document.querySelectorAll('table').length")
         page.click("table[data-table='per-class-synthetic'] th:nth-child(4)")  # sorting runs without errors
         page.screenshot(path=str(out / "report-html.png"), full_page=True)
-        browser.close()
     assert errors == []
     assert n_images >= 4 and broken == []
     assert n_tables >= 2 and empty_tables == []
     assert (out / "report-html.png").stat().st_size > 10_000
+
+
+def test_html_report_with_seeds_intervals_per_defect_and_paired_tables_in_chromium(seeds_run_dir):  # noqa: F811
+    """Mean ± std with intervals under each number, the paired table, and per-defect tables that open on click."""
+    with opened(seeds_run_dir / "report.html") as (page, errors):
+        paired = page.locator("table[data-table='paired-synthetic']")
+        assert paired.is_visible() and paired.locator("tbody tr").count() == 3
+        assert "[" in paired.locator("tbody tr").first.locator("td").nth(3).inner_text()
+        first_mean = page.locator("table[data-table='accuracy-synthetic'] tbody td").nth(4)
+        assert "±" in first_mean.inner_text() and first_mean.locator("span.interval").is_visible()
+        per_defect = page.locator("table[data-table='per-defect-synthetic-a']")
+        assert not per_defect.is_visible()  # collapsed by default
+        page.locator("details", has=per_defect).locator("summary").click()
+        assert per_defect.is_visible() and per_defect.locator("tbody tr").count() == 4
+        page.click("table[data-table='paired-synthetic'] th:nth-child(4)")  # sorting numbers with intervals
+        page.screenshot(path=str(artifacts_dir() / "report-seeds-html.png"), full_page=True)
+    assert errors == []

@@ -197,6 +197,131 @@ def test_report_without_artifacts_still_renders(run_dir):
     assert all(Path(p).is_file() for p in paths)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# seeds, intervals, per-defect rows and paired differences
+
+
+SEEDS_SUITE = {
+    "name": "seeds", "version": 1, "description": "two seeds", "weights": "random",
+    "dataset": {"name": "synthetic"}, "seeds": [0, 1],
+    "metrics": ["image_auroc", "pixel_auroc", "aupro", "pixel_ap"],
+    "compare_to": {"method": "padim", "encoder": "resnet18"},
+    "grid": [{"methods": ["padim", "spade"], "encoders": ["resnet18"], "resolutions": [48]}],
+    "bootstrap": {"resamples": 200},
+}
+SEPARATION = {"padim": 3.0, "spade": 0.8}  # SPADE's maps are clearly worse here
+
+
+def seeded_record(run, method, class_name, seed, test_seed):
+    """A record and its artifacts from generated maps, through the evaluation's own metric and bootstrap code."""
+    from anobench import evaluation
+    from anobench.cells import Cell
+    from anobench.suites import BootstrapSpec
+    from tests.test_statistics import generated_test_set
+
+    labels, scores, masks, maps = generated_test_set(test_seed, n_good=8, n_defective=8, size=48,
+                                                     separation=SEPARATION[method], noise_seed=seed)
+    defect_types = ["good"] * 8 + ["scratch"] * 4 + ["stain"] * 4
+    cell = Cell(suite="seeds", dataset="synthetic", class_name=class_name, method=method, encoder="resnet18",
+                resolution=48, resize=48, seed=seed, weights="random", protocol="strict", metrics_resolution="input",
+                batch_size=8, bootstrap=BootstrapSpec(resamples=200))
+    record = fake_record(method, class_name, {})
+    record.update(cell_id=cell.cell_id, config=cell.config(), test_set={"fingerprint": f"{test_seed:016x}"})
+    record["metrics"], _, thresholds = evaluation.compute_metrics(labels, masks, scores, maps)
+    record["per_defect"] = evaluation.per_defect_metrics(labels, defect_types, list(masks), scores, list(maps))
+    arrays = artifacts.collect([np.zeros((48, 48, 3), np.uint8)] * 4, labels, defect_types, masks, maps, scores,
+                               thresholds["pixel"])
+    arrays.update(evaluation.bootstrap_intervals(cell, record["test_set"]["fingerprint"], labels, defect_types,
+                                                 list(masks), scores, list(maps), record))
+    record["artifacts"] = {"file": artifacts.write(run, cell.cell_id, arrays)}
+    return record
+
+
+@pytest.fixture(scope="module")
+def seeds_run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("seeds") / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"suite": {"name": "seeds", "version": 1, "path": "seeds.toml",
+                                                        "raw": SEEDS_SUITE},
+                                              "command": "bench run --suite seeds", "options": {}}))
+    for class_name, test_seed in (("a", 11), ("b", 12)):
+        for method in ("padim", "spade"):
+            for seed in (0, 1):
+                append_record(run, seeded_record(run, method, class_name, seed, test_seed))
+    write_reports(run, ["md", "html", "latex"])  # once: the figures of 16 cells take a while
+    return run
+
+
+def numbers(text):
+    return [float(x) for x in re.findall(r"-?\d+\.\d+", text)]
+
+
+def test_tables_show_mean_std_over_seeds_with_n_and_intervals(seeds_run_dir):
+    from anobench.records import read_records
+
+    text = (seeds_run_dir / "report.md").read_text()
+    header, rows = md_rows(text, "Per class on synthetic (%)")
+    assert header[:4] == ["Class", "Model", "Input", "n"] and "Pixel AP" in header
+    records = read_records(seeds_run_dir)
+    for row in rows:
+        cells_ = dict(zip(header, row, strict=True))
+        members = [r for r in records if r["config"]["class"] == cells_["Class"]
+                   and cells_["Model"].startswith({"padim": "PaDiM", "spade": "SPADE"}[r["config"]["method"]])]
+        values = [100 * r["metrics"]["pixel_auroc"] for r in members]
+        mean, std, lo, hi = numbers(cells_["Pixel AUROC"])
+        assert cells_["n"] == "2" and mean == pytest.approx(np.mean(values), abs=0.006)
+        assert std == pytest.approx(np.std(values, ddof=1), abs=0.006) and lo < mean < hi
+    header, rows = md_rows(text, "Accuracy on synthetic (mean over classes, %)")
+    assert "n" in header and all(re.fullmatch(r"-?\d+\.\d\d ± \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]", row[4])
+                                 for row in rows)
+    assert "bootstrap percentile interval" in text and "200 resamples" in text
+
+
+def test_single_cell_interval_is_the_records_own(seeds_run_dir):
+    from anobench.records import read_records
+    from anobench.reports.tables import load_run, metric_estimate
+
+    run = load_run(seeds_run_dir)
+    record = read_records(seeds_run_dir)[0]
+    estimate = metric_estimate(run, [record], "aupro")
+    assert (estimate.lo, estimate.hi) == pytest.approx([100 * v for v in record["intervals"]["aupro"]])
+    assert estimate.std is None and estimate.value == pytest.approx(100 * record["metrics"]["aupro"])
+
+
+def test_paired_table_marks_a_clearly_worse_model(seeds_run_dir):
+    from anobench.records import read_records
+
+    text = (seeds_run_dir / "report.md").read_text()
+    header, rows = md_rows(text, "Paired differences on synthetic: each model − PaDiM-R18† (percentage points)")
+    assert [r[0] for r in rows] == ["a", "b", "mean over classes"] and all(r[1] == "SPADE-R18†" for r in rows)
+    records = read_records(seeds_run_dir)
+    by = {(r["config"]["method"], r["config"]["class"], r["config"]["seed"]): r for r in records}
+    expected = np.mean([100 * (by["spade", c, s]["metrics"]["aupro"] - by["padim", c, s]["metrics"]["aupro"])
+                        for c in "a" for s in (0, 1)])
+    cells_ = dict(zip(header, rows[0], strict=True))
+    assert numbers(cells_["Δ AUPRO@0.3"])[0] == pytest.approx(expected, abs=0.006)
+    assert all(dict(zip(header, r, strict=True))["Δ Pixel AUROC"].endswith("]*") for r in rows)  # excludes 0
+
+
+def test_per_defect_tables_per_class_collapsed_in_html(seeds_run_dir):
+    header, rows = md_rows((seeds_run_dir / "report.md").read_text(), "Per defect type: a on synthetic (%)")
+    assert header[:3] == ["Defect type", "Images", "Model"] and {r[0] for r in rows} == {"scratch", "stain"}
+    assert all(r[1] == "4" for r in rows)
+    html_text = (seeds_run_dir / "report.html").read_text()
+    assert html_text.count("<details>") == 2 and 'class="interval"' in html_text
+    parser = TableParser()
+    parser.feed(html_text)
+    assert len(parser.tables["per-defect-synthetic-b"]) == 5  # header + 2 defect types × 2 models
+    assert "$\\pm$" in (seeds_run_dir / "latex" / "paired-synthetic.tex").read_text()
+
+
+def test_without_artifacts_means_keep_their_spread_and_lose_their_intervals(seeds_run_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(seeds_run_dir, copy)
+    shutil.rmtree(copy / "artifacts")
+    write_reports(copy, ["md"])
+    header, rows = md_rows((copy / "report.md").read_text(), "Accuracy on synthetic (mean over classes, %)")
+    assert all(re.fullmatch(r"-?\d+\.\d\d ± \d+\.\d\d", row[4]) for row in rows)
 def test_reflect_padding_and_hard_permutations_are_marked_and_explained():
     official = fake_record("cflow", "a", {})
     official["labels"].update(encoder_padding="reflect", permutation="soft")

@@ -72,6 +72,28 @@ def test_extends_overrides_top_level_keys(tmp_path):
     assert child.name == "child" and child.seeds == (1, 2) and child.grid[0].methods == ("padim",)
 
 
+def test_metrics_bootstrap_and_reference_row_keys(tmp_path):
+    suite = load_suite(write(tmp_path, 'metrics = ["image_ap", "aupro@0.05", "aupimo"]\n'
+                                       'compare_to = { method = "padim", encoder = "resnet18" }\n'
+                                       + MINIMAL + "[bootstrap]\nresamples = 500\nseed = 3\n"))
+    check_suite(suite)
+    assert suite.metrics == ("image_ap", "aupro@0.05", "aupimo")
+    assert (suite.bootstrap.resamples, suite.bootstrap.seed, suite.bootstrap.confidence) == (500, 3, 0.95)
+    assert suite.compare_to.method == "padim" and suite.compare_to.matches("padim", "resnet18.a1_in1k", {})
+    defaults = load_suite(write(tmp_path, MINIMAL, "d.toml"))
+    assert defaults.metrics == ("image_auroc", "pixel_auroc", "aupro") and defaults.bootstrap.resamples == 1000
+    assert defaults.compare_to is None
+
+
+def test_bad_metrics_bootstrap_and_reference_row_are_one_sentence(tmp_path):
+    with pytest.raises(BenchError, match=r"Unknown metric 'aupro@3' in suite s.toml \(metrics\)"):
+        check_suite(load_suite(write(tmp_path, 'metrics = ["aupro@3"]\n' + MINIMAL)))
+    with pytest.raises(BenchError, match=r"\[bootstrap\]: resamples must be 0 \(no intervals\) or at least 100"):
+        load_suite(write(tmp_path, MINIMAL + "[bootstrap]\nresamples = 10\n"))
+    with pytest.raises(BenchError, match=r"compare_to names spade with resnet18, which no \[\[grid\]\] has"):
+        load_suite(write(tmp_path, 'compare_to = { method = "spade", encoder = "resnet18" }\n' + MINIMAL))
+    with pytest.raises(BenchError, match=r"unknown key 'model' in \[compare_to\]"):
+        load_suite(write(tmp_path, 'compare_to = { model = "padim" }\n' + MINIMAL))
 def test_defaults_come_from_the_schema(tmp_path):
     """A key left out takes the dataclass field's default: there is no second list of defaults to drift."""
     suite = load_suite(write(tmp_path, MINIMAL))
