@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from anobench import statistics
 from anobench.core import BenchError
@@ -128,6 +127,8 @@ def variation_pp(baseline: Record, metric: str) -> float:
     if len(values) < 2 or value is None or values.std() == 0:
         return 0.0
     n = len(values)
+    from scipy import stats  # here: importing scipy.stats takes a second that most comparisons never need
+
     half_width = stats.t.ppf(VARIATION_CONFIDENCE, n - 1) * values.std(ddof=1) * np.sqrt(1 + 1 / n)
     sign = 1 if METRIC_INFO[metric].higher_is_better else -1
     return 100 * max(0.0, sign * (value - values.mean()) + half_width)

@@ -37,6 +37,7 @@ class Record(TypedDict, total=False):
     suite: dict[str, Any]  # name, version
     config: dict[str, Any]  # dataset, class, method, params, encoder, resolution, seed, weights, protocol
     labels: dict[str, Any]  # facts reports must show: random weights, protocol, schedule, test-set dependence
+    display: dict[str, str]  # the names a report prints: method (its class's display_name), encoder (short)
     status: str  # "ok" or "failed"
     error: str
     traceback: str
@@ -61,6 +62,7 @@ class Record(TypedDict, total=False):
     artifacts: dict[str, str]
     machine_info: dict[str, Any]
     commit_info: dict[str, Any]
+    variation: dict[str, Any]  # baselines only: the cell's accuracy under other kernel settings (compare)
     started_at: str
     finished_at: str
 
