@@ -37,7 +37,14 @@ import numpy as np
 from anobench import statistics
 from anobench.core import BenchError
 from anobench.metrics import METRIC_INFO
-from anobench.records import Record, latest_by_cell, read_records, records_path
+from anobench.records import (
+    BatchTiming,
+    Record,
+    SpeedRecord,
+    latest_by_cell,
+    read_records,
+    records_path,
+)
 
 ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 BASELINES_DIR = Path(__file__).resolve().parent / "baselines"
@@ -136,7 +143,8 @@ def variation_pp(baseline: Record, metric: str) -> float:
 
 def same_timing(a: Record, b: Record) -> bool:
     """Whether two cells' speed was measured alike: on a CPU, with the same number of torch threads."""
-    threads_a, threads_b = a.get("speed", {}).get("torch_threads"), b.get("speed", {}).get("torch_threads")
+    speed_a, speed_b = SpeedRecord.of(a), SpeedRecord.of(b)
+    threads_a, threads_b = (s.torch_threads if s else None for s in (speed_a, speed_b))
     on_cpu = a.get("device", {}).get("requested") == "cpu" or b.get("device", {}).get("requested") == "cpu"
     return not on_cpu or threads_a == threads_b
 
@@ -213,40 +221,35 @@ def accuracy_checks(new: dict[str, Record], baseline: dict[str, Record], common:
 # speed
 
 
-def _speed_entries(record: Record) -> dict[str, tuple[float | None, float | None]]:
-    """batch → (end-to-end/encoder fps ratio, best end-to-end fps: the fastest iteration is the one a busy
-    machine disturbs least)."""
-    batches = record.get("speed", {}).get("batches", {})
-    return {b: (t.get("ratio_end_to_end_to_encoder"), t["end_to_end"].get("fps_best", t["end_to_end"]["fps"]))
-            for b, t in batches.items()}
-
-
-def _iteration_values(record: Record, batch: str, name: str) -> np.ndarray | None:
+def _iteration_values(timing: BatchTiming, name: str) -> np.ndarray | None:
     """Per timed iteration: the paired end-to-end/encoder fps ratio, or the end-to-end fps (None without times)."""
-    timings = record.get("speed", {}).get("batches", {}).get(batch, {})
-    end_to_end = timings.get("end_to_end", {}).get("times_s")
-    if not end_to_end:
+    end_to_end, encoder = timing.region("end_to_end"), timing.region("encoder")
+    if end_to_end is None or not end_to_end.times_s:
         return None
     if name.startswith("fps_ratio"):
-        encoder = timings.get("encoder", {}).get("times_s")
-        return None if not encoder else np.asarray(encoder) / np.asarray(end_to_end)
-    return int(batch) / np.asarray(end_to_end)
+        return None if encoder is None or not encoder.times_s else np.divide(encoder.times_s, end_to_end.times_s)
+    return timing.batch / np.asarray(end_to_end.times_s)
 
 
 def speed_checks(cid: str, old: Record, new: Record, same_device: bool, absolute_speed: bool, tolerance_pct: float,
                  tolerance_only: bool, alpha: float) -> list[Check]:
-    checks = []
-    old_speed, new_speed = _speed_entries(old), _speed_entries(new)
-    for batch in sorted(set(old_speed) & set(new_speed), key=int):
-        pairs = [(f"fps_ratio@{batch}", old_speed[batch][0], new_speed[batch][0])]
-        if same_device and absolute_speed:
-            pairs.append((f"fps@{batch}", old_speed[batch][1], new_speed[batch][1]))
+    checks: list[Check] = []
+    old_speed, new_speed = SpeedRecord.of(old), SpeedRecord.of(new)
+    if old_speed is None or new_speed is None:
+        return checks
+    for old_timing in old_speed.batches:
+        batch, new_timing = old_timing.batch, new_speed.at(old_timing.batch)
+        if new_timing is None:
+            continue
+        pairs = [(f"fps_ratio@{batch}", old_timing.ratio_to_encoder, new_timing.ratio_to_encoder)]
+        if same_device and absolute_speed:  # from each run's fastest iteration, the one load disturbs least
+            pairs.append((f"fps@{batch}", old_timing.fps_best(), new_timing.fps_best()))
         for name, old_value, new_value in pairs:
             if not old_value or new_value is None:
                 continue
             change = 100 * (new_value / old_value - 1)
             beyond = change < -tolerance_pct
-            old_iterations, new_iterations = _iteration_values(old, batch, name), _iteration_values(new, batch, name)
+            old_iterations, new_iterations = _iteration_values(old_timing, name), _iteration_values(new_timing, name)
             if tolerance_only or old_iterations is None or new_iterations is None:
                 detail = "fixed tolerance only" if tolerance_only else "no per-iteration times on both sides"
                 checks.append(Check(cid, name, old_value, new_value, change, "%", tolerance_pct, beyond, "tolerance",

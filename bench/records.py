@@ -12,7 +12,8 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -65,6 +66,79 @@ class Record(TypedDict, total=False):
     variation: dict[str, Any]  # baselines only: the cell's accuracy under other kernel settings (compare)
     started_at: str
     finished_at: str
+
+
+# ----------------------------------------------------------------------------------------------------------
+# typed views of the nested parts that readers pick apart (speed), so that compare and the tables read one
+# schema instead of string paths; parsing is tolerant of fields older records lack.
+
+
+@dataclass(frozen=True)
+class RegionTiming:
+    """One timed region (encoder, network or end_to_end) at one batch size."""
+
+    fps: float | None  # images / median iteration time
+    fps_best: float | None  # images / fastest iteration (the one a busy machine disturbs least)
+    latency_ms: float | None  # the median iteration, in ms
+    times_s: tuple[float, ...]  # every timed iteration; empty in records written before they were kept
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> RegionTiming:
+        return cls(fps=data.get("fps"), fps_best=data.get("fps_best", data.get("fps")),
+                   latency_ms=data.get("latency_ms"), times_s=tuple(data.get("times_s") or ()))
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """Every region timed at one batch size, and the paired end-to-end/encoder fps ratio."""
+
+    batch: int
+    regions: Mapping[str, RegionTiming]
+    ratio_to_encoder: float | None  # median over iterations of end-to-end fps / encoder fps
+
+    def region(self, name: str) -> RegionTiming | None:
+        return self.regions.get(name)
+
+    def fps_best(self, region: str = "end_to_end") -> float | None:
+        timing = self.regions.get(region)
+        return timing.fps_best if timing else None
+
+
+@dataclass(frozen=True)
+class SpeedRecord:
+    """A record's ``speed``: the batches measured (ascending) and how (CPU threads)."""
+
+    batches: tuple[BatchTiming, ...]
+    torch_threads: int | None
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> SpeedRecord | None:
+        """The record's speed measurement; None for a cell that was not timed."""
+        speed = record.get("speed")
+        if not speed or not speed.get("batches"):
+            return None
+        batches = tuple(
+            BatchTiming(batch=int(b), ratio_to_encoder=t.get("ratio_end_to_end_to_encoder"),
+                        regions={name: RegionTiming.parse(v) for name, v in t.items() if isinstance(v, dict)})
+            for b, t in sorted(speed["batches"].items(), key=lambda item: int(item[0])))
+        return cls(batches=batches, torch_threads=speed.get("torch_threads"))
+
+    def at(self, batch: int) -> BatchTiming | None:
+        return next((b for b in self.batches if b.batch == batch), None)
+
+    @property
+    def largest(self) -> BatchTiming:
+        return self.batches[-1]
+
+    def fps(self, region: str = "end_to_end") -> float | None:
+        """fps of ``region`` at the largest batch measured (the throughput figure tables print)."""
+        timing = self.largest.region(region)
+        return timing.fps if timing else None
+
+    def latency_ms(self, region: str = "end_to_end", batch: int = 1) -> float | None:
+        timing = self.at(batch)
+        region_timing = timing.region(region) if timing else None
+        return region_timing.latency_ms if region_timing else None
 
 
 def _json_safe(value: Any) -> Any:
