@@ -65,6 +65,7 @@ class Outcome:
         errors = [line for line in self.err.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and self.err.strip().splitlines()[-1] == errors[0], self.err
         assert "Traceback" not in self.err
+        print(f"exit {self.code}: {errors[0]}")  # the matrix of messages: pytest -rP tests/test_faults.py
         return errors[0]
 
 
