@@ -110,6 +110,8 @@ class SpeedRecord:
 
     batches: tuple[BatchTiming, ...]
     torch_threads: int | None
+    iterations: int | None  # timed iterations per region and batch, after ``warmup`` untimed ones
+    warmup: int | None
 
     @classmethod
     def of(cls, record: Mapping[str, Any]) -> SpeedRecord | None:
@@ -121,7 +123,8 @@ class SpeedRecord:
             BatchTiming(batch=int(b), ratio_to_encoder=t.get("ratio_end_to_end_to_encoder"),
                         regions={name: RegionTiming.parse(v) for name, v in t.items() if isinstance(v, dict)})
             for b, t in sorted(speed["batches"].items(), key=lambda item: int(item[0])))
-        return cls(batches=batches, torch_threads=speed.get("torch_threads"))
+        return cls(batches=batches, torch_threads=speed.get("torch_threads"), iterations=speed.get("iterations"),
+                   warmup=speed.get("warmup"))
 
     def at(self, batch: int) -> BatchTiming | None:
         return next((b for b in self.batches if b.batch == batch), None)

@@ -17,7 +17,7 @@ import numpy as np
 from anobench import artifacts, statistics
 from anobench.methods import encoder_short_name as short_name
 from anobench.metrics import METRIC_INFO, metric_info
-from anobench.records import RUN_FILE, Record, latest_by_cell, read_records
+from anobench.records import RUN_FILE, Record, SpeedRecord, latest_by_cell, read_records
 from anobench.suites import DEFAULT_TABLE_METRICS, Reference, RowSelector, Suite, parse_suite
 
 ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
@@ -577,15 +577,10 @@ def environment_lines(run: RunData) -> list[str]:
 # complexity (the paper's Table 6 layout)
 
 
-def largest_batch(record: Record) -> str:
-    return max(record["speed"]["batches"], key=int)
-
-
 def cell_fps(record: Record, region: str = "end_to_end") -> float | None:
     """One cell's fps: images / median time of ``region`` at the largest batch it measured."""
-    if "speed" not in record:
-        return None
-    return record["speed"]["batches"][largest_batch(record)][region]["fps"]
+    speed = SpeedRecord.of(record)
+    return speed.fps(region) if speed else None
 
 
 def median_over_cells(values: Iterable[float | None]) -> float | None:
@@ -630,15 +625,18 @@ class ModelRow:
         return median_over_cells(cell_fps(r, "encoder") for r in self.records)
 
     def latency_ms(self) -> float | None:
-        return median_over_cells(r["speed"]["batches"].get("1", {}).get(self.region, {}).get("latency_ms")
-                                 for r in self.records if "speed" in r)
+        return median_over_cells(speed.latency_ms(self.region, batch=1) for speed in self.speeds())
 
     def size_mb(self) -> float | None:
         return median_over_cells(row_size_mb(self.method, r) for r in self.records if "size" in r)
 
     def batch(self) -> str | None:
-        batches = sorted({int(largest_batch(r)) for r in self.records if "speed" in r})
+        batches = sorted({speed.largest.batch for speed in self.speeds()})
         return "/".join(map(str, batches)) or None
+
+    def speeds(self) -> list[SpeedRecord]:
+        """The speed measurements of the row's cells (cells without one left out)."""
+        return [speed for speed in map(SpeedRecord.of, self.records) if speed is not None]
 
 
 def model_rows(records: list[Record]) -> list[ModelRow]:
@@ -771,9 +769,11 @@ def complexity_table(run: RunData) -> Table | None:
                      f"{paper_size}.")
     notes = footnotes_for(records)
     if any(r["device"]["requested"] == "cpu" for r in records):
-        threads = sorted({r["speed"]["torch_threads"] for r in records})
+        speeds = [speed for speed in map(SpeedRecord.of, records) if speed]
+        threads = sorted({speed.torch_threads for speed in speeds})
+        iterations = sorted({speed.iterations for speed in speeds})
         notes.append(f"CPU timings ({', '.join(map(str, threads))} torch threads, "
-                     f"{', '.join(sorted({str(r['speed']['iterations']) for r in records}))} timed iterations after "
+                     f"{', '.join(map(str, iterations))} timed iterations after "
                      "warm-up): not comparable with the paper's GPU figures; the fps / encoder fps ratio is.")
     table.footnotes = [n for n in notes if not n.startswith("Protocol")]
     return drop_empty_columns(table)
