@@ -3,7 +3,7 @@
 Adding a method is one file that ends with ``@register_method("name")`` on its class, plus one import here.
 """
 
-from anobench.methods import cflow, padim, spade  # noqa: F401  (registers the methods)
+from anobench.methods import cflow, fastflow, padim, patchcore, spade  # noqa: F401  (registers the methods)
 from anobench.methods.base import METHODS, AnomalyMethod, Prediction, register_method
 from anobench.methods.encoders import ENCODERS, Encoder
 

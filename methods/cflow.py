@@ -148,6 +148,7 @@ class CFlow(AnomalyMethod):
     """
 
     name = "cflow"
+    head_component = "decoders"
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",
                  levels: tuple[Level, ...] | None = None, coupling_blocks: int = 8, condition_dims: int = 128,

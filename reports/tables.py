@@ -19,7 +19,8 @@ from anobench.records import RUN_FILE, Record, latest_by_cell, read_records
 from anobench.suites import Reference, Suite, parse_suite
 
 ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
-METHOD_NAMES = {"cflow": "CFLOW-AD", "padim": "PaDiM", "spade": "SPADE"}
+METHOD_NAMES = {"cflow": "CFLOW-AD", "padim": "PaDiM", "spade": "SPADE", "patchcore": "PatchCore",
+                "fastflow": "FastFlow"}
 MARKS = {"random": "†", "paper": "‡", "short": "§"}
 
 
@@ -323,6 +324,27 @@ def row_size_mb(method: str, record: Record) -> float:
     return (size["breakdown_bytes"]["encoder"] if method == "encoder" else size["total_bytes"]) / 1e6
 
 
+def row_gflops(method: str, record: Record) -> float | None:
+    """GFLOPs of one image: the encoder's for encoder rows, every component's for method rows (empty where the
+    record has no count)."""
+    flops = record.get("flops") or {}
+    if method == "encoder":
+        value = (flops.get("components") or {}).get("encoder", {}).get("flops")
+    else:
+        value = flops.get("total_flops")
+    return None if value is None else value / 1e9
+
+
+def flops_cells(method: str, record: Record | None, fps: float | None) -> list[float | None]:
+    """The GFLOPs and achieved GFLOP/s (GFLOPs × fps) cells of a Table 6 row."""
+    gflops = row_gflops(method, record) if record is not None else None
+    return [gflops, gflops * fps if gflops is not None and fps else None]
+
+
+FLOPS_COLUMNS = ["GFLOPs", "GFLOP/s achieved"]
+FLOPS_DECIMALS = {"GFLOPs": 2, "GFLOP/s achieved": 1}
+
+
 def paper_rows(references: Iterable[Reference]) -> list[tuple[str, str, int | None]]:
     rows: list[tuple[str, str, int | None]] = []
     for ref in references:
@@ -345,10 +367,11 @@ def complexity_table(run: RunData) -> Table | None:
         if not any(m == method and e == encoder and r in (resolution, None) for m, e, r in planned):
             planned.append((method, encoder, resolution))
     columns = ["Model", "Input", "Batch", "fps", "fps (paper)", "ours/paper", "Latency b=1 (ms)",
-               "fps / encoder fps", "Size MB", "Size MB (paper)", "Size ours/paper", "Status"]
+               "fps / encoder fps", *FLOPS_COLUMNS, "Size MB", "Size MB (paper)", "Size ours/paper", "Status"]
     table = Table("complexity", "Complexity: inference speed and model size (Table 6 layout)", columns,
                   decimals={"fps": 2, "fps (paper)": 1, "ours/paper": 3, "Latency b=1 (ms)": 1,
-                            "fps / encoder fps": 3, "Size MB": 1, "Size MB (paper)": 0, "Size ours/paper": 3})
+                            "fps / encoder fps": 3, **FLOPS_DECIMALS, "Size MB": 1, "Size MB (paper)": 0,
+                            "Size ours/paper": 3})
     datasets_seen = set()
     for method, encoder, resolution in planned:
         candidates = [(key, rec) for key, rec in measured.items()
@@ -362,6 +385,7 @@ def complexity_table(run: RunData) -> Table | None:
                          and base_encoder(r["config"]["encoder"]) == encoder for r in run.failed)
             size_ref = find_reference(references, method, encoder, "size_mb_mvtec")
             table.rows.append([label, resolution, None, None, fps_ref.value if fps_ref else None, None, None, None,
+                               *flops_cells(method, None, None),
                                None, size_ref.value if size_ref else None, None, "failed" if failed else "not run"])
             continue
         dataset = record["config"]["dataset"]
@@ -375,13 +399,16 @@ def complexity_table(run: RunData) -> Table | None:
             label + row_marks([record]), input_text, speed["batch"], speed["fps"],
             fps_ref.value if fps_ref else None,
             speed["fps"] / fps_ref.value if fps_ref and speed["fps"] else None,
-            speed["latency_ms"], speed["ratio"], size_mb, size_ref.value if size_ref else None,
+            speed["latency_ms"], speed["ratio"], *flops_cells(method, record, speed["fps"]),
+            size_mb, size_ref.value if size_ref else None,
             size_mb / size_ref.value if size_ref else None, "ok",
         ])
     devices = sorted({r["device"]["name"] for r in measured.values()})
     table.caption = (f"Measured on {', '.join(devices)}; the paper's figures are on a GTX 1080. fps = images / "
                      "median time of the end-to-end region (network + post-processing, no data loading) at the "
-                     "largest batch measured; encoder rows time the encoder alone. Size counts everything "
+                     "largest batch measured; encoder rows time the encoder alone. GFLOPs: one image at the "
+                     "row's input, by PyTorch's FLOP counter and, for distance computations, by formula (see "
+                     "each record's 'flops'); achieved GFLOP/s = GFLOPs × fps. Size counts everything "
                      "needed to score (MB = 10^6 bytes); the paper's size column is "
                      f"{'STC' if datasets_seen == {'stc'} else 'MVTec AD'}.")
     notes = footnotes_for(measured.values())

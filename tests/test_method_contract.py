@@ -14,6 +14,8 @@ FAST_PARAMS = {
     "padim": {},
     "cflow": {"meta_epochs": 1, "sub_epochs": 1, "coupling_blocks": 2, "fiber_batch": 128},
     "spade": {"k_images": 3},
+    "patchcore": {"coreset_fraction": 0.25},
+    "fastflow": {"epochs": 1, "flow_steps": 2},
 }
 SIZE = 64
 
