@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -342,6 +343,7 @@ class PatchCore(AnomalyMethod):
         generator = torch.Generator().manual_seed(self.seed)
         projection = None
         chunks, projected = [], []
+        started = time.perf_counter()
         for images in progress(batches, "patchcore fit"):
             emb = self._embed(images.to(self.device))
             rows = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
@@ -356,6 +358,8 @@ class PatchCore(AnomalyMethod):
         features = torch.cat(projected)
         del projected
         n = len(features)
+        _synchronize(self.device)
+        embedded = time.perf_counter()
         if self.coreset_fraction == 1:
             picks = torch.arange(n)
         else:
@@ -363,9 +367,11 @@ class PatchCore(AnomalyMethod):
             picks = greedy_coreset(features, int(n * self.coreset_fraction), start)
         del features
         self.memory_bank_ = gather_rows(chunks, picks).to(self.device)
+        _synchronize(self.device)
         self.fit_stats_ = {"training_patches": n, "coreset_size": len(picks),
-                           "coreset_target": int(n * self.coreset_fraction),
-                           "patch_grid": list(self.grid_)}
+                           "coreset_target": int(n * self.coreset_fraction), "patch_grid": list(self.grid_),
+                           "embedding_s": embedded - started, "coreset_s": time.perf_counter() - embedded,
+                           "coreset_device": str(self.device)}
 
     def fit_stats(self) -> dict[str, Any]:
         return dict(self.fit_stats_)
@@ -441,6 +447,11 @@ class PatchCore(AnomalyMethod):
         self.memory_bank_ = state["memory_bank"].to(self.device)
         self.grid_ = tuple(state["grid"])
         self.fit_stats_ = state["fit_stats"]
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def gather_rows(chunks: list[torch.Tensor], index: torch.Tensor) -> torch.Tensor:
