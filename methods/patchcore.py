@@ -314,9 +314,13 @@ class PatchCore(AnomalyMethod):
 
     # -- embedding ---------------------------------------------------------------------------------------
 
-    def _build_poolers(self) -> list[tuple[torch.Tensor, int]]:
+    def _build_aggregation(self) -> None:
+        """The per-level neighbourhood poolings and the pooling of the levels together, as convolutions."""
+        self._check()
         poolers = [pooling_convolution(c, self.pretrain_dims, self.patch_size) for c in self.encoder_.channels]
-        return [(w.to(self.device), g) for w, g in poolers]
+        self.poolers_ = [(w.to(self.device), g) for w, g in poolers]
+        weight, groups = pooling_convolution(len(poolers) * self.pretrain_dims, self.target_dims, 1)
+        self.aggregator_ = (weight.to(self.device), groups)
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, target_dims, H, W): locally aggregated features on the first level's grid."""
@@ -336,10 +340,7 @@ class PatchCore(AnomalyMethod):
 
     @torch.no_grad()
     def _fit(self, batches: Iterable[torch.Tensor]) -> None:
-        self._check()
-        self.poolers_ = self._build_poolers()
-        weight, groups = pooling_convolution(len(self.encoder_.channels) * self.pretrain_dims, self.target_dims, 1)
-        self.aggregator_ = (weight.to(self.device), groups)
+        self._build_aggregation()
         generator = torch.Generator().manual_seed(self.seed)
         projection = None
         chunks, projected = [], []
@@ -430,7 +431,9 @@ class PatchCore(AnomalyMethod):
         blocks = self.memory_budget if self.memory_budget is not None else MAX_DEFAULT_BUDGET
         return {**super().memory_estimate(geometry, n_train, batch_size),
                 "training_features": n * self.target_dims * 4, "projected_features": n * self.projection_dims * 4,
-                "coreset_state": n * (4 + 4 + 4 + 8 + 8), "memory_bank": bank * self.target_dims * 4,
+                # per point: distances, offsets, owners and their sorted order; on a GPU a step's differences
+                "coreset_state": n * (4 + 4 + 8 + 8 + (self.projection_dims * 4 if self.device != "cpu" else 0)),
+                "memory_bank": bank * self.target_dims * 4,
                 "distance_blocks": blocks}
 
     def _fitted_size(self) -> dict[str, int]:
@@ -440,10 +443,7 @@ class PatchCore(AnomalyMethod):
         return {"memory_bank": self.memory_bank_.cpu(), "grid": list(self.grid_), "fit_stats": self.fit_stats_}
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self._check()
-        self.poolers_ = self._build_poolers()
-        weight, groups = pooling_convolution(len(self.encoder_.channels) * self.pretrain_dims, self.target_dims, 1)
-        self.aggregator_ = (weight.to(self.device), groups)
+        self._build_aggregation()
         self.memory_bank_ = state["memory_bank"].to(self.device)
         self.grid_ = tuple(state["grid"])
         self.fit_stats_ = state["fit_stats"]
