@@ -1,9 +1,35 @@
-"""Dataset sources by name: ``mvtec``, ``folder``, ``synthetic``, ``stc`` (a new one is one file that
-registers itself, plus its import here).
+"""Dataset sources by name.
+
+Importing this package imports no torch: the registry holds where each built-in lives and loads it on
+first use. Adding a source is one file with a ``DatasetSource`` subclass plus one ``DATASETS.add`` line
+below; other packages add theirs through the ``anobench.datasets`` entry-point group, or a suite names a
+class directly as ``"package.module:Class"``.
 """
 
-from anobench.datasets import mvtec, stc, synthetic  # noqa: F401  (registers the sources)
-from anobench.datasets.base import DATASETS, AnomalyDataset, DatasetError, DatasetSource, Geometry, SampleRef
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from anobench.core import Reference, Registry
+
+if TYPE_CHECKING:
+    from anobench.datasets.base import DatasetSource
+
+
+def _is_source_class(value: Any) -> bool:
+    from anobench.datasets.base import DatasetSource
+
+    return isinstance(value, type) and issubclass(value, DatasetSource)
+
+
+DATASETS: Registry[type[DatasetSource]] = Registry(
+    "dataset", group="anobench.datasets", references=True,
+    accepts=("a subclass of anobench.datasets.base.DatasetSource", _is_source_class))
+DATASETS.add("mvtec", Reference("anobench.datasets.mvtec:MVTecAD"))
+DATASETS.add("folder", Reference("anobench.datasets.mvtec:MVTecLayoutFolder"))
+DATASETS.add("synthetic", Reference("anobench.datasets.synthetic:SyntheticDataset"))
+DATASETS.add("stc", Reference("anobench.datasets.stc:ShanghaiTechCampus"))
+register_dataset = DATASETS.register
 
 
 def create_dataset(name: str, root=None, **options) -> DatasetSource:
@@ -15,5 +41,4 @@ def list_datasets(pattern: str = "*") -> list[str]:
     return DATASETS.names(pattern)
 
 
-__all__ = ["AnomalyDataset", "DatasetError", "DatasetSource", "Geometry", "SampleRef", "create_dataset",
-           "list_datasets"]
+__all__ = ["DATASETS", "create_dataset", "list_datasets", "register_dataset"]

@@ -9,8 +9,9 @@ from anobench.datasets.base import (
     DatasetError,
     DatasetSource,
     SampleRef,
+    check_sample_files,
     image_files,
-    register_dataset,
+    subfolders,
 )
 
 MVTEC_CLASSES = (
@@ -23,8 +24,9 @@ def mask_path_for(class_dir: Path, defect: str, image: Path) -> Path:
     return class_dir / "ground_truth" / defect / f"{image.stem}_mask.png"
 
 
-def validate_class_folder(class_dir: Path, root_hint: str) -> None:
-    """Check one class folder against the MVTec layout; one sentence per problem, naming the path."""
+def validate_class_folder(class_dir: Path, root_hint: str, allow_empty_masks: bool = False) -> None:
+    """Check one class folder against the MVTec layout, and every image and mask in it
+    (``check_sample_files``); one sentence per problem, naming the path."""
     if not class_dir.is_dir():
         raise DatasetError(f"Class folder {class_dir} does not exist; {root_hint} Expected layout: {MVTEC_LAYOUT}.")
     train_good = class_dir / "train" / "good"
@@ -32,13 +34,15 @@ def validate_class_folder(class_dir: Path, root_hint: str) -> None:
         raise DatasetError(f"{train_good} is missing or holds no images; every class needs defect-free "
                            f"training images. Expected layout: {MVTEC_LAYOUT}.")
     test_dir = class_dir / "test"
-    if not test_dir.is_dir() or not any(image_files(d) for d in test_dir.iterdir() if d.is_dir()):
+    if not any(image_files(d) for d in subfolders(test_dir)):
         raise DatasetError(f"{test_dir} is missing or holds no images. Expected layout: {MVTEC_LAYOUT}.")
-    for defect_dir in sorted(d for d in test_dir.iterdir() if d.is_dir() and d.name != "good"):
+    for defect_dir in (d for d in subfolders(test_dir) if d.name != "good"):
         for image in image_files(defect_dir):
             mask = mask_path_for(class_dir, defect_dir.name, image)
             if not mask.is_file():
                 raise DatasetError(f"Defect image {image} has no mask {mask}. Expected layout: {MVTEC_LAYOUT}.")
+    check_sample_files([*scan_class_folder(class_dir, "train"), *scan_class_folder(class_dir, "test")],
+                       allow_empty_masks)
 
 
 def scan_class_folder(class_dir: Path, split: str) -> list[SampleRef]:
@@ -47,7 +51,7 @@ def scan_class_folder(class_dir: Path, split: str) -> list[SampleRef]:
     if split != "test":
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     refs = []
-    for defect_dir in sorted(d for d in (class_dir / "test").iterdir() if d.is_dir()):
+    for defect_dir in subfolders(class_dir / "test"):
         defect = defect_dir.name
         for image in image_files(defect_dir):
             if defect == "good":
@@ -66,15 +70,15 @@ def check_root(root: str | Path | None, dataset: str, example: str) -> Path:
     return path
 
 
-@register_dataset("mvtec")
 class MVTecAD(DatasetSource):
     """MVTec AD from ``root``: 15 class folders (5 textures, 10 objects)."""
 
     name = "mvtec"
     hint = "the folder that holds MVTec AD's class folders (bottle/, cable/, ...)"
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, *, allow_empty_masks: bool = False):
         self.root = check_root(root, self.name, self.hint)
+        self.allow_empty_masks = allow_empty_masks
 
     def classes(self) -> list[str]:
         return list(MVTEC_CLASSES)
@@ -82,7 +86,8 @@ class MVTecAD(DatasetSource):
     def validate(self, class_name: str) -> None:
         if class_name not in MVTEC_CLASSES:
             raise DatasetError(f"'{class_name}' is not an MVTec AD class; valid classes: {', '.join(MVTEC_CLASSES)}.")
-        validate_class_folder(self.root / class_name, f"is --data-root {self.root} {self.hint}?")
+        validate_class_folder(self.root / class_name, f"is --data-root {self.root} {self.hint}?",
+                              self.allow_empty_masks)
 
     def samples(self, class_name: str, split: str) -> list[SampleRef]:
         return scan_class_folder(self.root / class_name, split)
@@ -91,15 +96,15 @@ class MVTecAD(DatasetSource):
         return {"name": self.name, "root": str(self.root)}
 
 
-@register_dataset("folder")
 class MVTecLayoutFolder(DatasetSource):
     """Any dataset in MVTec layout: ``root`` holds class folders, or is itself one class folder."""
 
     name = "folder"
     hint = "a folder in MVTec AD layout (e.g. ../shared/data/bsdata)"
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, *, allow_empty_masks: bool = False):
         self.root = check_root(root, self.name, self.hint)
+        self.allow_empty_masks = allow_empty_masks
 
     def _class_dir(self, class_name: str) -> Path:
         return self.root if (self.root / "train").is_dir() and class_name == self.root.name else self.root / class_name
@@ -113,7 +118,8 @@ class MVTecLayoutFolder(DatasetSource):
         return found
 
     def validate(self, class_name: str) -> None:
-        validate_class_folder(self._class_dir(class_name), f"is --data-root {self.root} {self.hint}?")
+        validate_class_folder(self._class_dir(class_name), f"is --data-root {self.root} {self.hint}?",
+                              self.allow_empty_masks)
 
     def samples(self, class_name: str, split: str) -> list[SampleRef]:
         return scan_class_folder(self._class_dir(class_name), split)

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, register_method, tensor_bytes
-from anobench.methods.encoders import Level
 from torch import nn
+
+from anobench.core import progress
+from anobench.methods.base import AnomalyMethod, tensor_bytes
+from anobench.methods.encoders import Level
 
 # The reference's configs/*.yaml: (flow steps, hidden ratio, 3×3 convolutions only). Other CNN encoders
 # take the WideResNet-50 setting unless given.
@@ -124,7 +125,6 @@ def build_flow(channels: int, flow_steps: int, hidden_ratio: float, conv3x3_only
     return Flow(steps)
 
 
-@register_method("fastflow")
 class FastFlow(AnomalyMethod):
     """FastFlow: per-level 2-D normalizing flows over layer-normalized encoder features.
 
@@ -153,6 +153,8 @@ class FastFlow(AnomalyMethod):
 
     name = "fastflow"
     head_component = "decoders"
+    display_name = "FastFlow"
+    check_params = {"epochs": 1, "flow_steps": 2}
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",
                  levels: tuple[Level, ...] = (1, 2, 3), flow_steps: int | None = None,

@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, register_method, tensor_bytes
+from anobench.methods.base import AnomalyMethod, tensor_bytes
 from anobench.methods.encoders import Level, encoder_geometry
 from anobench.methods.knn import MAX_DEFAULT_BUDGET, knn
 from anobench.methods.postprocess import gaussian_blur, upsample
@@ -240,7 +241,6 @@ def principal_directions(features: torch.Tensor, k: int, sample: int = 65536) ->
     return vectors[:, -k:].T.contiguous().to(features.dtype)
 
 
-@register_method("patchcore")
 class PatchCore(AnomalyMethod):
     """PatchCore: a coreset memory bank of locally aggregated patch features, nearest-neighbour scores.
 
@@ -275,6 +275,8 @@ class PatchCore(AnomalyMethod):
 
     name = "patchcore"
     head_component = "knn"
+    display_name = "PatchCore"
+    check_params = {"coreset_fraction": 0.25}
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",
                  levels: tuple[Level, ...] = (2, 3), coreset_fraction: float = 0.1, projection_dims: int = 128,

@@ -2,12 +2,13 @@ import FrEIA.modules as Fm
 import numpy as np
 import pytest
 import torch
-from anobench import metrics
-from anobench.datasets import AnomalyDataset, Geometry, create_dataset
-from anobench.methods import create_method
-from anobench.methods.fastflow import CouplingStep, build_flow
 from torch import nn
 
+from anobench import metrics
+from anobench.datasets import create_dataset
+from anobench.datasets.base import AnomalyDataset, Geometry
+from anobench.methods import create_method
+from anobench.methods.fastflow import CouplingStep, build_flow
 from tests.test_method_contract import batches
 
 

@@ -5,12 +5,13 @@ import json
 
 import numpy as np
 import pytest
+
 from anobench import metrics
-from anobench.datasets import AnomalyDataset, Geometry, create_dataset
+from anobench.datasets import create_dataset
+from anobench.datasets.base import AnomalyDataset, Geometry
 from anobench.evaluation import ImageBatches
 from anobench.methods import create_method
 from anobench.records import read_records
-
 from tests.conftest import REPO, run_bench, shared_dataset
 from tests.test_reports import md_rows
 
@@ -44,11 +45,17 @@ measure_only = true
 params = { meta_epochs = 1, sub_epochs = 1, max_steps = 2, coupling_blocks = 2 }
 
 [[grid]]
-methods = ["padim", "patchcore", "fastflow"]
+methods = ["padim", "patchcore"]
 encoders = ["resnet18"]
 resolutions = [64]
 measure_only = true
-params = { }
+
+[[grid]]
+methods = ["fastflow"]
+encoders = ["resnet18"]
+resolutions = [64]
+measure_only = true
+params = { epochs = 1, max_steps = 2, flow_steps = 2 }
 """
 
 
