@@ -26,6 +26,7 @@ from anobench.cells import Cell
 from anobench.core import BenchError
 from anobench.datasets.base import AnomalyDataset, DatasetSource, Geometry
 from anobench.environment import commit_info, device_name, machine_info
+from anobench.flops import flops_record
 from anobench.memory import PeakMemory
 from anobench.methods import encoder_short_name
 from anobench.methods.base import AnomalyMethod
@@ -303,6 +304,7 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str,
         "method_params": method.get_params(),
         "fit_stats": method.fit_stats(),
         "size": size_record(method),
+        "flops": flops_record(method, cell.resolution, device, seed=cell.seed),
         "weights": method.encoder_.weights_info(),
         "dataset": source.describe(),
     })

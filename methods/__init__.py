@@ -34,7 +34,9 @@ METHODS: Registry[type[AnomalyMethod]] = Registry(
     "method", group="anobench.methods", references=True,
     accepts=("a subclass of anobench.methods.base.AnomalyMethod", _is_method_class))
 METHODS.add("cflow", Reference("anobench.methods.cflow:CFlow"))
+METHODS.add("fastflow", Reference("anobench.methods.fastflow:FastFlow"))
 METHODS.add("padim", Reference("anobench.methods.padim:PaDiM"))
+METHODS.add("patchcore", Reference("anobench.methods.patchcore:PatchCore"))
 METHODS.add("spade", Reference("anobench.methods.spade:SPADE"))
 register_method = METHODS.register
 

@@ -53,6 +53,8 @@ class AnomalyMethod(ABC):
     """Base class of all methods; see the module docstring for the contract."""
 
     name: ClassVar[str]
+    #: What the head (between the encoder and post-processing) is called in FLOP counts: decoders, statistics, knn.
+    head_component: ClassVar[str] = "head"
     #: The name tables print (e.g. "CFLOW-AD"); the registered name where empty.
     display_name: ClassVar[str] = ""
     #: True when an image's score depends on the other test images (a protocol choice, never hidden).
@@ -131,6 +133,11 @@ class AnomalyMethod(ABC):
     def predict_dataset(self, batches: Iterable[torch.Tensor]) -> Prediction:
         """Score a whole test set batch by batch (methods whose protocol normalizes over the set override)."""
         return Prediction.concatenate([self.predict(b) for b in batches])
+
+    def head_flop_formula(self, input_size: int) -> dict[str, int] | None:
+        """FLOPs per image of the head by formula, term by term, for heads that are distance computations
+        (nearest-neighbour search, Mahalanobis distances); None lets the FLOP counter count the head."""
+        return None
 
     # -- memory plan -----------------------------------------------------------------------------------
 

@@ -164,6 +164,7 @@ class CFlow(AnomalyMethod):
     """
 
     name = "cflow"
+    head_component = "decoders"
     display_name = "CFLOW-AD"
     check_params = {"meta_epochs": 1, "sub_epochs": 1, "coupling_blocks": 2, "fiber_batch": 128}
 

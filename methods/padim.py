@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from anobench.core import progress
 from anobench.methods.base import AnomalyMethod, tensor_bytes
-from anobench.methods.encoders import Level
+from anobench.methods.encoders import Level, encoder_geometry
 from anobench.methods.postprocess import gaussian_blur, upsample
 
 # The paper's channel counts per encoder; other encoders keep all channels unless d_reduced is given.
@@ -47,6 +47,7 @@ class PaDiM(AnomalyMethod):
     """
 
     name = "padim"
+    head_component = "statistics"
     display_name = "PaDiM"
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet", encoder_padding: str = "zeros",
@@ -151,6 +152,16 @@ class PaDiM(AnomalyMethod):
         x = emb.permute(2, 3, 0, 1).reshape(h * w, b, d).float() - self.mean_[:, None, :]
         squared = (torch.bmm(x, self.precision_) * x).sum(dim=-1)
         return squared.clamp_min(0).sqrt().T.reshape(b, h, w)
+
+    def head_flop_formula(self, input_size: int) -> dict[str, int]:
+        """Per position of the first level's grid: x − μ (d), the product with the inverse covariance (2·d²),
+        the dot product with x − μ (2·d); the channel picks and nearest upsampling are copies."""
+        self.check_fitted()
+        positions, d = self.mean_.shape
+        h, w = encoder_geometry(self.encoder, self.encoder_levels(), input_size).sizes[0]
+        if h * w != positions:
+            raise ValueError(f"PaDiM is fitted to {positions} positions; {input_size} px gives {h}×{w}")
+        return {"inverse_covariance_products": 2 * positions * d * d, "centring_and_dot": 3 * positions * d}
 
     def postprocess(self, raw: torch.Tensor, input_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         maps = gaussian_blur(upsample(raw, input_size), self.blur_sigma)

@@ -20,7 +20,7 @@ import torch
 
 from anobench.core import progress
 from anobench.methods.base import AnomalyMethod, tensor_bytes
-from anobench.methods.encoders import Level
+from anobench.methods.encoders import Level, encoder_geometry
 from anobench.methods.knn import MAX_DEFAULT_BUDGET, knn
 from anobench.methods.postprocess import gaussian_blur, upsample
 
@@ -50,6 +50,7 @@ class SPADE(AnomalyMethod):
     """
 
     name = "spade"
+    head_component = "knn"
     display_name = "SPADE"
     check_params = {"k_images": 3}
 
@@ -119,6 +120,23 @@ class SPADE(AnomalyMethod):
                 per_image.append(dist.mean(dim=1).reshape(h, w))
             level_maps.append(torch.stack(per_image))
         return image_scores, level_maps
+
+    def head_flop_formula(self, input_size: int) -> dict[str, int]:
+        """Image level: average pooling, then distances to the N pooled training features (2·N·C products, plus
+        adding norms and ranking: 2·N). Pixel level, per level: every test pixel against the K·h·w gallery
+        pixels of the K nearest images (2·hw·Khw·C products, plus 2·hw·Khw)."""
+        self.check_fitted()
+        geometry = encoder_geometry(self.encoder, self.encoder_levels(), input_size)
+        n, c_image = self.image_features_.shape
+        k = min(self.k_images, n)
+        h, w = geometry.sizes[-1]
+        terms = {"image_pooling": c_image * h * w, "image_distances": 2 * n * c_image + 2 * n}
+        pixel = 0
+        for c, (h, w) in zip(geometry.channels[:-1], geometry.sizes[:-1], strict=True):
+            pairs = h * w * k * h * w
+            pixel += 2 * pairs * c + 2 * pairs
+        terms["pixel_distances"] = pixel
+        return terms
 
     def postprocess(self, raw, input_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         image_scores, level_maps = raw

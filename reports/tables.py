@@ -135,6 +135,15 @@ def row_marks(records: list[Record]) -> str:
     return marks
 
 
+def method_display(method: str, records: Iterable[Record]) -> str:
+    """A method's table name where no record of a row says it (paper rows not run): what another record of
+    the same method says, else the fallback names, else the registered name."""
+    for record in records:
+        if record["config"]["method"] == method and (record.get("display") or {}).get("method"):
+            return record["display"]["method"]
+    return METHOD_NAMES.get(method, method)
+
+
 def row_name(records: list[Record], with_params: bool = False) -> str:
     """'CFLOW-AD-R18' plus marks; the suite's parameters only where they tell two rows apart."""
     c = records[0]["config"]
@@ -373,7 +382,8 @@ def accuracy_tables(run: RunData) -> list[Table]:
         for method, encoder in dict.fromkeys((ref.method, base_encoder(ref.encoder)) for ref in mean_refs):
             if (method, encoder) in measured:
                 continue
-            row = [f"{METHOD_NAMES.get(method, method)}-{short_name(encoder)} (not run)", None, f"0/{n_classes}"]
+            row = [f"{method_display(method, run.records)}-{short_name(encoder)} (not run)", None,
+                   f"0/{n_classes}"]
             row += [None] if with_seeds else []
             for m in metric_names:
                 row.append(None)
@@ -595,6 +605,17 @@ def row_size_mb(method: str, record: Record) -> float:
     return (size["breakdown_bytes"]["encoder"] if method == ENCODER_ROW else size["total_bytes"]) / 1e6
 
 
+def cell_gflops(method: str, record: Record) -> float | None:
+    """GFLOPs of one image: the encoder's for encoder-only rows, every component's for method rows (empty
+    where the record has no count)."""
+    flops = record.get("flops") or {}
+    if method == ENCODER_ROW:
+        value = (flops.get("components") or {}).get("encoder", {}).get("flops")
+    else:
+        value = flops.get("total_flops")
+    return None if value is None else value / 1e9
+
+
 @dataclass
 class ModelRow:
     """One model (or an encoder timed alone) at one input size, and the cells that measured it."""
@@ -629,6 +650,15 @@ class ModelRow:
 
     def size_mb(self) -> float | None:
         return median_over_cells(row_size_mb(self.method, r) for r in self.records if "size" in r)
+
+    def gflops(self) -> float | None:
+        return median_over_cells(cell_gflops(self.method, r) for r in self.records)
+
+    def achieved_gflops_per_s(self) -> float | None:
+        """Each cell's GFLOPs × its fps, the median over cells (a cell's work at that cell's speed)."""
+        return median_over_cells(gflops * fps for r in self.records
+                                 if (gflops := cell_gflops(self.method, r)) is not None
+                                 and (fps := cell_fps(r, self.region)) is not None)
 
     def batch(self) -> str | None:
         batches = sorted({speed.largest.batch for speed in self.speeds()})
@@ -708,6 +738,8 @@ COMPLEXITY_COLUMNS = (
     Column("Latency b=1 (ms)", 1, lambda row, fps, size: row.latency_ms()),
     Column("Encoder fps", 2, lambda row, fps, size: row.encoder_fps()),
     Column("fps / encoder fps", 3, lambda row, fps, size: ratio(row.fps(), row.encoder_fps())),
+    Column("GFLOPs", 2, lambda row, fps, size: row.gflops()),
+    Column("GFLOP/s achieved", 1, lambda row, fps, size: row.achieved_gflops_per_s()),
     Column("Size MB", 1, lambda row, fps, size: row.size_mb()),
     Column("Size MB (paper)", 0, lambda row, fps, size: _paper(size)),
     Column("Size ours/paper", 3, lambda row, fps, size: ratio(row.size_mb(), _paper(size))),
@@ -743,7 +775,7 @@ def complexity_table(run: RunData) -> Table | None:
                     and resolution in (None, r.resolution)]
         if not matching:
             name = (f"{short_name(encoder)} encoder only" if method == ENCODER_ROW
-                    else f"{METHOD_NAMES.get(method, method)}-{short_name(encoder)}")
+                    else f"{method_display(method, run.records)}-{short_name(encoder)}")
             matching = [ModelRow(method, encoder, resolution, name)]
         rows += [r for r in matching if not any(r is seen for seen in rows)]
     rows += [r for r in measured if not any(r is seen for seen in rows)]
@@ -764,7 +796,9 @@ def complexity_table(run: RunData) -> Table | None:
                      "end-to-end region (network + post-processing, no data loading) at the largest batch "
                      "measured; encoder fps times the encoder alone in the same cells at the levels the "
                      "method taps; fps / encoder fps is the row's fps over its encoder fps. Encoder-only "
-                     "rows time the encoder of the CFLOW cells (every level up to the last). Size counts "
+                     "rows time the encoder of the CFLOW cells (every level up to the last). GFLOPs: one "
+                     "image at the row's input (counter, or formula for distance computations; see each "
+                     "record's 'flops'); achieved GFLOP/s: each cell's GFLOPs × fps. Size counts "
                      "everything needed to score (MB = 10^6 bytes); the paper's size column is "
                      f"{paper_size}.")
     notes = footnotes_for(records)
@@ -798,7 +832,7 @@ def per_class_paper_tables(run: RunData) -> list[Table]:
         classes = sorted({r["config"]["class"] for r in members} | {r.class_name for r in references})
         columns = ["Class"]
         for method, encoder, metric in pairs:
-            head = f"{METHOD_NAMES.get(method, method)}-{short_name(encoder)} {METRIC_INFO[metric].display}"
+            head = f"{method_display(method, run.records)}-{short_name(encoder)} {METRIC_INFO[metric].display}"
             columns += [head, f"{head} (paper)"]
         table = Table(f"table3-{dataset}-{protocol}", f"Per class on {dataset}, {protocol} protocol, beside the "
                       "paper (Table 3 layout, %)", columns, decimals={c: 2 for c in columns[1:]})
@@ -860,6 +894,12 @@ COLUMN_DEFINITIONS = {
     "Size ours/paper": "our size over the paper's.",
     "Δ": "ours minus the paper's, in percentage points.",
     "Cells": "how many cells (classes and seeds) the row summarizes.",
+    "GFLOPs": "floating-point operations for one image at the row's input, in 10^9: PyTorch's FLOP counter "
+              "(a multiply-add counts 2) for the networks, a formula for distance computations (nearest "
+              "neighbours, Mahalanobis); each record's 'flops' lists them by component. Encoder-only rows count "
+              "the encoder alone.",
+    "GFLOP/s achieved": "GFLOPs × fps of each cell, the median over the row's cells: how much of the "
+                        "device's arithmetic the method uses.",
 }
 
 

@@ -8,6 +8,7 @@ import torch
 
 from anobench.methods import list_methods
 from anobench.methods.knn import knn
+from anobench.methods.patchcore import greedy_coreset
 from tests.test_method_contract import batches, make
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -60,3 +61,13 @@ def test_knn_is_the_same_with_the_gallery_in_host_or_device_memory():
     assert torch.equal(host_index, device_index)
     reference = torch.cdist(queries.double(), gallery.double()).topk(5, dim=1, largest=False).values
     torch.testing.assert_close(host_dist.cpu().double(), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_the_coreset_picks_the_same_on_cuda_as_the_pruned_cpu_selection():
+    """On the GPU every step updates every point on the device; on the CPU steps skip points: same picks."""
+    generator = torch.Generator().manual_seed(0)
+    points = torch.randn(4000, 32, generator=generator) + 3 * torch.randn(4000, 1, generator=generator)
+    start = torch.randperm(4000, generator=generator)[:10]
+    cpu = greedy_coreset(points, 400, start)
+    gpu = greedy_coreset(points.cuda(), 400, start.cuda())
+    assert torch.equal(cpu, gpu)
