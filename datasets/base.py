@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -70,16 +72,43 @@ def read_mask(ref: SampleRef) -> np.ndarray:
         raise DatasetError(f"Cannot read mask {path} ({exc}); replace or remove the file.") from None
 
 
+def geometry_mask(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A boolean mask at the original resolution, resized (nearest) and centre-cropped like its image."""
+    g = geometry
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    image = TF.center_crop(TF.resize(image, [g.resize, g.resize], TF.InterpolationMode.NEAREST), [g.crop, g.crop])
+    return np.asarray(image) >= 128
+
+
+def mask_values(path: Path) -> np.ndarray:
+    """A mask file's stored values, undecoded (class ids, per-defect values, palette indices); for datasets
+    whose masks are not plain binary images."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img)
+    except (OSError, ValueError, UnidentifiedImageError) as exc:
+        raise DatasetError(f"Cannot read mask {path} ({exc}); replace or remove the file.") from None
+
+
+def nonzero_mask(path: Path) -> np.ndarray:
+    """Defect wherever a mask stores any non-zero value (in any colour channel; alpha ignored)."""
+    values = mask_values(path)
+    return values > 0 if values.ndim == 2 else (values[..., :3] > 0).any(axis=-1)
+
+
 class AnomalyDataset(torch.utils.data.Dataset):
     """Transformed samples: image float (3, crop, crop) in [0, 1], mask uint8 (crop, crop), label, type, path.
 
     Decoded, resized images are kept in memory as uint8 after the first read, so that multi-epoch
-    training does not decode the same files again.
+    training does not decode the same files again. ``mask_reader`` is the dataset's own way of reading a
+    mask (``DatasetSource.read_mask``; VisA's class ids, LOCO's folder of per-defect masks).
     """
 
-    def __init__(self, refs: list[SampleRef], geometry: Geometry):
+    def __init__(self, refs: list[SampleRef], geometry: Geometry,
+                 mask_reader: Callable[[SampleRef], np.ndarray] | None = None):
         self.refs = refs
         self.geometry = geometry
+        self.mask_reader = mask_reader or read_mask
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -92,10 +121,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
             image = TF.center_crop(TF.resize(read_image(ref.image_path), [g.resize, g.resize]), [g.crop, g.crop])
             image_u8 = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
             if ref.mask_path is not None:
-                mask = Image.fromarray(read_mask(ref).astype(np.uint8) * 255)
-                mask = TF.center_crop(TF.resize(mask, [g.resize, g.resize], TF.InterpolationMode.NEAREST),
-                                      [g.crop, g.crop])
-                mask_u8 = torch.from_numpy((np.asarray(mask) >= 128).astype(np.uint8))
+                mask_u8 = torch.from_numpy(geometry_mask(self.mask_reader(ref), g).astype(np.uint8))
             else:
                 mask_u8 = torch.zeros((g.crop, g.crop), dtype=torch.uint8)
             self._cache[index] = (image_u8, mask_u8)
@@ -124,6 +150,8 @@ class DatasetSource(ABC):
 
     name: ClassVar[str]
     needs_root: ClassVar[bool] = True
+    #: metrics of the dataset's own protocol, beside the usual ones (names in ``anobench.protocols``)
+    protocol_metrics: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def classes(self) -> list[str]: ...
@@ -134,12 +162,21 @@ class DatasetSource(ABC):
     @abstractmethod
     def samples(self, class_name: str, split: str) -> list[SampleRef]: ...
 
+    def read_mask(self, ref: SampleRef) -> np.ndarray:
+        """A sample's mask as a boolean array; datasets whose masks encode defects differently override."""
+        return read_mask(ref)
+
     def original_mask(self, ref: SampleRef) -> np.ndarray:
         """The ground truth at the image's original resolution (zeros for a defect-free image)."""
         if ref.mask_path is not None:
-            return read_mask(ref)
+            return self.read_mask(ref)
         with Image.open(ref.image_path) as img:
             return np.zeros((img.height, img.width), dtype=bool)
+
+    def ground_truth(self, class_name: str) -> tuple[str, str]:
+        """What the test split is labelled with, and why if less than pixels: ``("pixel", "")``,
+        ``("image", reason)`` (pixel metrics stay empty) or ``("none", reason)`` (no metrics at all)."""
+        return "pixel", ""
 
     def describe(self) -> dict:
         """Plain-data description of this source for records."""
@@ -148,6 +185,33 @@ class DatasetSource(ABC):
 
 DATASETS: Registry[type[DatasetSource]] = Registry("dataset")
 register_dataset = DATASETS.register
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding its pixels."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DatasetError(f"Cannot read image {path} ({exc}); replace or remove the file.") from None
+
+
+def check_mask_size(image: Path, mask: Path) -> None:
+    """A mask must have its image's size (checked from the headers): a mismatch would be scored wrongly."""
+    mask_size, size = image_size(mask), image_size(image)
+    if mask_size != size:
+        raise DatasetError(f"Mask {mask} is {mask_size[0]}x{mask_size[1]} pixels but its image {image} is "
+                           f"{size[0]}x{size[1]}; a mask must cover its image pixel for pixel.")
+
+
+def read_json(path: Path, what: str, hint: str) -> Any:
+    """A dataset's JSON file (a split, a configuration): one sentence if it is missing or unreadable."""
+    if not path.is_file():
+        raise DatasetError(f"{what} {path} is missing; {hint}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{what} {path} is not readable JSON ({exc}); restore it from the dataset's archive.") from None
 
 
 def image_files(folder: Path) -> list[Path]:
