@@ -22,6 +22,7 @@ else:  # pragma: no cover
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "suites"
 PROTOCOLS = ("strict", "paper")
+SETTINGS = ("one-class", "multi-class")  # one model per class, or one for all classes (ADer's "unified")
 METRIC_RESOLUTIONS = ("input", "original")
 
 
@@ -100,6 +101,7 @@ class Suite:
     references: tuple[Reference, ...] = ()
     feature_cache_mb: int = 4096  # encoder features shared between cells (0: off, e.g. where memory is measured)
     changelog: tuple[str, ...] = ()
+    setting: str = "one-class"
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -221,7 +223,7 @@ def _merged(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 TOP_KEYS = {"name", "version", "description", "protocol", "seeds", "weights", "allow_random_weights",
             "batch_size", "metrics_resolution", "dataset", "grid", "measure", "reference", "feature_cache_mb",
-            "changelog"}
+            "changelog", "setting"}
 
 
 def load_suite(name_or_path: str, extra: Sequence[str | Path] = ()) -> Suite:
@@ -304,5 +306,6 @@ def parse_suite(raw: dict[str, Any], path: Path) -> Suite:
         references=tuple(references),
         feature_cache_mb=top.get("feature_cache_mb", int, 4096),
         changelog=tuple(str(c) for c in changelog),
+        setting=top.choice("setting", SETTINGS, "one-class"),
         raw=raw,
     )

@@ -75,7 +75,8 @@ def base_encoder(encoder: str) -> str:
 
 def row_key(record: Record) -> tuple:
     c = record["config"]
-    return (c["method"], c["encoder"], c["protocol"], c["weights"], json.dumps(c.get("params", {}), sort_keys=True))
+    return (c["method"], c["encoder"], c["protocol"], c["weights"], c.get("setting", "one-class"),
+            json.dumps(c.get("params", {}), sort_keys=True))
 
 
 def row_marks(records: list[Record]) -> str:
@@ -97,6 +98,8 @@ def row_name(records: list[Record], with_params: bool = False) -> str:
     params = c.get("params") or {}
     if with_params and params:
         name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
+    if c.get("setting") == "multi-class":
+        name += " [multi-class]"
     return name + row_marks(records)
 
 
@@ -129,6 +132,11 @@ def footnotes_for(records: Iterable[Record]) -> list[str]:
                      "reference code does; an image's score depends on the other test images.")
     if any(r.get("labels", {}).get("schedule") == "short" for r in records):
         notes.append(f"{MARKS['short']} short training schedule (see the record's method_params), not the paper's.")
+    multi = [r for r in records if r["config"].get("setting") == "multi-class"]
+    if multi:
+        trained_on = max(len(r["config"].get("train_classes", [])) for r in multi)
+        notes.append(f"[multi-class]: one model trained on the training images of all {trained_on} classes and "
+                     "evaluated on each class (ADer's unified setting); other rows train one model per class.")
     protocols = sorted({r["config"]["protocol"] for r in records})
     if protocols:
         notes.append("Protocol: " + ", ".join(protocols) + " (strict: no normalizing constant comes from test "
@@ -170,6 +178,36 @@ def mean_or_none(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+def shown_metrics(records: list[Record], references: Iterable[Reference]) -> list[str]:
+    """The usual accuracy metrics, then the dataset protocol's own (LOCO's AU-sPRO, ...): each one that
+    some record measured, explains as unavailable, or the suite has a reference number for."""
+    candidates = list(ACCURACY_METRICS)
+    for record in records:
+        candidates += [m for m in record.get("dataset_protocol", {}).get("metrics", []) if m not in candidates]
+    referenced = {ref.metric for ref in references}
+    return [m for m in candidates if m in METRIC_INFO and (
+        m in referenced or any(r["metrics"].get(m) is not None or m in r.get("metrics_unavailable", {})
+                               for r in records))]
+
+
+def unavailable_notes(records: list[Record], metric_names: list[str]) -> list[str]:
+    """Why shown columns are empty: one line per reason, naming the metrics (in column order) and the classes."""
+    by_reason: dict[str, tuple[set[str], set[str]]] = {}
+    for record in records:
+        for metric, reason in record.get("metrics_unavailable", {}).items():
+            if metric in metric_names:
+                metrics, classes = by_reason.setdefault(reason, (set(), set()))
+                metrics.add(metric)
+                classes.add(record["config"]["class"])
+    return [f"Empty {', '.join(METRIC_INFO[m].display for m in metric_names if m in metrics)} "
+            f"({', '.join(sorted(classes))}): {reason}." for reason, (metrics, classes) in by_reason.items()]
+
+
+def protocol_notes(records: list[Record]) -> list[str]:
+    """The dataset protocols' notes (how their metrics were computed), each once."""
+    return list(dict.fromkeys(note for r in records for note in r.get("dataset_protocol", {}).get("notes", [])))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # accuracy tables
 
@@ -186,9 +224,8 @@ def accuracy_tables(run: RunData) -> list[Table]:
         rows_by_key: dict[tuple, list[Record]] = defaultdict(list)
         for record in records:
             rows_by_key[row_key(record)].append(record)
-        mean_refs = [ref for ref in references if ref.class_name == "mean" and ref.metric in ACCURACY_METRICS]
-        metric_names = [m for m in ACCURACY_METRICS if any(r["metrics"].get(m) is not None for r in records)
-                        or any(ref.metric == m for ref in mean_refs)]
+        metric_names = shown_metrics(records, [ref for ref in references if ref.class_name == "mean"])
+        mean_refs = [ref for ref in references if ref.class_name == "mean" and ref.metric in metric_names]
         with_reference = {ref.metric for ref in mean_refs}
         columns = ["Model", "Input", "Classes"]
         decimals = {}
@@ -222,7 +259,7 @@ def accuracy_tables(run: RunData) -> list[Table]:
                     ref = find_reference(mean_refs, method, encoder, m)
                     row += [ref.value if ref else None, None]
             table.rows.append(row)
-        table.footnotes = footnotes_for(records)
+        table.footnotes = footnotes_for(records) + unavailable_notes(records, metric_names) + protocol_notes(records)
         if with_reference:
             sources = sorted({ref.source for ref in references if ref.metric in with_reference})
             table.footnotes.append("Paper numbers as published (" + "; ".join(sources) + "), not measured here.")
@@ -246,7 +283,7 @@ def per_class_table(dataset: str, records: list[Record], rows_by_key: dict[tuple
             row = [class_name, row_name(group, key in ambiguous), resolutions(members)]
             row += [percent(mean_or_none([r["metrics"].get(m) for r in members])) for m in metric_names]
             table.rows.append(row)
-    table.footnotes = footnotes_for(records)
+    table.footnotes = footnotes_for(records) + unavailable_notes(records, metric_names)
     return table
 
 
