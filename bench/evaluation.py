@@ -193,15 +193,14 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
                 "see 'speed' for the timed network/end-to-end regions"}}
     method = _fit(cell, source, device, cache, geometry, result)
 
-    def predict(refs) -> Prediction:
-        return method.predict_dataset(ImageBatches(AnomalyDataset(refs, geometry, source.read_mask),
-                                                   cell.batch_size))
+    def predict(dataset: AnomalyDataset) -> Prediction:
+        return method.predict_dataset(ImageBatches(dataset, cell.batch_size))
 
     if not cell.measure_only:
         test = AnomalyDataset(source.samples(cell.class_name, "test"), geometry, source.read_mask)
         with PeakMemory(device) as memory:
             start = time.perf_counter()
-            prediction, result["feature_cache"]["predict"] = _counted(cache, lambda: predict(test.refs))
+            prediction, result["feature_cache"]["predict"] = _counted(cache, lambda: predict(test))
             predict_s = time.perf_counter() - start
         result["memory"]["predict"] = memory.result
         result["timings"].update(predict_s=predict_s, predict_wall_images_per_s=len(test) / predict_s)
@@ -227,7 +226,8 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
                 cell=cell, source=source, geometry=geometry, refs=test.refs, labels=labels,
                 image_scores=prediction.image_scores, masks=list(masks), maps=list(maps),
                 original=cell.metrics_resolution == "original", input_maps=prediction.maps,
-                predict_maps=lambda refs: predict(refs).maps, output_dir=output_dir))
+                predict_maps=lambda refs: predict(AnomalyDataset(refs, geometry, source.read_mask)).maps,
+                output_dir=output_dir))
             result["metrics"].update(protocol.metrics)
             unavailable.update(protocol.unavailable)
             result["dataset_protocol"] = {"metrics": protocol.headline, "notes": protocol.notes,
