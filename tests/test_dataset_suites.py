@@ -4,7 +4,10 @@ and without the flag that allows it."""
 
 import shutil
 
+import numpy as np
 import pytest
+import tifffile
+from anobench import artifacts, metrics
 from anobench.datasets.mvtec import MVTEC_CLASSES
 from anobench.datasets.synthetic import CLASSES, SynthSpec, write_dataset
 from anobench.records import read_records
@@ -12,6 +15,7 @@ from anobench.reports import markdown
 from anobench.reports.tables import load_run
 from anobench.runner import RunOptions, run_suite
 from anobench.suites import load_suite
+from PIL import Image
 
 from tests import fake_datasets as fake
 from tests.conftest import REPO, run_bench
@@ -41,6 +45,66 @@ COLUMNS = {
     "mvtec-ad2-private": ["AU-PRO@0.05", "SegF1"],
     "realiad": ["Image AUROC", "Sample AUROC", "Pixel AUROC", "AUPRO@0.3"],
 }
+
+
+def check_loco(records, run_dir):
+    """Logical and structural anomalies scored separately, each with every good image; the mean of the two."""
+    for record in records:
+        m = record["metrics"]
+        arrays = artifacts.read(run_dir, record["artifacts"]["file"])
+        types, scores, labels = arrays["defect_types"], arrays["image_scores"], arrays["labels"]
+        for subset in ("logical", "structural"):
+            chosen = (types == "good") | (types == f"{subset}_anomalies")
+            assert m[f"image_auroc_{subset}"] == pytest.approx(metrics.image_auroc(labels[chosen], scores[chosen]))
+        for limit in (0.01, 0.05, 0.1, 0.3, 1):
+            assert 0 <= m[f"au_spro@{limit:g}"] <= 1
+            assert m[f"au_spro@{limit:g}"] == pytest.approx((m[f"au_spro_logical@{limit:g}"]
+                                                            + m[f"au_spro_structural@{limit:g}"]) / 2)
+        assert "scaled" not in " ".join(record["dataset_protocol"]["notes"])  # the suite: original resolution
+
+
+def check_ad2(records, run_dir):
+    for record in records:
+        m = record["metrics"]
+        assert 0 <= m["aupro@0.05"] <= 1 and 0 <= m["seg_f1"] <= 1
+        assert record["dataset_protocol"]["outputs"]["segmentation_threshold"] > 0
+
+
+def check_ad2_private(records, run_dir):
+    """Both private sets of every class, in one submission folder per model, in the server's layout."""
+    (model,) = list((run_dir / "mvtec_ad2_submission").iterdir())
+    for record in records:
+        assert {k for k, v in record["metrics"].items() if v is not None} == set()
+        assert record["dataset_protocol"]["outputs"]["submission"] == str(model)
+        class_name = record["config"]["class"]
+        for split, suffix in (("test_private", "regular"), ("test_private_mixed", "mixed")):
+            names = sorted(p.name for p in (model / "anomaly_images" / class_name / split).iterdir())
+            assert names == [f"{i:03d}_{suffix}.tiff" for i in range(3)]
+            tiff = tifffile.imread(model / "anomaly_images" / class_name / split / f"000_{suffix}.tiff")
+            assert tiff.dtype == np.float16 and tiff.shape == (24, 56)  # the original image's size, one channel
+            png = np.asarray(Image.open(model / "anomaly_images_thresholded" / class_name / split / f"000_{suffix}.png"))
+            assert png.ndim == 2 and set(np.unique(png)) <= {0, 255}
+
+
+def check_realiad(records, run_dir):
+    """The views of a sample grouped: the fake's test split is one OK and one NG sample of five views."""
+    for record in records:
+        arrays = artifacts.read(run_dir, record["artifacts"]["file"])
+        scores, labels = arrays["image_scores"], arrays["labels"]
+        assert labels.tolist() == [0] * 5 + [1] * 5
+        assert record["metrics"]["sample_auroc"] == float(scores[5:].max() > scores[:5].max())
+
+
+def check_multiclass(records, run_dir):
+    """One fit on every class's training images, evaluated on each class."""
+    assert len({r["multi_class"]["fitted_in"] for r in records}) == 1
+    assert sum("fit_s" in r["timings"] for r in records) == 1
+    assert len({r["n_images"]["train"] for r in records}) == 1 and records[0]["n_images"]["train"] > 10
+    assert all(r["labels"]["setting"] == "multi-class" for r in records)
+
+
+CHECKS = {"mvtec-loco": check_loco, "mvtec-ad2": check_ad2, "mvtec-ad2-private": check_ad2_private,
+          "realiad": check_realiad, "visa-multiclass": check_multiclass}
 
 
 def tiny_variant(tmp_path, suite_name):
@@ -78,7 +142,8 @@ def test_dataset_suite_runs_on_its_fake_and_reports_its_metrics(tmp_path, suite_
     else:
         assert all(row[header.index(c)] != "" for c in COLUMNS.get(suite_name, ["Image AUROC"]))
     if suite_name.endswith("multiclass"):
-        assert "[multi-class]" in row[0] and len({r["multi_class"]["fitted_in"] for r in records}) == 1
+        assert "[multi-class]" in row[0]
+    CHECKS.get(suite_name, lambda *_: None)(records, tmp_path / "run")
 
 
 @pytest.mark.slow
@@ -92,9 +157,8 @@ def test_paper_table1_multiclass_on_fake_mvtec(tmp_path):
     summary, records, report = run_and_report(tiny_variant(tmp_path, "paper-table1-multiclass"), root,
                                               tmp_path / "run", classes)
     assert summary.failed == 0 and len(records) == 4
-    assert {r["n_images"]["train"] for r in records} == {12}  # every class's 3 training images
-    assert sum("fit_s" in r["timings"] for r in records) == 1  # fitted once
-    assert all(r["labels"]["setting"] == "multi-class" for r in records)
+    check_multiclass(records, tmp_path / "run")
+    assert records[0]["n_images"]["train"] == 12  # every class's 3 training images
     assert "one model trained on the training images of all 4 classes" in report
 
 

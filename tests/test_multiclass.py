@@ -1,13 +1,10 @@
-"""The multi-class setting: one model trained on every class's training images, evaluated per class."""
+"""The multi-class setting: one model trained on every class's training images, evaluated per class (runs:
+the multi-class suites' tests in test_dataset_suites)."""
 
 import pytest
 from anobench.cells import expand
 from anobench.core import BenchError
-from anobench.records import read_records
-from anobench.runner import RunOptions, run_suite
-from anobench.suites import load_suite, parse_suite
-
-from tests.conftest import write_suite
+from anobench.suites import parse_suite
 
 GRID = [{"methods": ["spade", "padim"], "encoders": ["resnet18"], "resolutions": [64], "params": {}}]
 
@@ -36,17 +33,3 @@ def test_per_class_resolutions_are_refused_in_the_multi_class_setting(tmp_path):
         expand(suite_of(tmp_path, "multi-class", grid), ["disc", "stripes"])
     with pytest.raises(BenchError, match=r"'setting' in the suite must be one of one-class, multi-class"):
         suite_of(tmp_path, "unified")
-
-
-def test_one_model_is_fitted_on_all_classes_and_evaluated_on_each(tmp_path, tiny_data):
-    path = write_suite(tmp_path / "mc.toml", tiny_data)
-    path.write_text('setting = "multi-class"\n' + path.read_text())  # a top-level key, before any table
-    summary = run_suite(load_suite(str(path)), tmp_path / "run", RunOptions())
-    assert (summary.ok, summary.failed) == (2, 0)
-    first, second = read_records(tmp_path / "run")
-    assert first["n_images"]["train"] == second["n_images"]["train"] == 24  # 12 + 12 training images
-    assert first["multi_class"]["fitted_in"] == second["multi_class"]["fitted_in"] == first["cell_id"]
-    assert "fit_s" in first["timings"] and "fit_s" not in second["timings"]  # fitted once
-    assert first["labels"]["setting"] == second["labels"]["setting"] == "multi-class"
-    assert {first["config"]["class"], second["config"]["class"]} == {"disc", "stripes"}
-    assert first["metrics"]["image_auroc"] is not None and second["metrics"]["image_auroc"] is not None

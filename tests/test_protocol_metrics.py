@@ -1,17 +1,18 @@
-"""The datasets' own metrics against slow, obviously-correct definitions, and the protocols end to end on
-the fakes (LOCO's subsets, MVTec AD 2's threshold and private submission, Real-IAD's samples)."""
+"""The datasets' own metrics against slow, obviously-correct definitions, and what the protocols do that
+the dataset suites' runs do not show."""
 
-import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
-from anobench import artifacts, metrics
+from anobench import metrics
+from anobench.core import BenchError
+from anobench.datasets import Geometry
 from anobench.metrics_datasets import au_spro, mean_plus_std_threshold, sample_auroc, seg_f1, spro_curve
+from anobench.protocols import ProtocolInput, write_submission
 from anobench.records import read_records
 from anobench.runner import RunOptions, run_suite
 from anobench.suites import parse_suite
-from PIL import Image
 from scipy import ndimage
 from sklearn.metrics import f1_score
 
@@ -119,75 +120,24 @@ def test_seg_f1_threshold_and_sample_auroc_against_plain_definitions():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the protocols in runs on the fakes
+# the protocols in runs on the fakes (the dataset suites' tests run the others: LOCO at the original
+# resolution, MVTec AD 2 public and private, Real-IAD)
 
 
-def tiny_run(tmp_path, name, root, classes, options=None, resolution=32, resize=None, **top):
-    grid = {"methods": ["padim"], "encoders": ["resnet18"], "resolutions": [resolution]}
-    if resize:
-        grid["resize"] = resize
-    raw = {"name": f"tiny-{name}", "version": 1, "weights": "random", "batch_size": 8, **top,
-           "dataset": {"name": name, "root": str(root), "classes": list(classes), "options": options or {}},
-           "grid": [grid]}
-    run_dir = tmp_path / f"run-{name}-{len(list(tmp_path.glob('run-*')))}"
-    summary = run_suite(parse_suite(raw, tmp_path / "tiny.toml"), run_dir, RunOptions())
-    return summary, read_records(run_dir), run_dir
-
-
-@pytest.mark.parametrize("resolution", ["input", "original"])
-def test_loco_scores_logical_and_structural_separately(tmp_path, resolution):
+def test_loco_at_the_input_resolution_scales_absolute_saturations(tmp_path):
     root = fake.write_fake_loco(tmp_path / "loco", ("pushpins",))
-    summary, (record,), run_dir = tiny_run(tmp_path, "mvtec_loco", root, ["pushpins"], metrics_resolution=resolution)
-    assert summary.failed == 0
-    m = record["metrics"]
-    arrays = artifacts.read(run_dir, record["artifacts"]["file"])
-    types, scores, labels = arrays["defect_types"], arrays["image_scores"], arrays["labels"]
-    for subset in ("logical", "structural"):
-        chosen = (types == "good") | (types == f"{subset}_anomalies")
-        assert m[f"image_auroc_{subset}"] == pytest.approx(metrics.image_auroc(labels[chosen], scores[chosen]))
-        assert all(0 <= m[f"au_spro_{subset}@{limit:g}"] <= 1 for limit in LIMITS)
-    for limit in LIMITS:
-        assert m[f"au_spro@{limit:g}"] == pytest.approx((m[f"au_spro_logical@{limit:g}"]
-                                                        + m[f"au_spro_structural@{limit:g}"]) / 2)
-    notes = " ".join(record["dataset_protocol"]["notes"])
-    assert ("scaled by the resize's area ratio" in notes) == (resolution == "input")
-    assert record["dataset_protocol"]["metrics"][-1] == "au_spro@0.05"
+    raw = {"name": "loco", "version": 1, "weights": "random", "batch_size": 8, "metrics_resolution": "input",
+           "dataset": {"name": "mvtec_loco", "root": str(root), "classes": ["pushpins"]},
+           "grid": [{"methods": ["padim"], "encoders": ["resnet18"], "resolutions": [32]}]}
+    summary = run_suite(parse_suite(raw, tmp_path / "loco.toml"), tmp_path / "run", RunOptions())
+    (record,) = read_records(tmp_path / "run")
+    assert summary.failed == 0 and 0 <= record["metrics"]["au_spro@0.05"] <= 1
+    assert "scaled by the resize's area ratio" in " ".join(record["dataset_protocol"]["notes"])
 
 
-def test_ad2_thresholds_on_validation_and_writes_the_private_submission(tmp_path):
-    root = fake.write_fake_ad2(tmp_path / "ad2", ("can", "vial"))
-    _, public, _ = tiny_run(tmp_path, "mvtec_ad2", root, ["can"])
-    m = public[0]["metrics"]
-    assert 0 <= m["aupro@0.05"] <= 1 and 0 <= m["seg_f1"] <= 1 and m["aupro"] is not None
-    assert public[0]["dataset_protocol"]["outputs"]["segmentation_threshold"] > 0
-    summary, private, run_dir = tiny_run(tmp_path, "mvtec_ad2", root, ["can", "vial"], {"test_split": "private"})
-    assert summary.failed == 0
-    record = private[0]
-    assert {k for k, v in record["metrics"].items() if v is not None} == set(), record["metrics"]
-    assert "no public ground truth" in record["metrics_unavailable"]["image_auroc"]
-    submission = run_dir / "mvtec_ad2_submission"
-    (model,) = list(submission.iterdir())  # one model: both classes write into the same submission
-    assert record["dataset_protocol"]["outputs"]["submission"] == str(model)
-    for class_name in ("can", "vial"):
-        for split, suffix in (("test_private", "regular"), ("test_private_mixed", "mixed")):
-            names = sorted(p.name for p in (model / "anomaly_images" / class_name / split).iterdir())
-            assert names == [f"{i:03d}_{suffix}.tiff" for i in range(3)]
-            tiff = tifffile.imread(model / "anomaly_images" / class_name / split / f"000_{suffix}.tiff")
-            assert tiff.dtype == np.float16 and tiff.shape == (24, 56)  # the original image's size, one channel
-            png = np.asarray(Image.open(model / "anomaly_images_thresholded" / class_name / split / f"000_{suffix}.png"))
-            assert png.ndim == 2 and set(np.unique(png)) <= {0, 255}
-    cropped, records, _ = tiny_run(tmp_path / "crop", "mvtec_ad2", root, ["can"], {"test_split": "private"},
-                                   resolution=24, resize=32)
-    assert cropped.failed == 1 and "must cover the whole image" in records[0]["error"]
-
-
-def test_realiad_sample_auroc_groups_the_views(tmp_path):
-    root = fake.write_fake_realiad(tmp_path / "realiad", ("audiojack",))
-    _, (record,), run_dir = tiny_run(tmp_path, "realiad", root, ["audiojack"])
-    arrays = artifacts.read(run_dir, record["artifacts"]["file"])
-    scores, labels = arrays["image_scores"], arrays["labels"]
-    views = len(scores) // 2  # the fake's test split: one OK sample, then one NG sample, five views each
-    expected = float(scores[views:].max() > scores[:views].max())
-    assert record["metrics"]["sample_auroc"] == expected
-    assert json.dumps(record["dataset_protocol"]["notes"]).count("2 samples") == 1
-    assert labels.tolist() == [0] * views + [1] * views
+def test_private_maps_that_would_not_cover_the_image_are_refused():
+    inp = ProtocolInput(cell=None, source=None, geometry=Geometry(32, 24), refs=[], labels=np.zeros(0),
+                        image_scores=np.zeros(0), masks=[], maps=[], original=True, input_maps=np.zeros((0, 24, 24)),
+                        predict_maps=None, output_dir=Path("unused"))
+    with pytest.raises(BenchError, match="private maps must cover the whole image, but this cell crops 24 of 32"):
+        write_submission(inp, 0.5)
