@@ -118,7 +118,8 @@ def base_record(cell: Cell, device: str) -> Record:
     return Record(
         schema_version=SCHEMA_VERSION, bench_version=__version__, cell_id=cell.cell_id,
         suite={"name": cell.suite}, config=cell.config(),
-        labels={"random_weights": cell.weights == "random", "protocol": cell.protocol, "setting": cell.setting},
+        labels={"random_weights": cell.weights == "random", "protocol": cell.protocol,
+                "setting": cell.setting},
         device={"requested": device, "name": device_name(device), "torch_threads": torch.get_num_threads()},
         machine_info=machine_info(), commit_info=commit_info(), started_at=now(),
     )
@@ -247,8 +248,8 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
         result["memory"]["speed"] = memory.result
 
     result.update({
-        "labels": {"random_weights": cell.weights == "random", "protocol": cell.protocol, "setting": cell.setting,
-                   "test_set_dependent": method.test_set_dependent, **method.labels()},
+        "labels": {"random_weights": cell.weights == "random", "protocol": cell.protocol,
+                   "setting": cell.setting, "test_set_dependent": method.test_set_dependent, **method.labels()},
         "precision": {"inference": "bf16 autocast" if method.labels().get("inference_autocast_bf16") else "float32",
                       "compiled": bool(method.labels().get("inference_compiled"))},
         "method_params": method.get_params(),

@@ -49,32 +49,39 @@ class DatasetArchive:
         return self.url.rsplit("/", 1)[-1] if self.url else ""
 
 
+MYDRIVE = "https://www.mydrive.ch/shares"
 ARCHIVES = {a.name: a for a in (
     DatasetArchive("mvtec", "mvtec_anomaly_detection",
-                   "https://www.mydrive.ch/shares/150996/b52ecdcbf521176e9db9c731f2304b27/download/420938113-1629960298/"
+                   f"{MYDRIVE}/150996/b52ecdcbf521176e9db9c731f2304b27/download/420938113-1629960298/"
                    "mvtec_anomaly_detection.tar.xz",
-                   "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d", licence="CC BY-NC-SA 4.0"),
-    DatasetArchive("visa", "VisA", "https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar",
+                   "cf4313b13603bec67abb49ca959488f7eedce2a9f7795ec54446c649ac98cd3d",
+                   licence="CC BY-NC-SA 4.0"),
+    DatasetArchive("visa", "VisA",
+                   "https://amazon-visual-anomaly.s3.us-west-2.amazonaws.com/VisA_20220922.tar",
                    "2eb8690c803ab37de0324772964100169ec8ba1fa3f7e94291c9ca673f40f362", licence="CC BY 4.0"),
     DatasetArchive("btad", "btad", "https://avires.dimi.uniud.it/papers/btad/btad.zip",
                    "461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a", licence="CC BY-SA"),
     DatasetArchive("mvtec_loco", "mvtec_loco_anomaly_detection",
-                   "https://www.mydrive.ch/shares/48237/1b9106ccdfbb09a0c414bd49fe44a14a/download/430647091-1646842701/"
+                   f"{MYDRIVE}/48237/1b9106ccdfbb09a0c414bd49fe44a14a/download/430647091-1646842701/"
                    "mvtec_loco_anomaly_detection.tar.xz",
-                   "9e7c84dba550fd2e59d8e9e231c929c45ba737b6b6a6d3814100f54d63aae687", licence="CC BY-NC-SA 4.0"),
-    DatasetArchive("mpdd", "MPDD", where="the OneDrive link in the official repository's README, "
-                   "https://github.com/stepanje/MPDD (no stable URL or checksum); extract it and pass its folder "
-                   "as --data-root"),
-    DatasetArchive("mvtec_ad2", "mvtec_ad_2", where="MVTec's research datasets page, "
-                   "https://www.mvtec.com/company/research/datasets (MVTec AD 2, after accepting its CC BY-NC-SA 4.0 "
-                   "terms); extract mvtec_ad_2.tar.gz (SHA-256 c0ded99ef32bfc8e352d52beb44515e5b292b8598cb963aadfa91ca0763505e4) "
-                   "and pass mvtec_ad_2/ as --data-root"),
-    DatasetArchive("realiad", "Real-IAD", where="https://realiad4ad.github.io/Real-IAD (access by application "
-                   "form): extract realiad_jsons.zip and the per-class realiad_1024 archives into one folder and pass "
-                   "it as --data-root"),
+                   "9e7c84dba550fd2e59d8e9e231c929c45ba737b6b6a6d3814100f54d63aae687",
+                   licence="CC BY-NC-SA 4.0"),
+    DatasetArchive("mpdd", "MPDD",
+                   where="the OneDrive link in the official repository's README, "
+                         "https://github.com/stepanje/MPDD (no stable URL or checksum); extract it and pass "
+                         "its folder as --data-root"),
+    DatasetArchive("mvtec_ad2", "mvtec_ad_2",
+                   where="MVTec's research datasets page, https://www.mvtec.com/company/research/datasets "
+                         "(MVTec AD 2, after accepting its CC BY-NC-SA 4.0 terms); extract mvtec_ad_2.tar.gz "
+                         "(SHA-256 c0ded99ef32bfc8e352d52beb44515e5b292b8598cb963aadfa91ca0763505e4) and "
+                         "pass mvtec_ad_2/ as --data-root"),
+    DatasetArchive("realiad", "Real-IAD",
+                   where="https://realiad4ad.github.io/Real-IAD (access by application form): extract "
+                         "realiad_jsons.zip and the per-class realiad_1024 archives into one folder and pass "
+                         "it as --data-root"),
     DatasetArchive("ksdd2", "KolektorSDD2", url="http://go.vicos.si/kolektorsdd2",
-                   where="http://go.vicos.si/kolektorsdd2 (a zip with train/ and test/; no checksum is published, so "
-                   "it is fetched here only with --sha256 HEX of a copy you trust)"),
+                   where="http://go.vicos.si/kolektorsdd2 (a zip with train/ and test/; no checksum is "
+                         "published, so it is fetched here only with --sha256 HEX of a copy you trust)"),
 )}
 
 
@@ -95,10 +102,11 @@ def download(url: str, part: Path) -> None:
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # nothing left to send: the file is already complete
             return
-        raise BenchError(f"Download of {url} failed (HTTP {exc.code} {exc.reason}); check the URL or try later.") from None
+        raise BenchError(f"Download of {url} failed (HTTP {exc.code} {exc.reason}); check the URL or try "
+                         "later.") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise BenchError(f"Cannot reach {url} ({getattr(exc, 'reason', exc)}); check the network and run the same "
-                         f"command again.") from None
+        raise BenchError(f"Cannot reach {url} ({getattr(exc, 'reason', exc)}); check the network and run the "
+                         "same command again.") from None
     with response:
         resumed = have and response.status == 206
         length = int(response.headers.get("Content-Length") or 0)
@@ -112,11 +120,12 @@ def download(url: str, part: Path) -> None:
                     out.write(chunk)
                     written += len(chunk)
         except (OSError, HTTPException) as exc:
-            raise BenchError(f"Download of {url} was interrupted after {written} bytes ({type(exc).__name__}); run "
-                             f"the same command again to resume from {part}.") from None
+            raise BenchError(f"Download of {url} was interrupted after {written} bytes "
+                             f"({type(exc).__name__}); run the same command again to resume from "
+                             f"{part}.") from None
     if length and written < expected:
-        raise BenchError(f"Download of {url} was interrupted after {written} of {expected} bytes; run the same "
-                         f"command again to resume from {part}.")
+        raise BenchError(f"Download of {url} was interrupted after {written} of {expected} bytes; run the "
+                         f"same command again to resume from {part}.")
 
 
 def sha256_of(path: Path) -> str:
@@ -143,17 +152,19 @@ def extract(archive: Path, into: Path) -> None:
             with zipfile.ZipFile(archive) as z:
                 bad = next((n for n in z.namelist() if not _inside(into, n)), None)
                 if bad:
-                    raise BenchError(f"Archive {archive} holds a path outside its folder ({bad}); refusing to extract it.")
+                    raise BenchError(f"Archive {archive} holds a path outside its folder ({bad}); refusing "
+                                     "to extract it.")
                 z.extractall(into)
             return
         with tarfile.open(archive) as t:
             bad = next((m.name for m in t.getmembers() if not _inside(into, m.name)), None)
             if bad:
-                raise BenchError(f"Archive {archive} holds a path outside its folder ({bad}); refusing to extract it.")
+                raise BenchError(f"Archive {archive} holds a path outside its folder ({bad}); refusing to "
+                                 "extract it.")
             t.extractall(into, filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise BenchError(f"Archive {archive} cannot be extracted ({type(exc).__name__}: {exc}); it is damaged or "
-                         f"truncated: delete it and fetch again.") from None
+        raise BenchError(f"Archive {archive} cannot be extracted ({type(exc).__name__}: {exc}); it is "
+                         "damaged or truncated: delete it and fetch again.") from None
 
 
 def install_atomically(target: Path, fill: Callable[[Path], None]) -> None:
@@ -194,8 +205,9 @@ def fetch(name: str, to: Path, *, sha256: str | None = None, keep_archive: bool 
         actual = sha256_of(part)
         if actual != expected.lower():
             part.unlink()
-            raise BenchError(f"{entry.url} has SHA-256 {actual}, not the published {expected}: the download is "
-                             f"corrupted or not the official archive, so it was deleted and nothing was extracted.")
+            raise BenchError(f"{entry.url} has SHA-256 {actual}, not the published {expected}: the download "
+                             "is corrupted or not the official archive, so it was deleted and nothing was "
+                             "extracted.")
         say(f"SHA-256 verified ({actual}); extracting into {target} ...")
         install_atomically(target, lambda staging: extract(part, staging))
         if keep_archive:
@@ -241,9 +253,11 @@ def convert_visa(source_root: Path, out: Path) -> Path:
                     if ref.mask_path is not None:
                         mask = staging / class_name / "ground_truth" / "bad" / f"{ref.image_path.stem}.png"
                         mask.parent.mkdir(parents=True, exist_ok=True)
-                        Image.fromarray(np.where(visa.read_mask(ref), 255, 0).astype(np.uint8), "L").save(mask)
+                        binary = np.where(visa.read_mask(ref), 255, 0).astype(np.uint8)
+                        Image.fromarray(binary, "L").save(mask)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     install_atomically(out, fill)
-    say(f"Wrote VisA in the MVTec-like layout to {out} (pass it as --data-root; the visa dataset reads it too).")
+    say(f"Wrote VisA in the MVTec-like layout to {out} (pass it as --data-root; the visa dataset reads it "
+        "too).")
     return out

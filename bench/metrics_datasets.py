@@ -48,7 +48,8 @@ def spro_curve(defects: Sequence[Sequence[tuple[np.ndarray, int]]], maps: Sequen
         for mask, saturation in image_defects:
             mask = _as_binary(mask, "defect masks")
             if mask.shape != amap.shape:
-                raise ValueError(f"image {i}: defect mask shape {mask.shape} differs from map shape {amap.shape}")
+                raise ValueError(f"image {i}: defect mask shape {mask.shape} differs from map shape "
+                                 f"{amap.shape}")
             if saturation < 1:
                 raise ValueError(f"image {i}: a saturation area must be at least one pixel, got {saturation}")
             union |= mask
@@ -126,7 +127,8 @@ def sample_auroc(keys: Sequence[str], labels: np.ndarray, scores: np.ndarray) ->
     """AUROC over physical samples: images sharing a key (the views of one sample) are grouped, the
     sample's score is its views' maximum and its label their maximum (ADEval's S-AUROC)."""
     if not len(keys) == len(labels) == len(scores):
-        raise ValueError(f"keys, labels and scores differ in length: {len(keys)}, {len(labels)}, {len(scores)}")
+        raise ValueError(f"keys, labels and scores differ in length: {len(keys)}, {len(labels)}, "
+                         f"{len(scores)}")
     groups: dict[str, tuple[int, float]] = {}
     for key, label, score in zip(keys, np.asarray(labels), _as_scores(scores, "scores"), strict=True):
         previous_label, previous_score = groups.get(key, (0, -np.inf))

@@ -68,8 +68,8 @@ class ProtocolResult:
 
 def upsampled(amap: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """A map bilinearly resized to an image's (height, width), as metrics at the original resolution do."""
-    return F.interpolate(torch.from_numpy(np.ascontiguousarray(amap))[None, None], size=size_hw, mode="bilinear",
-                         align_corners=False)[0, 0].numpy()
+    tensor = torch.from_numpy(np.ascontiguousarray(amap))[None, None]
+    return F.interpolate(tensor, size=size_hw, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def original_hw(ref: SampleRef) -> tuple[int, int]:
@@ -104,13 +104,16 @@ def loco(inp: ProtocolInput) -> ProtocolResult:
                 image_defects.append((mask, channel.config.saturation_area(area, scale)))
         defects.append(image_defects)
     for subset in LOCO_SUBSETS:
-        chosen = [i for i, ref in enumerate(inp.refs) if ref.label == 0 or ref.defect_type == f"{subset}_anomalies"]
+        chosen = [i for i, ref in enumerate(inp.refs)
+                  if ref.label == 0 or ref.defect_type == f"{subset}_anomalies"]
         names = [f"image_auroc_{subset}", *(f"au_spro_{subset}@{limit:g}" for limit in LOCO_FPR_LIMITS)]
         if not any(defects[i] for i in chosen) or all(inp.labels[i] for i in chosen):
-            result.unavailable.update({n: f"no {subset} anomalies with ground truth in this test set" for n in names})
+            result.unavailable.update({n: f"no {subset} anomalies with ground truth in this test "
+                                          "set" for n in names})
             continue
         result.metrics[names[0]] = metrics.image_auroc(inp.labels[chosen], inp.image_scores[chosen])
-        areas = metrics_datasets.au_spro([defects[i] for i in chosen], [inp.maps[i] for i in chosen], LOCO_FPR_LIMITS)
+        areas = metrics_datasets.au_spro([defects[i] for i in chosen], [inp.maps[i] for i in chosen],
+                                         LOCO_FPR_LIMITS)
         result.metrics.update({f"au_spro_{subset}@{limit:g}": value for limit, value in areas.items()})
     for limit in LOCO_FPR_LIMITS:
         values = [result.metrics.get(f"au_spro_{s}@{limit:g}") for s in LOCO_SUBSETS]
@@ -119,14 +122,15 @@ def loco(inp: ProtocolInput) -> ProtocolResult:
         else:
             result.unavailable[f"au_spro@{limit:g}"] = "needs both logical and structural anomalies"
     result.notes.append("AU-sPRO: saturation thresholds from each class's defects_config.json; logical and "
-                        "structural anomalies scored separately, each with every good test image; au_spro@L is "
-                        "their mean.")
+                        "structural anomalies scored separately, each with every good test image; au_spro@L "
+                        "is their mean.")
     if not inp.original:
-        result.notes.append("sPRO at the input resolution: masks resized like the images, absolute saturation "
-                            "thresholds scaled by the resize's area ratio (LOCO's evaluation works at the original "
-                            "resolution: --metrics-resolution original).")
+        result.notes.append("sPRO at the input resolution: masks resized like the images, absolute "
+                            "saturation thresholds scaled by the resize's area ratio (LOCO's evaluation "
+                            "works at the original resolution: --metrics-resolution original).")
     if cropped_away:
-        result.notes.append(f"{cropped_away} annotated defect(s) lie wholly outside the centre crop and are not scored.")
+        result.notes.append(f"{cropped_away} annotated defect(s) lie wholly outside the centre crop and are "
+                            "not scored.")
     return result
 
 
@@ -134,7 +138,7 @@ def loco(inp: ProtocolInput) -> ProtocolResult:
 # MVTec AD 2
 
 
-def _evaluated(inp: ProtocolInput, refs: list[SampleRef], maps: np.ndarray, original: bool) -> Iterator[np.ndarray]:
+def _evaluated(refs: list[SampleRef], maps: np.ndarray, original: bool) -> Iterator[np.ndarray]:
     """Maps at the resolution they are evaluated or written at, one at a time (full-size maps are large)."""
     for ref, amap in zip(refs, maps, strict=True):
         yield upsampled(amap, original_hw(ref)) if original else amap
@@ -156,10 +160,11 @@ def write_submission(inp: ProtocolInput, threshold: float) -> Path:
     import tifffile  # only the private sets need it: machines that never write a submission may lack it
 
     if inp.geometry.crop != inp.geometry.resize:
-        raise BenchError(f"MVTec AD 2's private maps must cover the whole image, but this cell crops "
-                         f"{inp.geometry.crop} of {inp.geometry.resize}; set the grid's resize equal to its resolution.")
+        raise BenchError("MVTec AD 2's private maps must cover the whole image, but this cell crops "
+                         f"{inp.geometry.crop} of {inp.geometry.resize}; set the grid's resize equal to its "
+                         "resolution.")
     root = inp.output_dir / SUBMISSION_DIR / model_tag(inp.cell)
-    for ref, amap in zip(inp.refs, _evaluated(inp, inp.refs, inp.input_maps, True), strict=True):
+    for ref, amap in zip(inp.refs, _evaluated(inp.refs, inp.input_maps, True), strict=True):
         relative = Path(inp.cell.class_name) / ref.image_path.parent.name / ref.image_path.stem
         continuous = root / "anomaly_images" / relative.with_suffix(".tiff")
         binary = root / "anomaly_images_thresholded" / relative.with_suffix(".png")
@@ -176,16 +181,21 @@ def mvtec_ad2(inp: ProtocolInput) -> ProtocolResult:
     validation = inp.source.samples(inp.cell.class_name, "validation")
     original = inp.original or private
     threshold = metrics_datasets.mean_plus_std_threshold(
-        _evaluated(inp, validation, inp.predict_maps(validation), original))
+        _evaluated(validation, inp.predict_maps(validation), original))
     result.outputs["segmentation_threshold"] = threshold
-    result.notes.append("SegF1: each class's maps thresholded at the mean + 3 std of its validation images' pixel "
-                        f"scores{' at their original resolution' if original else ''} (MVTec's suggested baseline; "
-                        "the value is in each record), F1 over all test pixels together.")
+    where = " at their original resolution" if original else ""
+    rule = (f"the mean + 3 std of the class's validation images' pixel scores{where} (MVTec's suggested "
+            "baseline; the value is in each record)")
     if private:
         result.outputs["submission"] = str(write_submission(inp, threshold))
         reason = inp.source.ground_truth(inp.cell.class_name)[1]
         result.unavailable.update({name: reason for name in result.headline})
+        submission = result.outputs["submission"]
+        result.notes.append(f"Maps for MVTec's evaluation server in {submission} (float16 TIFF at each "
+                            f"image's size; thresholded PNGs at {rule}); check them with MVTec's "
+                            "check_and_prepare_data_for_upload.py before uploading.")
         return result
+    result.notes.append(f"SegF1: F1 over all test pixels together of the maps thresholded at {rule}.")
     result.metrics[f"aupro@{AD2_PRO_LIMIT:g}"] = metrics.aupro(inp.masks, inp.maps, fpr_limit=AD2_PRO_LIMIT)
     result.metrics["seg_f1"] = metrics_datasets.seg_f1(inp.masks, inp.maps, threshold)
     return result
@@ -200,11 +210,12 @@ def realiad(inp: ProtocolInput) -> ProtocolResult:
     keys = [inp.source.sample_key(ref) for ref in inp.refs]
     missing = next((ref for ref, key in zip(inp.refs, keys, strict=True) if key is None), None)
     if missing is not None:
-        result.unavailable["sample_auroc"] = f"{missing.image_path.name} has no sample key (<class>_NNNN_<OK|NG_code>_C<view>_)"
+        result.unavailable["sample_auroc"] = (f"{missing.image_path.name} has no sample key "
+                                              "(<class>_NNNN_<OK|NG_code>_C<view>_)")
         return result
     result.metrics["sample_auroc"] = metrics_datasets.sample_auroc(keys, inp.labels, inp.image_scores)
-    result.notes.append(f"Sample AUROC over {len(set(keys))} samples: a sample's score and label are the maximum "
-                        "over its views (ADEval).")
+    result.notes.append(f"Sample AUROC over {len(set(keys))} samples: a sample's score and label are the "
+                        "maximum over its views (ADEval).")
     return result
 
 

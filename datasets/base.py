@@ -76,7 +76,8 @@ def geometry_mask(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
     """A boolean mask at the original resolution, resized (nearest) and centre-cropped like its image."""
     g = geometry
     image = Image.fromarray(mask.astype(np.uint8) * 255)
-    image = TF.center_crop(TF.resize(image, [g.resize, g.resize], TF.InterpolationMode.NEAREST), [g.crop, g.crop])
+    image = TF.resize(image, [g.resize, g.resize], TF.InterpolationMode.NEAREST)
+    image = TF.center_crop(image, [g.crop, g.crop])
     return np.asarray(image) >= 128
 
 
@@ -204,6 +205,12 @@ def check_mask_size(image: Path, mask: Path) -> None:
                            f"{size[0]}x{size[1]}; a mask must cover its image pixel for pixel.")
 
 
+def check_class_name(class_name: str, valid: tuple[str, ...] | list[str], noun: str) -> None:
+    """A class the dataset has (``noun``: "an MVTec AD class"), else one sentence listing them."""
+    if class_name not in valid:
+        raise DatasetError(f"'{class_name}' is not {noun}; valid classes: {', '.join(valid)}.")
+
+
 def read_json(path: Path, what: str, hint: str) -> Any:
     """A dataset's JSON file (a split, a configuration): one sentence if it is missing or unreadable."""
     if not path.is_file():
@@ -211,7 +218,8 @@ def read_json(path: Path, what: str, hint: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"{what} {path} is not readable JSON ({exc}); restore it from the dataset's archive.") from None
+        raise DatasetError(f"{what} {path} is not readable JSON ({exc}); restore it from the dataset's "
+                           "archive.") from None
 
 
 def image_files(folder: Path) -> list[Path]:

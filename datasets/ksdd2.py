@@ -33,7 +33,7 @@ KSDD2_LAYOUT = "<root>/train/<N>.png with <root>/train/<N>_GT.png, and the same 
 
 @register_dataset("ksdd2")
 class KolektorSDD2(DatasetSource):
-    """KolektorSDD2: one class, flat train/test folders, N.png + N_GT.png (defective iff the GT is non-zero)."""
+    """KolektorSDD2: one class, flat train/test folders, N.png beside N_GT.png (defective iff GT non-zero)."""
 
     name = "ksdd2"
     hint = "the KolektorSDD2 folder holding train/ and test/"
@@ -75,7 +75,8 @@ class KolektorSDD2(DatasetSource):
                 raise DatasetError(f"Ground truth {folder / f'{ident}_GT.png'} names the image "
                                    f"{folder / f'{ident}.png'}, which is missing.")
             for ident in sorted(images - truths, key=int):
-                raise DatasetError(f"Image {folder / f'{ident}.png'} has no ground truth {folder / f'{ident}_GT.png'}.")
+                raise DatasetError(f"Image {folder / f'{ident}.png'} has no ground truth "
+                                   f"{folder / f'{ident}_GT.png'}.")
             for ident in sorted(images, key=int):
                 check_mask_size(folder / f"{ident}.png", folder / f"{ident}_GT.png")
 

@@ -14,6 +14,7 @@ from anobench.datasets.base import (
     DatasetError,
     DatasetSource,
     SampleRef,
+    check_class_name,
     check_mask_size,
     image_files,
     register_dataset,
@@ -39,7 +40,8 @@ MVTEC = FolderLayout()
 
 
 def mask_path_for(class_dir: Path, defect: str, image: Path, layout: FolderLayout = MVTEC) -> Path:
-    candidates = [class_dir / "ground_truth" / defect / f"{image.stem}{suffix}" for suffix in layout.mask_suffixes]
+    folder = class_dir / "ground_truth" / defect
+    candidates = [folder / f"{image.stem}{suffix}" for suffix in layout.mask_suffixes]
     return next((c for c in candidates if c.is_file()), candidates[0])
 
 
@@ -71,16 +73,19 @@ def validate_class_folder(class_dir: Path, root_hint: str, layout: FolderLayout 
 def check_masks_have_images(class_dir: Path, layout: FolderLayout = MVTEC) -> None:
     """Every mask's image exists (a missing one would silently drop a defect from the test set)."""
     ground_truth = class_dir / "ground_truth"
-    for defect_dir in sorted(d for d in ground_truth.iterdir() if d.is_dir()) if ground_truth.is_dir() else []:
+    defect_dirs = sorted(d for d in ground_truth.iterdir() if d.is_dir()) if ground_truth.is_dir() else []
+    for defect_dir in defect_dirs:
         stems = {p.stem for p in image_files(class_dir / "test" / defect_dir.name)}
         for mask in image_files(defect_dir):
             stem = next((mask.name[:-len(s)] for s in layout.mask_suffixes if mask.name.endswith(s)), None)
             if stem is not None and stem not in stems:
-                raise DatasetError(f"Mask {mask} belongs to the image {class_dir / 'test' / defect_dir.name / stem}"
-                                   f".*, which is missing. Expected layout: {layout.description}.")
+                image = class_dir / "test" / defect_dir.name / stem
+                raise DatasetError(f"Mask {mask} belongs to the image {image}.*, which is missing. Expected "
+                                   f"layout: {layout.description}.")
 
 
-def scan_class_folder(class_dir: Path, split: str, layout: FolderLayout = MVTEC, masks: bool = True) -> list[SampleRef]:
+def scan_class_folder(class_dir: Path, split: str, layout: FolderLayout = MVTEC,
+                      masks: bool = True) -> list[SampleRef]:
     if split == "train":
         return [SampleRef(p, None, 0, "good") for p in image_files(class_dir / "train" / layout.good)]
     if split != "test":
@@ -125,8 +130,7 @@ class MVTecStyleSource(DatasetSource):
         return list(self.class_names)
 
     def validate(self, class_name: str) -> None:
-        if class_name not in self.class_names:
-            raise DatasetError(f"'{class_name}' is not {self.class_noun}; valid classes: {', '.join(self.class_names)}.")
+        check_class_name(class_name, self.class_names, self.class_noun)
         validate_class_folder(self.root / class_name, f"is --data-root {self.root} {self.hint}?", self.layout)
 
     def samples(self, class_name: str, split: str) -> list[SampleRef]:
@@ -144,6 +148,10 @@ class MVTecAD(MVTecStyleSource):
     class_names = MVTEC_CLASSES
     class_noun = "an MVTec AD class"
     hint = "the folder that holds MVTec AD's class folders (bottle/, cable/, ...)"
+
+
+IMAGE_LABELS_HINT = (" (if the dataset labels whole images only, pass --image-labels-only or set "
+                     "image_labels_only = true in the suite's [dataset] options)")
 
 
 @register_dataset("folder")
@@ -176,8 +184,7 @@ class MVTecLayoutFolder(DatasetSource):
     def validate(self, class_name: str) -> None:
         hint = f"is --data-root {self.root} {self.hint}?"
         validate_class_folder(self._class_dir(class_name), hint, masks=not self.image_labels_only,
-                              no_mask_hint=" (if the dataset labels whole images only, pass --image-labels-only "
-                                           "or set image_labels_only = true in the suite's [dataset] options)")
+                              no_mask_hint=IMAGE_LABELS_HINT)
 
     def samples(self, class_name: str, split: str) -> list[SampleRef]:
         return scan_class_folder(self._class_dir(class_name), split, masks=not self.image_labels_only)

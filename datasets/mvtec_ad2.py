@@ -9,7 +9,8 @@
 Image names follow the official utilities' patterns (``[0-9][0-9][0-9]*.png``; ``good``/``bad`` folders on
 non-private splits). ``test_split`` chooses the test set: ``test_public`` is evaluated here; the private
 sets (``test_private``, ``test_private_mixed``, or ``private`` for both) have no public ground truth, so the
-protocol (``protocols.mvtec_ad2``) writes the anomaly maps in the layout the evaluation server expects. Archives extracted per class (``<class>/<class>/...``) read too.
+protocol (``protocols.mvtec_ad2``) writes the anomaly maps in the layout the evaluation server expects.
+Archives extracted per class (``<class>/<class>/...``) read too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from anobench.datasets.base import (
     DatasetError,
     DatasetSource,
     SampleRef,
+    check_class_name,
     check_mask_size,
     image_files,
     register_dataset,
@@ -31,8 +33,9 @@ AD2_CLASSES = ("can", "fabric", "fruit_jelly", "rice", "sheet_metal", "vial", "w
 PRIVATE_SPLITS = ("test_private", "test_private_mixed")
 TEST_SPLITS = ("test_public", *PRIVATE_SPLITS, "private")  # "private": both private sets, one submission
 OFFICIAL_NAME = re.compile(r"^[0-9]{3}.*\.png$")
-AD2_LAYOUT = ("<root>/<class>/{train,validation}/good/NNN_regular.png, <root>/<class>/test_public/{good,bad}/*.png, "
-              "<root>/<class>/test_public/ground_truth/bad/<stem>_mask.png and <root>/<class>/test_private*/NNN_*.png")
+AD2_LAYOUT = ("<root>/<class>/{train,validation}/good/NNN_regular.png, "
+              "<root>/<class>/test_public/{good,bad}/*.png, <root>/<class>/test_public/ground_truth/bad/"
+              "<stem>_mask.png and <root>/<class>/test_private*/NNN_*.png")
 
 
 def official_images(folder: Path) -> list[Path]:
@@ -51,7 +54,8 @@ class MVTecAD2(DatasetSource):
     def __init__(self, root: str | Path | None = None, *, test_split: str = "test_public"):
         self.root = check_root(root, self.name, self.hint)
         if test_split not in TEST_SPLITS:
-            raise DatasetError(f"MVTec AD 2's test_split must be one of {', '.join(TEST_SPLITS)}, got {test_split!r}.")
+            raise DatasetError(f"MVTec AD 2's test_split must be one of {', '.join(TEST_SPLITS)}, got "
+                               f"{test_split!r}.")
         self.test_split = test_split
 
     @property
@@ -71,21 +75,22 @@ class MVTecAD2(DatasetSource):
         return list(AD2_CLASSES)
 
     def validate(self, class_name: str) -> None:
-        if class_name not in AD2_CLASSES:
-            raise DatasetError(f"'{class_name}' is not an MVTec AD 2 class; valid classes: {', '.join(AD2_CLASSES)}.")
+        check_class_name(class_name, AD2_CLASSES, "an MVTec AD 2 class")
         class_dir = self.class_dir(class_name)
         expected = f"Expected layout: {AD2_LAYOUT}."
         if not class_dir.is_dir():
-            raise DatasetError(f"Class folder {class_dir} does not exist; is --data-root {self.root} {self.hint}? "
-                               f"{expected}")
+            raise DatasetError(f"Class folder {class_dir} does not exist; is --data-root {self.root} "
+                               f"{self.hint}? {expected}")
         for folder, what in ((class_dir / "train" / "good", "training images"),
-                             (class_dir / "validation" / "good", "validation images (they set the SegF1 threshold)")):
+                             (class_dir / "validation" / "good", "validation images (they set the SegF1 "
+                                                                 "threshold)")):
             if not official_images(folder):
-                raise DatasetError(f"{folder} is missing or holds no NNN_*.png images; every class needs defect-free "
-                                   f"{what}. {expected}")
+                raise DatasetError(f"{folder} is missing or holds no NNN_*.png images; every class needs "
+                                   f"defect-free {what}. {expected}")
         for split in self.test_folders:
             test_dir = class_dir / split
-            if not official_images(test_dir if self.private else test_dir / "good") + official_images(test_dir / "bad"):
+            images = official_images(test_dir if self.private else test_dir / "good")
+            if not images + official_images(test_dir / "bad"):
                 raise DatasetError(f"{test_dir} is missing or holds no NNN_*.png images. {expected}")
         if not self.private:
             test_dir = class_dir / self.test_split
@@ -97,7 +102,8 @@ class MVTecAD2(DatasetSource):
             for mask in image_files(test_dir / "ground_truth" / "bad"):
                 image = test_dir / "bad" / mask.name.replace("_mask.png", ".png")
                 if not image.is_file():
-                    raise DatasetError(f"Mask {mask} belongs to the image {image}, which is missing. {expected}")
+                    raise DatasetError(f"Mask {mask} belongs to the image {image}, which is missing. "
+                                       f"{expected}")
 
     @staticmethod
     def _mask(test_dir: Path, image: Path) -> Path:
@@ -114,12 +120,14 @@ class MVTecAD2(DatasetSource):
                     for p in official_images(class_dir / split)]
         test_dir = class_dir / self.test_split
         return ([SampleRef(p, None, 0, "good") for p in official_images(test_dir / "good")]
-                + [SampleRef(p, self._mask(test_dir, p), 1, "bad") for p in official_images(test_dir / "bad")])
+                + [SampleRef(p, self._mask(test_dir, p), 1, "bad")
+                   for p in official_images(test_dir / "bad")])
 
     def ground_truth(self, class_name: str) -> tuple[str, str]:
         if self.private:
-            return "none", (f"{' and '.join(self.test_folders)}: no public ground truth; the anomaly maps are "
-                            f"written for MVTec's evaluation server (benchmark.mvtec.com)")
+            splits = " and ".join(self.test_folders)
+            return "none", (f"{splits}: no public ground truth; the anomaly maps are written for MVTec's "
+                            "evaluation server (benchmark.mvtec.com)")
         return "pixel", ""
 
     def describe(self) -> dict:

@@ -22,6 +22,7 @@ from anobench.datasets.base import (
     DatasetError,
     DatasetSource,
     SampleRef,
+    check_class_name,
     check_mask_size,
     image_files,
     mask_values,
@@ -68,23 +69,25 @@ class DefectChannel:
 
 
 def parse_defects_config(path: Path) -> dict[int, DefectConfig]:
-    """``defects_config.json`` by pixel value, with the types LOCO's evaluation asserts (one sentence on error)."""
+    """``defects_config.json`` by pixel value, with the types LOCO's evaluation asserts."""
     entries = read_json(path, "Defects configuration", f"MVTec LOCO's sPRO needs each class's {CONFIG_FILE}. "
                                                        f"Expected layout: {LOCO_LAYOUT}.")
     configs: dict[int, DefectConfig] = {}
     for i, entry in enumerate(entries if isinstance(entries, list) else [None]):
         try:
-            value, threshold, relative = entry["pixel_value"], entry["saturation_threshold"], entry["relative_saturation"]
+            value, threshold = entry["pixel_value"], entry["saturation_threshold"]
+            relative = entry["relative_saturation"]
+            number = isinstance(threshold, int | float) and not isinstance(threshold, bool)
+            whole = number and threshold >= 0 and threshold == int(threshold)
+            in_range = number and (0 < threshold <= 1 if relative else whole)
             valid = (isinstance(entry["defect_name"], str) and isinstance(value, int) and 1 <= value <= 255
-                     and isinstance(relative, bool) and isinstance(threshold, int | float)
-                     and not isinstance(threshold, bool)
-                     and (0 < threshold <= 1 if relative else threshold >= 0 and float(threshold).is_integer()))
+                     and isinstance(relative, bool) and in_range)
         except (KeyError, TypeError):
             valid = False
         if not valid:
             raise DatasetError(f"{path} entry {i + 1} must have defect_name (text), pixel_value (1-255), "
-                               f"relative_saturation (true/false) and saturation_threshold (a fraction in (0, 1] "
-                               f"if relative, else a pixel count); got {entry!r}.")
+                               "relative_saturation (true/false) and saturation_threshold (a fraction in (0, "
+                               f"1] if relative, else a pixel count); got {entry!r}.")
         configs[value] = DefectConfig(entry["defect_name"], value, float(threshold), relative)
     return configs
 
@@ -111,13 +114,12 @@ class MVTecLOCO(DatasetSource):
         return list(LOCO_CLASSES)
 
     def validate(self, class_name: str) -> None:
-        if class_name not in LOCO_CLASSES:
-            raise DatasetError(f"'{class_name}' is not an MVTec LOCO class; valid classes: {', '.join(LOCO_CLASSES)}.")
+        check_class_name(class_name, LOCO_CLASSES, "an MVTec LOCO class")
         class_dir = self.root / class_name
         expected = f"Expected layout: {LOCO_LAYOUT}."
         if not class_dir.is_dir():
-            raise DatasetError(f"Class folder {class_dir} does not exist; is --data-root {self.root} {self.hint}? "
-                               f"{expected}")
+            raise DatasetError(f"Class folder {class_dir} does not exist; is --data-root {self.root} "
+                               f"{self.hint}? {expected}")
         if not image_files(class_dir / "train" / "good"):
             raise DatasetError(f"{class_dir / 'train' / 'good'} is missing or holds no images. {expected}")
         self.defects_config(class_name)
@@ -128,16 +130,16 @@ class MVTecLOCO(DatasetSource):
                 truth = class_dir / "ground_truth" / kind / image.stem
                 channels = image_files(truth)
                 if not channels:
-                    raise DatasetError(f"Defect image {image} has no ground-truth folder {truth} with a PNG per "
-                                       f"defect. {expected}")
+                    raise DatasetError(f"Defect image {image} has no ground-truth folder {truth} with a PNG "
+                                       f"per defect. {expected}")
                 for channel in channels:
                     check_mask_size(image, channel)
             truths = class_dir / "ground_truth" / kind
             for truth in sorted(d for d in truths.iterdir() if d.is_dir()) if truths.is_dir() else []:
                 image = class_dir / "test" / kind / f"{truth.name}.png"
                 if not image.is_file():
-                    raise DatasetError(f"Ground-truth folder {truth} belongs to the image {image}, which is missing. "
-                                       f"{expected}")
+                    raise DatasetError(f"Ground-truth folder {truth} belongs to the image {image}, which is "
+                                       f"missing. {expected}")
 
     def samples(self, class_name: str, split: str) -> list[SampleRef]:
         class_dir = self.root / class_name
@@ -162,8 +164,8 @@ class MVTecLOCO(DatasetSource):
             values = mask_values(path)
             present = np.unique(values[values != 0])
             if values.ndim != 2 or len(present) != 1 or int(present[0]) not in configs:
-                raise DatasetError(f"Ground-truth channel {path} must be single-channel and hold 0 and one pixel "
-                                   f"value of {self.root / class_name / CONFIG_FILE} "
+                raise DatasetError(f"Ground-truth channel {path} must be single-channel and hold 0 and one "
+                                   f"pixel value of {self.root / class_name / CONFIG_FILE} "
                                    f"({', '.join(map(str, sorted(configs)))}), found {present[:5].tolist()}.")
             channels.append(DefectChannel(values != 0, configs[int(present[0])]))
         return channels
@@ -177,4 +179,5 @@ class MVTecLOCO(DatasetSource):
         return union
 
     def describe(self) -> dict:
-        return {"name": self.name, "root": str(self.root), "train_with_validation": self.train_with_validation}
+        return {"name": self.name, "root": str(self.root),
+                "train_with_validation": self.train_with_validation}

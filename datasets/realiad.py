@@ -24,6 +24,7 @@ from anobench.datasets.base import (
     DatasetError,
     DatasetSource,
     SampleRef,
+    check_class_name,
     check_mask_size,
     read_json,
     register_dataset,
@@ -33,8 +34,8 @@ from anobench.datasets.mvtec import check_root
 REALIAD_CLASSES = (
     "audiojack", "bottle_cap", "button_battery", "end_cap", "eraser", "fire_hood", "mint", "mounts", "pcb",
     "phone_battery", "plastic_nut", "plastic_plug", "porcelain_doll", "regulator", "rolled_strip_base",
-    "sim_card_set", "switch", "tape", "terminalblock", "toothbrush", "toy", "toy_brick", "transistor1", "u_block",
-    "usb", "usb_adaptor", "vcpill", "wooden_beads", "woodstick", "zipper",
+    "sim_card_set", "switch", "tape", "terminalblock", "toothbrush", "toy", "toy_brick", "transistor1",
+    "u_block", "usb", "usb_adaptor", "vcpill", "wooden_beads", "woodstick", "zipper",
 )
 #: the official evaluation's ``--sample_key_pat``: one key per physical sample, shared by its views
 SAMPLE_KEY = re.compile(r"([a-zA-Z][a-zA-Z0-9_]*_[0-9]{4}_[A-Z][A-Z_]*[A-Z])_C[0-9]_")
@@ -51,7 +52,8 @@ class RealIAD(DatasetSource):
     hint = "the Real-IAD folder holding realiad_<resolution>/ and realiad_jsons/"
     protocol_metrics = ("realiad",)
 
-    def __init__(self, root: str | Path | None = None, *, resolution: str = "auto", split: str = "realiad_jsons"):
+    def __init__(self, root: str | Path | None = None, *, resolution: str = "auto",
+                 split: str = "realiad_jsons"):
         self.root = check_root(root, self.name, self.hint)
         self.resolution, self.split = str(resolution), split
         self._entries: dict[str, dict] = {}
@@ -63,8 +65,8 @@ class RealIAD(DatasetSource):
         return next((c for c in candidates if c.is_file()), candidates[0])
 
     def class_dir(self, class_name: str) -> Path:
-        """``realiad_<resolution>/<class>`` (with ``auto``: the first of 1024, 512, 256, raw that exists), else
-        ADer's ``<root>/<class>``."""
+        """``realiad_<resolution>/<class>`` (with ``auto``: the first of 1024, 512, 256, raw that exists),
+        else ADer's ``<root>/<class>``."""
         resolutions = RESOLUTIONS if self.resolution == "auto" else (self.resolution,)
         candidates = [self.root / f"realiad_{r}" / class_name for r in resolutions]
         return next((c for c in candidates if c.is_dir()), self.root / class_name)
@@ -78,8 +80,9 @@ class RealIAD(DatasetSource):
                                                        f"'{self.split}')? Expected layout: {REALIAD_LAYOUT}.")
         for part in ("train", "test"):
             entries = data.get(part) if isinstance(data, dict) else None
-            if not isinstance(entries, list) or not all(isinstance(e, dict) and all(k in e for k in ENTRY_KEYS)
-                                                        for e in entries):
+            well_formed = isinstance(entries, list) and all(
+                isinstance(e, dict) and all(k in e for k in ENTRY_KEYS) for e in entries)
+            if not well_formed:
                 raise DatasetError(f"Real-IAD split file {path} needs a '{part}' list of entries with "
                                    f"{', '.join(ENTRY_KEYS)}.")
         self._entries[class_name] = data
@@ -89,17 +92,17 @@ class RealIAD(DatasetSource):
         return list(REALIAD_CLASSES)
 
     def validate(self, class_name: str) -> None:
-        if class_name not in REALIAD_CLASSES:
-            raise DatasetError(f"'{class_name}' is not a Real-IAD class; valid classes: {', '.join(REALIAD_CLASSES)}.")
-        data, path, class_dir = self._split(class_name), self.json_path(class_name), self.class_dir(class_name)
+        check_class_name(class_name, REALIAD_CLASSES, "a Real-IAD class")
+        data, path = self._split(class_name), self.json_path(class_name)
+        class_dir = self.class_dir(class_name)
         if not data["train"]:
             raise DatasetError(f"Real-IAD split file {path} lists no training image.")
         for part in ("train", "test"):
             for entry in data[part]:
                 image = class_dir / entry["image_path"]
                 if not image.is_file():
-                    raise DatasetError(f"Image {image} named in {path} ('{part}') is missing. Expected layout: "
-                                       f"{REALIAD_LAYOUT}.")
+                    raise DatasetError(f"Image {image} named in {path} ('{part}') is missing. Expected "
+                                       f"layout: {REALIAD_LAYOUT}.")
                 if entry["mask_path"]:
                     mask = class_dir / entry["mask_path"]
                     if not mask.is_file():

@@ -26,25 +26,27 @@ from anobench.datasets.base import (
     DatasetError,
     DatasetSource,
     SampleRef,
+    check_class_name,
     check_mask_size,
     nonzero_mask,
     register_dataset,
 )
 from anobench.datasets.mvtec import FolderLayout, check_root, scan_class_folder, validate_class_folder
 
-VISA_CLASSES = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2",
-                "pcb3", "pcb4", "pipe_fryum")
+VISA_CLASSES = ("candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1",
+                "pcb2", "pcb3", "pcb4", "pipe_fryum")
 SPLIT_FILE = "split_csv/1cls.csv"
 CSV_HEADER = ["object", "split", "label", "image", "mask"]
 LAYOUTS = ("auto", "original", "converted")
 ORIGINAL_LAYOUT = ("<root>/split_csv/1cls.csv, <root>/<class>/Data/Images/{Normal,Anomaly}/*.JPG and "
                    "<root>/<class>/Data/Masks/Anomaly/<stem>.png")
-CONVERTED = FolderLayout("good", (".png",), "<root>/<class>/train/good/*.JPG, <root>/<class>/test/{good,bad}/*.JPG "
-                                            "and <root>/<class>/ground_truth/bad/<stem>.png")
+CONVERTED = FolderLayout("good", (".png",), "<root>/<class>/train/good/*.JPG, <root>/<class>/test/{good,bad}/"
+                                            "*.JPG and <root>/<class>/ground_truth/bad/<stem>.png")
 
 
 def _converted_root(root: Path) -> Path | None:
-    """The folder holding converted class folders: the root itself, SPD's ``1cls/`` or anomalib's ``visa_pytorch/``."""
+    """The folder holding converted class folders: the root itself, SPD's ``1cls/`` or anomalib's
+    ``visa_pytorch/``."""
     for candidate in (root, root / "1cls", root / "visa_pytorch"):
         if any((candidate / name / "train").is_dir() for name in VISA_CLASSES):
             return candidate
@@ -63,7 +65,8 @@ class VisA(DatasetSource):
         if layout not in LAYOUTS:
             raise DatasetError(f"VisA layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
         converted = _converted_root(root)
-        if layout == "original" or (layout == "auto" and ((root / "split_csv").is_dir() or converted is None)):
+        has_split_file = (root / "split_csv").is_dir()
+        if layout == "original" or (layout == "auto" and (has_split_file or converted is None)):
             self.layout, self.root = "original", root
         else:
             self.layout, self.root = "converted", converted or root
@@ -77,8 +80,8 @@ class VisA(DatasetSource):
             return self._rows
         path = self.root / SPLIT_FILE
         if not path.is_file():
-            raise DatasetError(f"VisA split file {path} is missing; it defines the one-class split. Is --data-root "
-                               f"{self.root} {self.hint}? Expected layout: {ORIGINAL_LAYOUT}.")
+            raise DatasetError(f"VisA split file {path} is missing; it defines the one-class split. Is "
+                               f"--data-root {self.root} {self.hint}? Expected layout: {ORIGINAL_LAYOUT}.")
         rows: dict[str, list] = defaultdict(list)
         with open(path, newline="", encoding="utf-8-sig") as f:  # csv handles the CRLF line endings
             reader = csv.reader(f)
@@ -90,15 +93,15 @@ class VisA(DatasetSource):
                 if not any(row):
                     continue
                 if len(row) != len(CSV_HEADER):
-                    raise DatasetError(f"{path} line {line} has {len(row)} fields, expected {len(CSV_HEADER)} "
-                                       f"({','.join(CSV_HEADER)}).")
+                    raise DatasetError(f"{path} line {line} has {len(row)} fields, expected "
+                                       f"{len(CSV_HEADER)} ({','.join(CSV_HEADER)}).")
                 obj, split, label, image, mask = row
                 if split not in ("train", "test") or label not in ("normal", "anomaly"):
                     raise DatasetError(f"{path} line {line}: split must be train or test and label normal or "
                                        f"anomaly, got {split!r} and {label!r}.")
                 if label == "anomaly" and (split == "train" or not mask):
-                    raise DatasetError(f"{path} line {line}: an anomalous image must be a test image with a mask; "
-                                       f"this is not VisA's one-class split.")
+                    raise DatasetError(f"{path} line {line}: an anomalous image must be a test image with a "
+                                       "mask; this is not VisA's one-class split.")
                 rows[obj].append((line, split, label, image, mask))
         self._rows = dict(rows)
         return self._rows
@@ -111,7 +114,8 @@ class VisA(DatasetSource):
     def _class_rows(self, class_name: str):
         rows = self._split_rows().get(class_name)
         if not rows:
-            raise DatasetError(f"{self.root / SPLIT_FILE} has no rows for class '{class_name}'; use VisA's 1cls.csv.")
+            raise DatasetError(f"{self.root / SPLIT_FILE} has no rows for class '{class_name}'; use VisA's "
+                               "1cls.csv.")
         return rows
 
     # -- the DatasetSource interface --------------------------------------------------------------------
@@ -120,10 +124,10 @@ class VisA(DatasetSource):
         return list(VISA_CLASSES)
 
     def validate(self, class_name: str) -> None:
-        if class_name not in VISA_CLASSES:
-            raise DatasetError(f"'{class_name}' is not a VisA class; valid classes: {', '.join(VISA_CLASSES)}.")
+        check_class_name(class_name, VISA_CLASSES, "a VisA class")
         if self.layout == "converted":
-            validate_class_folder(self.root / class_name, f"is --data-root {self.root} {self.hint}?", CONVERTED)
+            validate_class_folder(self.root / class_name, f"is --data-root {self.root} "
+                                                          f"{self.hint}?", CONVERTED)
             return
         rows = self._class_rows(class_name)
         split_file = self.root / SPLIT_FILE
@@ -132,13 +136,13 @@ class VisA(DatasetSource):
         for line, _, label, image, mask in rows:
             image_path = self.root / image
             if not image_path.is_file():
-                raise DatasetError(f"Image {image_path} named in {split_file} line {line} is missing. Expected "
-                                   f"layout: {ORIGINAL_LAYOUT}.")
+                raise DatasetError(f"Image {image_path} named in {split_file} line {line} is missing. "
+                                   f"Expected layout: {ORIGINAL_LAYOUT}.")
             if label == "anomaly":
                 mask_path = self.root / mask
                 if not mask_path.is_file():
-                    raise DatasetError(f"Mask {mask_path} named in {split_file} line {line} is missing. Expected "
-                                       f"layout: {ORIGINAL_LAYOUT}.")
+                    raise DatasetError(f"Mask {mask_path} named in {split_file} line {line} is missing. "
+                                       f"Expected layout: {ORIGINAL_LAYOUT}.")
                 check_mask_size(image_path, mask_path)
 
     def samples(self, class_name: str, split: str) -> list[SampleRef]:

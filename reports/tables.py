@@ -135,8 +135,9 @@ def footnotes_for(records: Iterable[Record]) -> list[str]:
     multi = [r for r in records if r["config"].get("setting") == "multi-class"]
     if multi:
         trained_on = max(len(r["config"].get("train_classes", [])) for r in multi)
-        notes.append(f"[multi-class]: one model trained on the training images of all {trained_on} classes and "
-                     "evaluated on each class (ADer's unified setting); other rows train one model per class.")
+        notes.append(f"[multi-class]: one model trained on the training images of all {trained_on} classes "
+                     "and evaluated on each class (ADer's unified setting); other rows train one model per "
+                     "class.")
     protocols = sorted({r["config"]["protocol"] for r in records})
     if protocols:
         notes.append("Protocol: " + ", ".join(protocols) + " (strict: no normalizing constant comes from test "
@@ -183,7 +184,8 @@ def shown_metrics(records: list[Record], references: Iterable[Reference]) -> lis
     some record measured, explains as unavailable, or the suite has a reference number for."""
     candidates = list(ACCURACY_METRICS)
     for record in records:
-        candidates += [m for m in record.get("dataset_protocol", {}).get("metrics", []) if m not in candidates]
+        own = record.get("dataset_protocol", {}).get("metrics", [])
+        candidates += [m for m in own if m not in candidates]
     referenced = {ref.metric for ref in references}
     return [m for m in candidates if m in METRIC_INFO and (
         m in referenced or any(r["metrics"].get(m) is not None or m in r.get("metrics_unavailable", {})
@@ -191,7 +193,7 @@ def shown_metrics(records: list[Record], references: Iterable[Reference]) -> lis
 
 
 def unavailable_notes(records: list[Record], metric_names: list[str]) -> list[str]:
-    """Why shown columns are empty: one line per reason, naming the metrics (in column order) and the classes."""
+    """Why shown columns are empty: one line per reason, naming the metrics (column order) and classes."""
     by_reason: dict[str, tuple[set[str], set[str]]] = {}
     for record in records:
         for metric, reason in record.get("metrics_unavailable", {}).items():
@@ -205,7 +207,8 @@ def unavailable_notes(records: list[Record], metric_names: list[str]) -> list[st
 
 def protocol_notes(records: list[Record]) -> list[str]:
     """The dataset protocols' notes (how their metrics were computed), each once."""
-    return list(dict.fromkeys(note for r in records for note in r.get("dataset_protocol", {}).get("notes", [])))
+    return list(dict.fromkeys(note for r in records
+                              for note in r.get("dataset_protocol", {}).get("notes", [])))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -259,7 +262,8 @@ def accuracy_tables(run: RunData) -> list[Table]:
                     ref = find_reference(mean_refs, method, encoder, m)
                     row += [ref.value if ref else None, None]
             table.rows.append(row)
-        table.footnotes = footnotes_for(records) + unavailable_notes(records, metric_names) + protocol_notes(records)
+        table.footnotes = (footnotes_for(records) + unavailable_notes(records, metric_names)
+                           + protocol_notes(records))
         if with_reference:
             sources = sorted({ref.source for ref in references if ref.metric in with_reference})
             table.footnotes.append("Paper numbers as published (" + "; ".join(sources) + "), not measured here.")

@@ -21,9 +21,14 @@ from anobench.datasets.realiad import REALIAD_CLASSES
 from anobench.datasets.visa import VISA_CLASSES
 from PIL import Image
 
-MPDD_DEFECTS = {"bracket_black": ("hole", "scratches"), "bracket_brown": ("bend_and_parts_mismatch", "parts_mismatch"),
-                "bracket_white": ("defective_painting", "scratches"), "connector": ("parts_mismatch",),
-                "metal_plate": ("major_rust", "scratches", "total_rust"), "tubes": ("flattening",)}
+MPDD_DEFECTS = {
+    "bracket_black": ("hole", "scratches"),
+    "bracket_brown": ("bend_and_parts_mismatch", "parts_mismatch"),
+    "bracket_white": ("defective_painting", "scratches"),
+    "connector": ("parts_mismatch",),
+    "metal_plate": ("major_rust", "scratches", "total_rust"),
+    "tubes": ("flattening",),
+}
 VISA_NORMAL_WIDTH = {"candle": 4, "macaroni1": 4, "macaroni2": 4, "pcb1": 4, "pcb2": 4, "pcb3": 4, "pcb4": 4}
 CRLF = "\r\n"
 
@@ -38,15 +43,20 @@ def defect_mask(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     mask = np.zeros((height, width), dtype=bool)
     h, w = max(2, height // 4), max(2, width // 4)
     y, x = rng.integers(0, height - h), rng.integers(0, width - w)
-    mask[y:y + h, x:x + w] = True
+    mask[y : y + h, x : x + w] = True
     return mask
 
 
-def picture(rng: np.random.Generator, width: int, height: int, defect: np.ndarray | None = None,
-            gray: bool = False) -> Image.Image:
+def picture(
+    rng: np.random.Generator, width: int, height: int, defect: np.ndarray | None = None, gray: bool = False
+) -> Image.Image:
     """A smooth textured image; defect pixels are bright."""
     yy, xx = np.mgrid[0:height, 0:width]
-    base = 90 + 30 * np.sin(xx / 3.0 + rng.uniform(0, 0.3)) * np.cos(yy / 4.0) + rng.normal(0, 2, (height, width))
+    base = (
+        90
+        + 30 * np.sin(xx / 3.0 + rng.uniform(0, 0.3)) * np.cos(yy / 4.0)
+        + rng.normal(0, 2, (height, width))
+    )
     rgb = np.stack([base, base * 0.9 + 10, base * 0.8 + 20], axis=-1)
     if defect is not None:
         rgb[defect] = 250
@@ -71,9 +81,20 @@ def save_image(path: Path, image: Image.Image) -> None:
         image.save(path)
 
 
-def write_mvtec_style(class_dir: Path, defects: tuple[str, ...], *, good: str = "good", size=(40, 40),
-                      image_ext: str = ".png", mask_name=lambda stem: f"{stem}_mask.png", train: int = 6,
-                      test_good: int = 2, per_defect: int = 2, width: int = 3, seed_key: str = "") -> None:
+def write_mvtec_style(
+    class_dir: Path,
+    defects: tuple[str, ...],
+    *,
+    good: str = "good",
+    size=(40, 40),
+    image_ext: str = ".png",
+    mask_name=lambda stem: f"{stem}_mask.png",
+    train: int = 6,
+    test_good: int = 2,
+    per_defect: int = 2,
+    width: int = 3,
+    seed_key: str = "",
+) -> None:
     """One class folder: train/<good>, test/<good>, test/<defect>, ground_truth/<defect>/<mask_name(stem)>."""
     w, h = size
     rng = _rng(seed_key or class_dir.name)
@@ -92,8 +113,15 @@ def write_mvtec_style(class_dir: Path, defects: tuple[str, ...], *, good: str = 
 # VisA
 
 
-def write_fake_visa(root: Path, classes: tuple[str, ...] = VISA_CLASSES, *, train: int = 5, test_good: int = 2,
-                    anomalies: int = 3, size=(48, 40)) -> Path:
+def write_fake_visa(
+    root: Path,
+    classes: tuple[str, ...] = VISA_CLASSES,
+    *,
+    train: int = 5,
+    test_good: int = 2,
+    anomalies: int = 3,
+    size=(48, 40),
+) -> Path:
     """The original layout: Data/Images/{Normal,Anomaly}/*.JPG, Data/Masks/Anomaly/*.png holding defect class
     ids (1, 2, 3; not 255), split_csv/1cls.csv with CRLF endings and an empty mask field for normals."""
     w, h = size
@@ -111,7 +139,10 @@ def write_fake_visa(root: Path, classes: tuple[str, ...] = VISA_CLASSES, *, trai
         anno = ["image,label,mask"]
         for i in range(anomalies):
             mask = defect_mask(rng, w, h)
-            image_rel, mask_rel = f"{name}/Data/Images/Anomaly/{i:03d}.JPG", f"{name}/Data/Masks/Anomaly/{i:03d}.png"
+            image_rel, mask_rel = (
+                f"{name}/Data/Images/Anomaly/{i:03d}.JPG",
+                f"{name}/Data/Masks/Anomaly/{i:03d}.png",
+            )
             save_image(root / image_rel, picture(rng, w, h, mask))
             save_mask(root / mask_rel, mask, value=1 + i % 3)  # a class id, as in the original masks
             lines.append(f"{name},test,anomaly,{image_rel},{mask_rel}")
@@ -121,12 +152,20 @@ def write_fake_visa(root: Path, classes: tuple[str, ...] = VISA_CLASSES, *, trai
     return root
 
 
-def write_fake_visa_anomalib(root: Path, classes: tuple[str, ...] = ("candle", "pcb1"), size=(48, 40)) -> Path:
-    """anomalib's converted copy: visa_pytorch/<class>/{train/good,test/good,test/bad,ground_truth/bad/<stem>.png}
-    with 3-channel 0/255 masks (written by cv2) and the original .JPG names."""
+def write_fake_visa_anomalib(
+    root: Path, classes: tuple[str, ...] = ("candle", "pcb1"), size=(48, 40)
+) -> Path:
+    """anomalib's converted copy: visa_pytorch/<class>/{train/good,test/good,test/bad} and
+    ground_truth/bad/<stem>.png, 3-channel 0/255 masks (written by cv2), the original .JPG names."""
     for name in classes:
-        write_mvtec_style(root / "visa_pytorch" / name, ("bad",), size=size, image_ext=".JPG",
-                          mask_name=lambda stem: f"{stem}.png", seed_key=f"visa-anomalib-{name}")
+        write_mvtec_style(
+            root / "visa_pytorch" / name,
+            ("bad",),
+            size=size,
+            image_ext=".JPG",
+            mask_name=lambda stem: f"{stem}.png",
+            seed_key=f"visa-anomalib-{name}",
+        )
         for mask in (root / "visa_pytorch" / name / "ground_truth" / "bad").iterdir():
             values = np.asarray(Image.open(mask))
             Image.fromarray(np.stack([values] * 3, axis=-1), "RGB").save(mask)
@@ -149,8 +188,15 @@ def write_fake_btad(root: Path, classes: tuple[str, ...] = BTAD_CLASSES) -> Path
     extensions = {"01": (".bmp", ".png"), "02": (".png", ".png"), "03": (".bmp", ".bmp")}
     for name in classes:
         image_ext, mask_ext = extensions[name]
-        write_mvtec_style(root / "BTech_Dataset_transformed" / name, ("ko",), good="ok", image_ext=image_ext,
-                          mask_name=lambda stem, ext=mask_ext: f"{stem}{ext}", width=4, per_defect=3)
+        write_mvtec_style(
+            root / "BTech_Dataset_transformed" / name,
+            ("ko",),
+            good="ok",
+            image_ext=image_ext,
+            mask_name=lambda stem, ext=mask_ext: f"{stem}{ext}",
+            width=4,
+            per_defect=3,
+        )
     return root
 
 
@@ -160,12 +206,28 @@ def write_fake_btad(root: Path, classes: tuple[str, ...] = BTAD_CLASSES) -> Path
 
 def write_fake_loco(root: Path, classes: tuple[str, ...] = LOCO_CLASSES, size=(48, 32)) -> Path:
     """defects_config.json (absolute and relative saturation), train/validation/test folders and one folder
-    of per-defect PNGs per anomalous image, each holding its defect's pixel_value; two defects on one image."""
+    of per-defect PNGs per anomalous image, each holding its defect's pixel_value; two defects on one
+    image."""
     w, h = size
     config = [
-        {"defect_name": "missing_part", "pixel_value": 255, "saturation_threshold": 40, "relative_saturation": False},
-        {"defect_name": "extra_part", "pixel_value": 254, "saturation_threshold": 1.0, "relative_saturation": True},
-        {"defect_name": "scratch", "pixel_value": 253, "saturation_threshold": 0.5, "relative_saturation": True},
+        {
+            "defect_name": "missing_part",
+            "pixel_value": 255,
+            "saturation_threshold": 40,
+            "relative_saturation": False,
+        },
+        {
+            "defect_name": "extra_part",
+            "pixel_value": 254,
+            "saturation_threshold": 1.0,
+            "relative_saturation": True,
+        },
+        {
+            "defect_name": "scratch",
+            "pixel_value": 253,
+            "saturation_threshold": 0.5,
+            "relative_saturation": True,
+        },
     ]
     for name in classes:
         rng = _rng("loco", name)
@@ -185,7 +247,9 @@ def write_fake_loco(root: Path, classes: tuple[str, ...] = LOCO_CLASSES, size=(4
                 union = np.logical_or.reduce(masks)
                 save_image(class_dir / "test" / kind / f"{i:03d}.png", picture(rng, w, h, union))
                 for k, (mask, value) in enumerate(zip(masks, values, strict=False)):
-                    save_mask(class_dir / "ground_truth" / kind / f"{i:03d}" / f"{k:03d}.png", mask, value=value)
+                    save_mask(
+                        class_dir / "ground_truth" / kind / f"{i:03d}" / f"{k:03d}.png", mask, value=value
+                    )
     return root
 
 
@@ -195,7 +259,8 @@ def write_fake_loco(root: Path, classes: tuple[str, ...] = LOCO_CLASSES, size=(4
 
 def write_fake_ad2(root: Path, classes: tuple[str, ...] = AD2_CLASSES, size=(56, 24)) -> Path:
     """train/validation good NNN_regular.png; test_public good/bad with mixed lighting names and
-    ground_truth/bad/<stem>_mask.png (255); flat test_private (NNN_regular) and test_private_mixed (NNN_mixed)."""
+    ground_truth/bad/<stem>_mask.png (255); flat test_private (NNN_regular) and test_private_mixed
+    (NNN_mixed)."""
     w, h = size
     lightings = ("regular", "overexposed", "shift_1")
     for name in classes:
@@ -241,9 +306,10 @@ def write_fake_ksdd2(root: Path, size=(24, 64)) -> Path:
 # Real-IAD
 
 
-def write_fake_realiad(root: Path, classes: tuple[str, ...] = REALIAD_CLASSES, resolution: str = "256",
-                       size=(32, 32)) -> Path:
-    """realiad_<resolution>/<class>/{OK,NG/<code>}/S<NNNN>/<class>_<NNNN>_<OK|NG_code>_C<view>_<timestamp>.jpg,
+def write_fake_realiad(
+    root: Path, classes: tuple[str, ...] = REALIAD_CLASSES, resolution: str = "256", size=(32, 32)
+) -> Path:
+    """realiad_<resolution>/<class>/{OK,NG/<code>}/S<NNNN>/<class>_<NNNN>_<OK|NG_code>_C<view>_<time>.jpg,
     NG masks as .png with the same stem, and realiad_jsons/<class>.json (meta/train/test; paths relative to
     the class folder, mask_path null for OK). Some classes use a double underscore after the name."""
     w, h = size
@@ -263,10 +329,13 @@ def write_fake_realiad(root: Path, classes: tuple[str, ...] = REALIAD_CLASSES, r
                 mask_rel = None
                 if kind != "OK":
                     mask_rel = f"{folder}/{stem}.png"
-                    save_mask(root / f"realiad_{resolution}" / name / mask_rel,
-                              mask if mask is not None else np.zeros((h, w), dtype=bool))
-                entries[split].append({"category": name, "anomaly_class": kind, "image_path": image_rel,
-                                       "mask_path": mask_rel})
+                    save_mask(
+                        root / f"realiad_{resolution}" / name / mask_rel,
+                        mask if mask is not None else np.zeros((h, w), dtype=bool),
+                    )
+                entries[split].append(
+                    {"category": name, "anomaly_class": kind, "image_path": image_rel, "mask_path": mask_rel}
+                )
         data = {"meta": {"prefix": "", "normal_class": "OK", "pre_transform": {}}, **entries}
         (root / "realiad_jsons").mkdir(parents=True, exist_ok=True)
         (root / "realiad_jsons" / f"{name}.json").write_text(json.dumps(data))

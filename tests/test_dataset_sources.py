@@ -61,7 +61,9 @@ def save_resized(path, size=(7, 5)):
 
 def test_visa_original_reads_the_crlf_split_and_class_id_masks(roots):
     raw = (roots["visa"] / "split_csv/1cls.csv").read_bytes()
-    assert raw.startswith(b"object,split,label,image,mask\r\n") and b".JPG,\r\n" in raw  # the real file's shape
+    assert (
+        raw.startswith(b"object,split,label,image,mask\r\n") and b".JPG,\r\n" in raw
+    )  # the real file's shape
     source = validate_all("visa", roots["visa"])
     assert source.layout == "original" and len(source.classes()) == 12
     train, test = source.samples("candle", "train"), source.samples("candle", "test")
@@ -72,7 +74,9 @@ def test_visa_original_reads_the_crlf_split_and_class_id_masks(roots):
     values = np.unique(np.asarray(Image.open(anomalous[1].mask_path)))
     assert values.tolist() == [0, 2]  # a class id, not 255 ...
     mask = source.original_mask(anomalous[1])
-    assert mask.sum() == np.count_nonzero(np.asarray(Image.open(anomalous[1].mask_path)))  # ... read as defect
+    assert mask.sum() == np.count_nonzero(
+        np.asarray(Image.open(anomalous[1].mask_path))
+    )  # ... read as defect
     sample = AnomalyDataset(anomalous, Geometry(32, 32), source.read_mask)[0]
     assert sample["mask"].sum() > 0 and mask.shape == (40, 48)  # non-square, never assumed square
 
@@ -100,8 +104,12 @@ def test_visa_converted_layouts_read_the_same_defects(roots, tmp_path):
 
 def test_mpdd_btad_ksdd2_read_their_conventions(roots):
     mpdd = validate_all("mpdd", roots["mpdd"])
-    assert {r.defect_type for r in mpdd.samples("metal_plate", "test")} == {"good", "major_rust", "scratches",
-                                                                             "total_rust"}
+    assert {r.defect_type for r in mpdd.samples("metal_plate", "test")} == {
+        "good",
+        "major_rust",
+        "scratches",
+        "total_rust",
+    }
     btad = validate_all("btad", roots["btad"])  # the folder holding BTech_Dataset_transformed/
     assert btad.root.name == "BTech_Dataset_transformed"
     for name, image_ext, mask_ext in (("01", ".bmp", ".png"), ("02", ".png", ".png"), ("03", ".bmp", ".bmp")):
@@ -141,17 +149,27 @@ def test_loco_channel_with_an_unconfigured_value_is_refused(roots, tmp_path):
     values[values > 0] = 7
     Image.fromarray(values, "L").save(channel)
     source = create_dataset("mvtec_loco", root)
-    ref = next(r for r in source.samples("pushpins", "test") if r.mask_path and r.mask_path.name == "000"
-               and r.defect_type == "structural_anomalies")
-    with pytest.raises(DatasetError, match=r"000.png must be single-channel and hold 0 and one pixel value of .*"
-                                           r"defects_config.json \(253, 254, 255\), found \[7\]"):
+    ref = next(
+        r
+        for r in source.samples("pushpins", "test")
+        if r.mask_path and r.mask_path.name == "000" and r.defect_type == "structural_anomalies"
+    )
+    with pytest.raises(
+        DatasetError,
+        match=r"000.png must be single-channel and hold 0 and one pixel value of .*"
+        r"defects_config.json \(253, 254, 255\), found \[7\]",
+    ):
         source.defect_channels("pushpins", ref)
 
 
 def test_ad2_public_and_private_splits(roots, tmp_path):
     public = validate_all("mvtec_ad2", roots["mvtec_ad2"])
     test = public.samples("can", "test")
-    assert [r.image_path.name for r in test if r.label] == ["000_regular.png", "001_overexposed.png", "002_shift_1.png"]
+    assert [r.image_path.name for r in test if r.label] == [
+        "000_regular.png",
+        "001_overexposed.png",
+        "002_shift_1.png",
+    ]
     assert all(r.mask_path.name == r.image_path.stem + "_mask.png" for r in test if r.label)
     assert len(public.samples("can", "validation")) == 3
     private = validate_all("mvtec_ad2", roots["mvtec_ad2"], test_split="private")
@@ -160,7 +178,10 @@ def test_ad2_public_and_private_splits(roots, tmp_path):
     assert {r.label for r in refs} == {-1} and private.ground_truth("can")[0] == "none"
     nested = tmp_path / "per_class"  # an archive extracted per class: <class>/<class>/...
     shutil.copytree(roots["mvtec_ad2"] / "can", nested / "can" / "can")
-    assert create_dataset("mvtec_ad2", nested).samples("can", "train")[0].image_path.parts[-5:-3] == ("can", "can")
+    assert create_dataset("mvtec_ad2", nested).samples("can", "train")[0].image_path.parts[-5:-3] == (
+        "can",
+        "can",
+    )
     with pytest.raises(DatasetError, match="test_split must be one of"):
         create_dataset("mvtec_ad2", roots["mvtec_ad2"], test_split="test")
 
@@ -168,11 +189,17 @@ def test_ad2_public_and_private_splits(roots, tmp_path):
 def test_realiad_reads_json_splits_and_sample_keys(roots, tmp_path):
     source = validate_all("realiad", roots["realiad"])  # realiad_256 found by resolution "auto"
     test = source.samples("audiojack", "test")
-    assert len(test) == 10 and sum(r.label for r in test) == 5 and {r.defect_type for r in test} == {"good", "QS"}
+    assert (
+        len(test) == 10
+        and sum(r.label for r in test) == 5
+        and {r.defect_type for r in test} == {"good", "QS"}
+    )
     keys = {source.sample_key(r) for r in test}
     assert keys == {"audiojack__0003_OK", "audiojack__0004_NG_QS"}  # double underscore kept from the JSON
-    assert {source.sample_key(r) for r in source.samples("bottle_cap", "test")} == {"bottle_cap_0003_OK",
-                                                                                     "bottle_cap_0004_NG_QS"}
+    assert {source.sample_key(r) for r in source.samples("bottle_cap", "test")} == {
+        "bottle_cap_0003_OK",
+        "bottle_cap_0004_NG_QS",
+    }
     nested = tmp_path / "nested"  # anomalib's realiad_jsons/realiad_jsons/<class>.json
     shutil.copytree(roots["realiad"] / "realiad_256" / "toy", nested / "realiad_256" / "toy")
     (nested / "realiad_jsons" / "realiad_jsons").mkdir(parents=True)
@@ -181,7 +208,9 @@ def test_realiad_reads_json_splits_and_sample_keys(roots, tmp_path):
 
 
 def test_an_option_the_source_does_not_take_is_named(roots):
-    with pytest.raises(DatasetError, match="Dataset 'btad' does not take the option 'test_split'; its options: none"):
+    with pytest.raises(
+        DatasetError, match="Dataset 'btad' does not take the option 'test_split'; its options: none"
+    ):
         create_dataset("btad", roots["btad"], test_split="x")
 
 
@@ -205,35 +234,110 @@ def _drop_json_image(root):
 
 DAMAGES = {
     # dataset: (missing split file, wrong-size mask, image the split names but the folder lacks)
-    "visa": ((lambda r: (r / "split_csv/1cls.csv").unlink(), r"VisA split file .*1cls.csv is missing"),
-             (lambda r: save_resized(_first(r, "pcb1/Data/Masks/Anomaly/*.png")), r"Mask .*000.png is 7x5 pixels but its image .*000.JPG is 48x40"),
-             (_drop_csv_row_image, r"Image .*candle/Data/Images/Normal/0002.JPG named in .*1cls.csv line 4 is missing")),
-    "mpdd": ((lambda r: shutil.rmtree(r / "tubes/train"), r"tubes/train/good is missing or holds no images"),
-             (lambda r: save_resized(_first(r, "tubes/ground_truth/flattening/*.png")), r"Mask .*000_mask.png is 7x5 pixels"),
-             (lambda r: _first(r, "tubes/test/flattening/*.png").unlink(), r"Mask .*000_mask.png belongs to the image .*flattening/000.\*, which is missing")),
-    "btad": ((lambda r: shutil.rmtree(r / "BTech_Dataset_transformed/02/train"), r"02/train/ok is missing or holds no images"),
-             (lambda r: save_resized(_first(r, "BTech_Dataset_transformed/03/ground_truth/ko/*.bmp")), r"Mask .*03/ground_truth/ko/0000.bmp is 7x5 pixels"),
-             (lambda r: _first(r, "BTech_Dataset_transformed/01/test/ko/*.bmp").unlink(), r"Mask .*01/ground_truth/ko/0000.png belongs to the image")),
-    "mvtec_loco": ((lambda r: (r / "juice_bottle/defects_config.json").unlink(), r"Defects configuration .*juice_bottle/defects_config.json is missing"),
-                   (lambda r: save_resized(_first(r, "screw_bag/ground_truth/logical_anomalies/000/001.png")), r"Mask .*000/001.png is 7x5 pixels"),
-                   (lambda r: _first(r, "pushpins/test/structural_anomalies/*.png").unlink(), r"Ground-truth folder .*structural_anomalies/000 belongs to the image .*000.png, which is missing")),
-    "mvtec_ad2": ((lambda r: shutil.rmtree(r / "vial/validation"), r"vial/validation/good is missing or holds no NNN_\*.png images; every class needs defect-free validation images"),
-                  (lambda r: save_resized(_first(r, "rice/test_public/ground_truth/bad/*.png")), r"Mask .*000_regular_mask.png is 7x5 pixels"),
-                  (lambda r: _first(r, "walnuts/test_public/bad/*.png").unlink(), r"Mask .*000_regular_mask.png belongs to the image .*bad/000_regular.png, which is missing")),
-    "ksdd2": ((lambda r: shutil.rmtree(r / "test"), r"ksdd2/test is missing; is --data-root"),
-              (lambda r: save_resized(r / "train/10003_GT.png"), r"Mask .*10003_GT.png is 7x5 pixels"),
-              (lambda r: (r / "test/10010.png").unlink(), r"Ground truth .*10010_GT.png names the image .*10010.png, which is missing")),
-    "realiad": ((lambda r: (r / "realiad_jsons/zipper.json").unlink(), r"Real-IAD split file .*zipper.json is missing"),
-                (lambda r: save_resized(_first(r, "realiad_256/mint/NG/QS/S0004/*C1*.png")), r"Mask .*_C1_.*png is 7x5 pixels"),
-                (_drop_json_image, r"Image .*audiojack/OK/S0003/audiojack__0003_OK_C1_.*jpg named in .*audiojack.json \('test'\) is missing")),
+    "visa": (
+        (lambda r: (r / "split_csv/1cls.csv").unlink(), r"VisA split file .*1cls.csv is missing"),
+        (
+            lambda r: save_resized(_first(r, "pcb1/Data/Masks/Anomaly/*.png")),
+            r"Mask .*000.png is 7x5 pixels but its image .*000.JPG is 48x40",
+        ),
+        (
+            _drop_csv_row_image,
+            r"Image .*candle/Data/Images/Normal/0002.JPG named in .*1cls.csv line 4 is missing",
+        ),
+    ),
+    "mpdd": (
+        (lambda r: shutil.rmtree(r / "tubes/train"), r"tubes/train/good is missing or holds no images"),
+        (
+            lambda r: save_resized(_first(r, "tubes/ground_truth/flattening/*.png")),
+            r"Mask .*000_mask.png is 7x5 pixels",
+        ),
+        (
+            lambda r: _first(r, "tubes/test/flattening/*.png").unlink(),
+            r"Mask .*000_mask.png belongs to the image .*flattening/000.\*, which is missing",
+        ),
+    ),
+    "btad": (
+        (
+            lambda r: shutil.rmtree(r / "BTech_Dataset_transformed/02/train"),
+            r"02/train/ok is missing or holds no images",
+        ),
+        (
+            lambda r: save_resized(_first(r, "BTech_Dataset_transformed/03/ground_truth/ko/*.bmp")),
+            r"Mask .*03/ground_truth/ko/0000.bmp is 7x5 pixels",
+        ),
+        (
+            lambda r: _first(r, "BTech_Dataset_transformed/01/test/ko/*.bmp").unlink(),
+            r"Mask .*01/ground_truth/ko/0000.png belongs to the image",
+        ),
+    ),
+    "mvtec_loco": (
+        (
+            lambda r: (r / "juice_bottle/defects_config.json").unlink(),
+            r"Defects configuration .*juice_bottle/defects_config.json is missing",
+        ),
+        (
+            lambda r: save_resized(_first(r, "screw_bag/ground_truth/logical_anomalies/000/001.png")),
+            r"Mask .*000/001.png is 7x5 pixels",
+        ),
+        (
+            lambda r: _first(r, "pushpins/test/structural_anomalies/*.png").unlink(),
+            r"Ground-truth folder .*structural_anomalies/000 belongs to the image .*000.png, which is "
+            r"missing",
+        ),
+    ),
+    "mvtec_ad2": (
+        (
+            lambda r: shutil.rmtree(r / "vial/validation"),
+            r"vial/validation/good is missing or holds no NNN_\*.png images; every class needs defect-free "
+            r"validation images",
+        ),
+        (
+            lambda r: save_resized(_first(r, "rice/test_public/ground_truth/bad/*.png")),
+            r"Mask .*000_regular_mask.png is 7x5 pixels",
+        ),
+        (
+            lambda r: _first(r, "walnuts/test_public/bad/*.png").unlink(),
+            r"Mask .*000_regular_mask.png belongs to the image .*bad/000_regular.png, which is missing",
+        ),
+    ),
+    "ksdd2": (
+        (lambda r: shutil.rmtree(r / "test"), r"ksdd2/test is missing; is --data-root"),
+        (lambda r: save_resized(r / "train/10003_GT.png"), r"Mask .*10003_GT.png is 7x5 pixels"),
+        (
+            lambda r: (r / "test/10010.png").unlink(),
+            r"Ground truth .*10010_GT.png names the image .*10010.png, which is missing",
+        ),
+    ),
+    "realiad": (
+        (
+            lambda r: (r / "realiad_jsons/zipper.json").unlink(),
+            r"Real-IAD split file .*zipper.json is missing",
+        ),
+        (
+            lambda r: save_resized(_first(r, "realiad_256/mint/NG/QS/S0004/*C1*.png")),
+            r"Mask .*_C1_.*png is 7x5 pixels",
+        ),
+        (
+            _drop_json_image,
+            r"Image .*audiojack/OK/S0003/audiojack__0003_OK_C1_.*jpg named in .*audiojack.json \('test'\) "
+            r"is missing",
+        ),
+    ),
 }
 
 
 def check_layout(name, root):
     """What `bench run` does before any work: resolve the suite and check every class folder."""
-    suite = parse_suite({"name": "t", "version": 1, "dataset": {"name": name, "root": str(root)},
-                         "grid": [{"methods": ["padim"], "encoders": ["resnet18"], "resolutions": [32]}],
-                         "weights": "random"}, root / "t.toml")
+    suite = parse_suite(
+        {
+            "name": "t",
+            "version": 1,
+            "dataset": {"name": name, "root": str(root)},
+            "grid": [{"methods": ["padim"], "encoders": ["resnet18"], "resolutions": [32]}],
+            "weights": "random",
+        },
+        root / "t.toml",
+    )
     plan(apply_overrides(suite, RunOptions()), RunOptions())
 
 
@@ -251,14 +355,18 @@ def test_damaged_fake_gives_one_sentence(roots, tmp_path, name, damage):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["visa", "mvtec_loco"])  # the same path for every dataset (plan → BenchError)
+@pytest.mark.parametrize(
+    "name", ["visa", "mvtec_loco"]
+)  # the same path for every dataset (plan → BenchError)
 def test_damaged_fake_on_the_command_line_exits_2(roots, tmp_path, name):
     root = copy_of(roots, name, tmp_path)
     spoil, message = DAMAGES[name][1]
     spoil(root)
     suite = tmp_path / "s.toml"
-    suite.write_text(f'name = "s"\nversion = 1\nweights = "random"\n[dataset]\nname = "{name}"\n'
-                     '[[grid]]\nmethods = ["padim"]\nencoders = ["resnet18"]\nresolutions = [32]\n')
+    suite.write_text(
+        f'name = "s"\nversion = 1\nweights = "random"\n[dataset]\nname = "{name}"\n'
+        '[[grid]]\nmethods = ["padim"]\nencoders = ["resnet18"]\nresolutions = [32]\n'
+    )
     result = run_bench("run", "--suite", str(suite), "--data-root", str(root), "--out", str(tmp_path / "run"))
     assert_one_sentence(result, 2, "is 7x5 pixels but its image")
     assert not (tmp_path / "run").exists()

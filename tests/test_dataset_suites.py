@@ -39,8 +39,13 @@ FAKES = {
 }
 # the columns each dataset's report must show (its protocol's own metrics)
 COLUMNS = {
-    "mvtec-loco": ["Image AUROC logical", "Image AUROC structural", "AU-sPRO@0.05 logical",
-                   "AU-sPRO@0.05 structural", "AU-sPRO@0.05"],
+    "mvtec-loco": [
+        "Image AUROC logical",
+        "Image AUROC structural",
+        "AU-sPRO@0.05 logical",
+        "AU-sPRO@0.05 structural",
+        "AU-sPRO@0.05",
+    ],
     "mvtec-ad2": ["Image AUROC", "Pixel AUROC", "AUPRO@0.3", "AU-PRO@0.05", "SegF1"],
     "mvtec-ad2-private": ["AU-PRO@0.05", "SegF1"],
     "realiad": ["Image AUROC", "Sample AUROC", "Pixel AUROC", "AUPRO@0.3"],
@@ -55,11 +60,14 @@ def check_loco(records, run_dir):
         types, scores, labels = arrays["defect_types"], arrays["image_scores"], arrays["labels"]
         for subset in ("logical", "structural"):
             chosen = (types == "good") | (types == f"{subset}_anomalies")
-            assert m[f"image_auroc_{subset}"] == pytest.approx(metrics.image_auroc(labels[chosen], scores[chosen]))
+            assert m[f"image_auroc_{subset}"] == pytest.approx(
+                metrics.image_auroc(labels[chosen], scores[chosen])
+            )
         for limit in (0.01, 0.05, 0.1, 0.3, 1):
             assert 0 <= m[f"au_spro@{limit:g}"] <= 1
-            assert m[f"au_spro@{limit:g}"] == pytest.approx((m[f"au_spro_logical@{limit:g}"]
-                                                            + m[f"au_spro_structural@{limit:g}"]) / 2)
+            assert m[f"au_spro@{limit:g}"] == pytest.approx(
+                (m[f"au_spro_logical@{limit:g}"] + m[f"au_spro_structural@{limit:g}"]) / 2
+            )
         assert "scaled" not in " ".join(record["dataset_protocol"]["notes"])  # the suite: original resolution
 
 
@@ -81,8 +89,13 @@ def check_ad2_private(records, run_dir):
             names = sorted(p.name for p in (model / "anomaly_images" / class_name / split).iterdir())
             assert names == [f"{i:03d}_{suffix}.tiff" for i in range(3)]
             tiff = tifffile.imread(model / "anomaly_images" / class_name / split / f"000_{suffix}.tiff")
-            assert tiff.dtype == np.float16 and tiff.shape == (24, 56)  # the original image's size, one channel
-            png = np.asarray(Image.open(model / "anomaly_images_thresholded" / class_name / split / f"000_{suffix}.png"))
+            assert tiff.dtype == np.float16 and tiff.shape == (
+                24,
+                56,
+            )  # the original image's size, one channel
+            png = np.asarray(
+                Image.open(model / "anomaly_images_thresholded" / class_name / split / f"000_{suffix}.png")
+            )
             assert png.ndim == 2 and set(np.unique(png)) <= {0, 255}
 
 
@@ -103,8 +116,13 @@ def check_multiclass(records, run_dir):
     assert all(r["labels"]["setting"] == "multi-class" for r in records)
 
 
-CHECKS = {"mvtec-loco": check_loco, "mvtec-ad2": check_ad2, "mvtec-ad2-private": check_ad2_private,
-          "realiad": check_realiad, "visa-multiclass": check_multiclass}
+CHECKS = {
+    "mvtec-loco": check_loco,
+    "mvtec-ad2": check_ad2,
+    "mvtec-ad2-private": check_ad2_private,
+    "realiad": check_realiad,
+    "visa-multiclass": check_multiclass,
+}
 
 
 def tiny_variant(tmp_path, suite_name):
@@ -116,7 +134,9 @@ def tiny_variant(tmp_path, suite_name):
 
 def run_and_report(suite, data_root, run_dir, classes, **options):
     """Run in this process and render the markdown report's text (its figures are tested elsewhere)."""
-    run_options = RunOptions(data_root=str(data_root), weights="random", allow_random=True, classes=classes, **options)
+    run_options = RunOptions(
+        data_root=str(data_root), weights="random", allow_random=True, classes=classes, **options
+    )
     summary = run_suite(suite, run_dir, run_options)
     return summary, read_records(run_dir), markdown.render(load_run(run_dir), [])
 
@@ -126,7 +146,9 @@ def run_and_report(suite, data_root, run_dir, classes, **options):
 def test_dataset_suite_runs_on_its_fake_and_reports_its_metrics(tmp_path, suite_name):
     write, classes = FAKES[suite_name]
     root = write(tmp_path / "data", classes)
-    summary, records, report = run_and_report(tiny_variant(tmp_path, suite_name), root, tmp_path / "run", classes)
+    summary, records, report = run_and_report(
+        tiny_variant(tmp_path, suite_name), root, tmp_path / "run", classes
+    )
     assert summary.failed == 0 and summary.ok == len(records) > 0
     n_classes = len({r["config"]["class"] for r in records})
     title = next(line for line in report.splitlines() if line.startswith("### Accuracy on"))
@@ -154,8 +176,9 @@ def test_paper_table1_multiclass_on_fake_mvtec(tmp_path):
     for i, name in enumerate(MVTEC_CLASSES):
         shutil.copytree(kinds / list(CLASSES)[i % len(CLASSES)], root / name)
     classes = ("bottle", "cable", "capsule", "carpet")
-    summary, records, report = run_and_report(tiny_variant(tmp_path, "paper-table1-multiclass"), root,
-                                              tmp_path / "run", classes)
+    summary, records, report = run_and_report(
+        tiny_variant(tmp_path, "paper-table1-multiclass"), root, tmp_path / "run", classes
+    )
     assert summary.failed == 0 and len(records) == 4
     check_multiclass(records, tmp_path / "run")
     assert records[0]["n_images"]["train"] == 12  # every class's 3 training images
@@ -165,17 +188,25 @@ def test_paper_table1_multiclass_on_fake_mvtec(tmp_path):
 def test_image_labelled_folder_runs_with_pixel_columns_empty_and_explained(tmp_path):
     root = fake.write_image_labelled(tmp_path / "data")
     suite = tmp_path / "labels.toml"
-    suite.write_text('name = "labels"\nversion = 1\nweights = "random"\nbatch_size = 8\n[dataset]\nname = "folder"\n'
-                     + TINY_GRID)
+    suite.write_text(
+        'name = "labels"\nversion = 1\nweights = "random"\nbatch_size = 8\n[dataset]\nname = '
+        '"folder"\n' + TINY_GRID
+    )
     refused = run_bench("run", "--suite", str(suite), "--data-root", str(root), "--out", str(tmp_path / "no"))
     assert_one_sentence(refused, 2, "Defect image", "has no mask", "--image-labels-only")
-    summary, (record,), report = run_and_report(load_suite(str(suite)), root, tmp_path / "run", None,
-                                                image_labels_only=True)  # what --image-labels-only sets
+    summary, (record,), report = run_and_report(
+        load_suite(str(suite)), root, tmp_path / "run", None, image_labels_only=True
+    )  # what --image-labels-only sets
     assert summary.failed == 0
     assert record["metrics"]["image_auroc"] is not None and record["metrics"]["pixel_auroc"] is None
-    assert record["metrics_unavailable"]["aupro"] == "image-labelled dataset (image_labels_only): no pixel ground truth"
+    assert (
+        record["metrics_unavailable"]["aupro"]
+        == "image-labelled dataset (image_labels_only): no pixel ground truth"
+    )
     header, rows = md_rows(report, "Accuracy on folder (data) (mean over classes, %)")
     row = dict(zip(header, rows[0], strict=True))
     assert row["Image AUROC"] != "" and row["Pixel AUROC"] == "" and row["AUPRO@0.3"] == ""
-    assert ("Empty Pixel AUROC, AUPRO@0.3 (widget): image-labelled dataset (image_labels_only): no pixel ground "
-            "truth.") in report
+    assert (
+        "Empty Pixel AUROC, AUPRO@0.3 (widget): image-labelled dataset (image_labels_only): no pixel "
+        "ground truth."
+    ) in report

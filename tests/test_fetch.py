@@ -38,11 +38,13 @@ class ArchiveServer:
                 body = server.payload[start:]
                 self.send_response(206 if requested else 200)
                 if requested:
-                    self.send_header("Content-Range", f"bytes {start}-{len(server.payload) - 1}/{len(server.payload)}")
+                    self.send_header(
+                        "Content-Range", f"bytes {start}-{len(server.payload) - 1}/{len(server.payload)}"
+                    )
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if server.cut_after is not None:
-                    body, server.cut_after = body[:server.cut_after], None
+                    body, server.cut_after = body[: server.cut_after], None
                     self.wfile.write(body)
                     self.wfile.flush()
                     self.close_connection = True
@@ -74,7 +76,9 @@ def visa_archive(tmp_path_factory):
 @pytest.fixture
 def server(visa_archive, monkeypatch):
     served = ArchiveServer(visa_archive)
-    entry = dataclasses.replace(ARCHIVES["visa"], url=served.url, sha256=hashlib.sha256(visa_archive).hexdigest())
+    entry = dataclasses.replace(
+        ARCHIVES["visa"], url=served.url, sha256=hashlib.sha256(visa_archive).hexdigest()
+    )
     monkeypatch.setitem(ARCHIVES, "visa", entry)
     yield served
     served.close()
@@ -90,16 +94,23 @@ def test_fetch_verifies_extracts_and_converts(server, tmp_path):
     assert converted.layout == "converted" and sorted(p.name for p in root.iterdir()) == ["candle", "pcb1"]
     converted.validate("candle")
     assert not list((tmp_path / "data" / ".downloads").iterdir())  # the archive is gone once extracted
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".downloads", "VisA", "visa_mvtec_layout"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        ".downloads",
+        "VisA",
+        "visa_mvtec_layout",
+    ]
     assert fetch("visa", tmp_path / "data") == tmp_path / "data" / "VisA"  # already there: nothing downloaded
     assert server.ranges == [None]
 
 
 def test_corrupted_archive_is_deleted_and_nothing_is_extracted(server, monkeypatch, tmp_path):
     monkeypatch.setitem(ARCHIVES, "visa", dataclasses.replace(ARCHIVES["visa"], sha256="0" * 64))
-    with pytest.raises(BenchError, match=r"has SHA-256 [0-9a-f]{64}, not the published 0{64}: the download is "
-                                         r"corrupted or not the official archive, so it was deleted and nothing "
-                                         r"was extracted\.$"):
+    with pytest.raises(
+        BenchError,
+        match=r"has SHA-256 [0-9a-f]{64}, not the published 0{64}: the download is "
+        r"corrupted or not the official archive, so it was deleted and nothing "
+        r"was extracted\.$",
+    ):
         fetch("visa", tmp_path / "data")
     assert [p.name for p in (tmp_path / "data").iterdir()] == [".downloads"]
     assert not list((tmp_path / "data" / ".downloads").iterdir())
@@ -107,8 +118,11 @@ def test_corrupted_archive_is_deleted_and_nothing_is_extracted(server, monkeypat
 
 def test_an_interrupted_download_resumes_with_a_range_request(server, visa_archive, tmp_path):
     server.cut_after = len(visa_archive) // 3
-    with pytest.raises(BenchError, match=rf"was interrupted after {len(visa_archive) // 3} of {len(visa_archive)} "
-                                         r"bytes; run the same command again to resume from .*\.part\.$"):
+    with pytest.raises(
+        BenchError,
+        match=rf"was interrupted after {len(visa_archive) // 3} of {len(visa_archive)} "
+        r"bytes; run the same command again to resume from .*\.part\.$",
+    ):
         fetch("visa", tmp_path / "data")
     part = tmp_path / "data" / ".downloads" / "VisA_20220922.tar.part"
     assert part.stat().st_size == len(visa_archive) // 3
@@ -135,7 +149,11 @@ def test_a_truncated_archive_cannot_be_half_extracted(visa_archive, tmp_path):
 
 
 def test_datasets_without_a_public_url_say_where_to_get_them():
-    for name, fragment in (("mpdd", "github.com/stepanje/MPDD"), ("mvtec_ad2", "mvtec.com"),
-                           ("realiad", "realiad4ad.github.io"), ("ksdd2", "--sha256")):
+    for name, fragment in (
+        ("mpdd", "github.com/stepanje/MPDD"),
+        ("mvtec_ad2", "mvtec.com"),
+        ("realiad", "realiad4ad.github.io"),
+        ("ksdd2", "--sha256"),
+    ):
         result = run_bench("data", "fetch", name, "--to", "unused")
         assert_one_sentence(result, 2, f"{name} cannot be downloaded here; get it from", fragment)

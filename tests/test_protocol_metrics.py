@@ -26,8 +26,10 @@ def au_spro_by_thresholds(defects, maps, limits):
     """LOCO's definition read literally: binarise every map at each threshold, clip each defect's overlap
     at its saturation area, average over defects; FPR over the pixels outside every defect."""
     maps = [np.asarray(m, dtype=np.float64) for m in maps]
-    unions = [np.logical_or.reduce([m for m, _ in d]) if d else np.zeros(a.shape, bool)
-              for d, a in zip(defects, maps, strict=True)]
+    unions = [
+        np.logical_or.reduce([m for m, _ in d]) if d else np.zeros(a.shape, bool)
+        for d, a in zip(defects, maps, strict=True)
+    ]
     n_negative = sum((~u).sum() for u in unions)
     fprs, spros = [0.0], [0.0]
     for t in np.unique(np.concatenate([a.ravel() for a in maps]))[::-1]:
@@ -35,7 +37,9 @@ def au_spro_by_thresholds(defects, maps, limits):
         for image_defects, amap, union in zip(defects, maps, unions, strict=True):
             predicted = amap >= t
             false_pos += (predicted & ~union).sum()
-            overlaps += [min((predicted & mask).sum() / saturation, 1.0) for mask, saturation in image_defects]
+            overlaps += [
+                min((predicted & mask).sum() / saturation, 1.0) for mask, saturation in image_defects
+            ]
         fprs.append(false_pos / n_negative)
         spros.append(float(np.mean(overlaps)))
     return {limit: area_by_segments(np.array(fprs), np.array(spros), limit) / limit for limit in limits}
@@ -51,7 +55,7 @@ def random_case(seed, n_images=5, size=(12, 10), levels=7):
         for _ in range(0 if i == 0 else rng.integers(1, 4)):
             mask = np.zeros(size, bool)
             y, x = rng.integers(0, size[0] - 3), rng.integers(0, size[1] - 3)
-            mask[y:y + rng.integers(1, 4), x:x + rng.integers(1, 4)] = True
+            mask[y : y + rng.integers(1, 4), x : x + rng.integers(1, 4)] = True
             amap[mask] += rng.uniform(0, 3)
             area = int(mask.sum())
             image_defects.append((mask, int(rng.integers(1, area + 1))))
@@ -83,7 +87,9 @@ def test_unsaturated_single_region_defects_give_the_pro_curve():
         labelled, n = ndimage.label(mask, structure=np.ones((3, 3)))
         defects.append([(labelled == k, int((labelled == k).sum())) for k in range(1, n + 1)])
     for limit in (0.05, 0.3):
-        assert au_spro(defects, maps, [limit])[limit] == pytest.approx(metrics.aupro(masks, maps, limit), abs=1e-12)
+        assert au_spro(defects, maps, [limit])[limit] == pytest.approx(
+            metrics.aupro(masks, maps, limit), abs=1e-12
+        )
 
 
 def test_a_saturated_defect_counts_fully_once_its_saturation_area_is_found():
@@ -104,8 +110,9 @@ def test_seg_f1_threshold_and_sample_auroc_against_plain_definitions():
     masks = [rng.random((9, 7)) > 0.8 for _ in range(3)]
     maps = [rng.random((9, 7)) + m * 0.5 for m in masks]
     threshold = 0.9
-    expected = f1_score(np.concatenate([m.ravel() for m in masks]),
-                        np.concatenate([a.ravel() for a in maps]) > threshold)
+    expected = f1_score(
+        np.concatenate([m.ravel() for m in masks]), np.concatenate([a.ravel() for a in maps]) > threshold
+    )
     assert seg_f1(masks, maps, threshold) == pytest.approx(expected)
     validation = [rng.random((5, 6)), rng.random((4, 8))]
     flat = np.concatenate([v.ravel() for v in validation])
@@ -126,9 +133,15 @@ def test_seg_f1_threshold_and_sample_auroc_against_plain_definitions():
 
 def test_loco_at_the_input_resolution_scales_absolute_saturations(tmp_path):
     root = fake.write_fake_loco(tmp_path / "loco", ("pushpins",))
-    raw = {"name": "loco", "version": 1, "weights": "random", "batch_size": 8, "metrics_resolution": "input",
-           "dataset": {"name": "mvtec_loco", "root": str(root), "classes": ["pushpins"]},
-           "grid": [{"methods": ["padim"], "encoders": ["resnet18"], "resolutions": [32]}]}
+    raw = {
+        "name": "loco",
+        "version": 1,
+        "weights": "random",
+        "batch_size": 8,
+        "metrics_resolution": "input",
+        "dataset": {"name": "mvtec_loco", "root": str(root), "classes": ["pushpins"]},
+        "grid": [{"methods": ["padim"], "encoders": ["resnet18"], "resolutions": [32]}],
+    }
     summary = run_suite(parse_suite(raw, tmp_path / "loco.toml"), tmp_path / "run", RunOptions())
     (record,) = read_records(tmp_path / "run")
     assert summary.failed == 0 and 0 <= record["metrics"]["au_spro@0.05"] <= 1
@@ -136,8 +149,21 @@ def test_loco_at_the_input_resolution_scales_absolute_saturations(tmp_path):
 
 
 def test_private_maps_that_would_not_cover_the_image_are_refused():
-    inp = ProtocolInput(cell=None, source=None, geometry=Geometry(32, 24), refs=[], labels=np.zeros(0),
-                        image_scores=np.zeros(0), masks=[], maps=[], original=True, input_maps=np.zeros((0, 24, 24)),
-                        predict_maps=None, output_dir=Path("unused"))
-    with pytest.raises(BenchError, match="private maps must cover the whole image, but this cell crops 24 of 32"):
+    inp = ProtocolInput(
+        cell=None,
+        source=None,
+        geometry=Geometry(32, 24),
+        refs=[],
+        labels=np.zeros(0),
+        image_scores=np.zeros(0),
+        masks=[],
+        maps=[],
+        original=True,
+        input_maps=np.zeros((0, 24, 24)),
+        predict_maps=None,
+        output_dir=Path("unused"),
+    )
+    with pytest.raises(
+        BenchError, match="private maps must cover the whole image, but this cell crops 24 of 32"
+    ):
         write_submission(inp, 0.5)
