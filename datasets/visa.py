@@ -80,8 +80,8 @@ class VisA(DatasetSource):
             return self._rows
         path = self.root / SPLIT_FILE
         if not path.is_file():
-            raise DatasetError(f"VisA split file {path} is missing; it defines the one-class split. Is "
-                               f"--data-root {self.root} {self.hint}? Expected layout: {ORIGINAL_LAYOUT}.")
+            raise DatasetError(f"VisA split file {path} (the one-class split) is missing; is --data-root "
+                               f"{self.root} {self.hint}? Expected layout: {ORIGINAL_LAYOUT}.")
         rows: dict[str, list] = defaultdict(list)
         with open(path, newline="", encoding="utf-8-sig") as f:  # csv handles the CRLF line endings
             reader = csv.reader(f)

@@ -235,7 +235,10 @@ def _drop_json_image(root):
 DAMAGES = {
     # dataset: (missing split file, wrong-size mask, image the split names but the folder lacks)
     "visa": (
-        (lambda r: (r / "split_csv/1cls.csv").unlink(), r"VisA split file .*1cls.csv is missing"),
+        (
+            lambda r: (r / "split_csv/1cls.csv").unlink(),
+            r"VisA split file .*1cls.csv \(the one-class split\) is missing; is --data-root",
+        ),
         (
             lambda r: save_resized(_first(r, "pcb1/Data/Masks/Anomaly/*.png")),
             r"Mask .*000.png is 7x5 pixels but its image .*000.JPG is 48x40",
