@@ -113,6 +113,9 @@ def download(url: str, part: Path) -> None:
         expected = (have if resumed else 0) + length
         if have and not resumed:
             say(f"{url} does not resume downloads; starting again.")
+        if resumed and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+            raise BenchError(f"{url} answered the resume request with another range "
+                             f"({response.headers.get('Content-Range')}); delete {part} and fetch again.")
         written = have if resumed else 0
         try:
             with open(part, "ab" if resumed else "wb") as out:
