@@ -40,6 +40,22 @@ def regression(session: nox.Session) -> None:
 
 
 @nox.session
+def baseline(session: nox.Session) -> None:
+    """Record bench/baselines/smoke-cpu.jsonl: the smoke suite, and again under three other kernel settings
+    (MKL's generic code path, PyTorch's scalar kernels, both), whose accuracy each cell keeps as its variation."""
+    session.install("-e", ".")
+    root = tempfile.mkdtemp(prefix="anobench-baseline-")
+    variants = {"mkl": {"MKL_CBWR": "COMPATIBLE"}, "aten": {"ATEN_CPU_CAPABILITY": "default"},
+                "both": {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default"}}
+    for name, env in {"base": {}, **variants}.items():
+        session.run("bench", "run", "--suite", "smoke", "--device", "cpu", "--out", f"{root}/{name}", "--no-report",
+                    env=env)
+    session.run("bench", "baseline", "save", f"{root}/base", "smoke-cpu",
+                *[arg for name in variants for arg in ("--variant", f"{root}/{name}")])
+    session.run("bench", "compare", f"{root}/base", "smoke-cpu")
+
+
+@nox.session
 def benchmarks(session: nox.Session) -> None:
     """Micro-benchmarks, saved for --benchmark-compare (pass pytest-benchmark options after --)."""
     session.install("-e", ".[dev]")

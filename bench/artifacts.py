@@ -13,8 +13,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
 from anobench import metrics
 
 ARTIFACTS_DIR = "artifacts"
@@ -24,7 +23,11 @@ THUMBNAIL = 128
 
 
 def _resize(array: np.ndarray, size: int, mode: str) -> np.ndarray:
-    """(H, W) or (H, W, C) array resized to size×size (nearest for masks, bilinear otherwise)."""
+    """(H, W) or (H, W, C) array resized to size×size (nearest for masks, bilinear otherwise). Torch is
+    imported here, where a cell collects its artifacts, so that reading them (reports) needs none."""
+    import torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
     kwargs = {"align_corners": False} if mode == "bilinear" else {}

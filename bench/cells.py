@@ -95,9 +95,6 @@ def expand(suite: Suite, classes: list[str]) -> list[Cell]:
                 for encoder in block.encoders:
                     for resolution in block.resolutions:
                         resolution = block.class_resolutions.get(class_name, resolution)
-                        if block.resize is not None and block.resize < resolution:
-                            raise BenchError(f"Suite file {suite.path}: resize {block.resize} is smaller than "
-                                             f"the resolution {resolution}; the crop must fit in the resized image.")
                         for seed in suite.seeds:
                             cells.append(Cell(
                                 suite=suite.name, dataset=suite.dataset.name, class_name=class_name,

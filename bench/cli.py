@@ -9,18 +9,19 @@ import, and ``bench compare``, ``bench validate`` or ``--help`` need none of it.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import traceback
 from pathlib import Path
 
 import click
+
 from anobench import compare as compare_module
 from anobench.core import BenchError
 from anobench.records import RUN_FILE
+from anobench.runfolder import RunInterrupted, Terminated, sigterm_interrupts
 from anobench.suites import available_suites, load_suite
-
-DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
 
 @click.group()
@@ -37,12 +38,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--data-root", type=click.Path(), help="Dataset folder (e.g. MVTec AD's root, or a folder in its layout).")
 @click.option("--dataset", help="Run the suite on another dataset (bench list datasets), e.g. mvtec.")
 @click.option("--classes", help="Comma-separated classes to run instead of the suite's.")
-@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (checked before any work).")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Run folder; an existing one is continued. Default: runs/NNNN-<suite>.")
 @click.option("--weights", help="Encoder weights: imagenet, random, or a path to a weights file.")
 @click.option("--allow-random", is_flag=True, help="Allow --weights random in suites that reproduce papers.")
 @click.option("--retry-failed", is_flag=True, help="Run again cells whose record says failed.")
+@click.option("--force-mixed", is_flag=True, help="Continue an --out run folder although this command's "
+              "data, weights, protocol, suite version or device differ from what it was run with.")
 @click.option("--suite-path", multiple=True, type=click.Path(), help="Extra folder of suite files.")
 @click.option("--protocol", type=click.Choice(["strict", "paper"]), help="Override the suite's scoring protocol.")
 @click.option("--metrics-resolution", type=click.Choice(["input", "original"]),
@@ -57,11 +60,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the reports at the end.")
 @click.option("--image-labels-only", is_flag=True, help="The dataset labels whole images only (test/<defect> "
               "without masks): image metrics are computed, pixel metrics stay empty with the reason.")
-def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed, suite_path,
-        protocol, metrics_resolution, feature_cache_mb, plan_only, executor, address, cpus_per_cell, report,
-        image_labels_only):
+def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed,
+        force_mixed, suite_path, protocol, metrics_resolution, feature_cache_mb, plan_only, executor, address,
+        cpus_per_cell, report, image_labels_only):
     """Run a suite: every cell of its grid, one record each, then the report."""
-    from anobench import reports
     from anobench.environment import resolve_device
     from anobench.executors import make_executor
     from anobench.planning import format_plan
@@ -74,22 +76,30 @@ def run(suite_name, data_root, dataset, classes, device, out, weights, allow_ran
     if resuming:
         recorded_suite, stored = recorded_run(out)
     suite = load_suite(suite_name, suite_path) if suite_name else recorded_suite
-    run_dir = out or next_run_dir(Path("runs"), suite.name)
     options = RunOptions(device=resolve_device(device), data_root=data_root or stored.get("data_root"),
                          weights=weights, dataset=dataset,
                          classes=tuple(c.strip() for c in classes.split(",")) if classes else None,
                          retry_failed=retry_failed, allow_random=allow_random or stored.get("allow_random", False),
-                         protocol=protocol, metrics_resolution=metrics_resolution,
+                         force_mixed=force_mixed, protocol=protocol, metrics_resolution=metrics_resolution,
                          feature_cache_mb=feature_cache_mb, image_labels_only=image_labels_only,
                          command=shlex.join(["bench", *sys.argv[1:]]))
-    if plan_only:
+    if executor == "ray" and ":" in options.device:
+        raise BenchError(f"--executor ray places each cell on a free GPU itself; pass --device cuda, not "
+                         f"{options.device}.")
+    if plan_only:  # writes nothing, not even runs/
         click.echo(format_plan(memory_plans(suite, options), options.device))
         return
+    run_dir = out or next_run_dir(Path("runs"), suite.name)
     click.echo(f"Suite {suite.name} → {run_dir} (device {options.device})", err=True)
-    summary = run_suite(suite, run_dir, options, make_executor(executor, address, cpus_per_cell))
-    if report:
-        for path in reports.write_reports(run_dir):
-            click.echo(f"Report: {path}")
+    try:
+        with sigterm_interrupts():
+            summary = run_suite(suite, run_dir, options, make_executor(executor, address, cpus_per_cell))
+            if report:
+                for path in _write_reports(run_dir):
+                    click.echo(f"Report: {path}")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated: the lock is released on the way out
+        how = "rerun the same command" if out else f"rerun with --out {run_dir}"
+        raise RunInterrupted(f"interrupted; {how} to continue", isinstance(exc, Terminated)) from None
     click.echo(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done. Records: "
                f"{run_dir / 'records.jsonl'}")
     if summary.failed:
@@ -104,8 +114,19 @@ def report_command(run_dir: Path, formats: str | None) -> None:
     from anobench import reports
 
     chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else reports.DEFAULT_FORMATS
-    for path in reports.write_reports(run_dir, chosen):
+    for path in _write_reports(run_dir, chosen):
         click.echo(str(path))
+
+
+def _write_reports(run_dir: Path, formats: list[str] | None = None) -> list[Path]:
+    """The reports of a run folder; a folder that cannot take them (read-only, full) is one sentence."""
+    from anobench import reports
+
+    try:
+        return reports.write_reports(run_dir, formats or reports.DEFAULT_FORMATS)
+    except OSError as exc:
+        raise BenchError(f"Cannot write the reports into {run_dir} ({exc.filename}: {exc.strerror}); the records "
+                         f"are intact: make room or make the folder writable, then run bench report {run_dir}.") from None
 
 
 @cli.command("compare")
@@ -117,14 +138,16 @@ def report_command(run_dir: Path, formats: str | None) -> None:
 @click.option("--absolute-speed/--no-absolute-speed", default=True, show_default=True,
               help="Also compare absolute fps between records of the same device (off for shared CPU runners, "
                    "whose speed swings between runs; the fps ratio is always compared).")
-@click.option("--strict", is_flag=True, help="Cells present on one side only are a failure too.")
+@click.option("--allow-missing", is_flag=True,
+              help="Cells the baseline has and the new run lacks are no failure (a smaller run on purpose).")
+@click.option("--strict", is_flag=True, help="Cells only in the new run are a failure too.")
 @click.option("--format", "fmt", type=click.Choice(sorted(compare_module.RENDERERS)), default="text",
               show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), help="Also write the summary to this file.")
-def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_tolerance, absolute_speed, strict, fmt,
-                    output):
+def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_tolerance, absolute_speed,
+                    allow_missing, strict, fmt, output):
     """Compare NEW with BASELINE (run folders, records files or stored baseline names): exit 1 on a
-    regression, 2 on unusable input."""
+    regression (a metric drop, a cell that failed in NEW, a baseline cell NEW lacks), 2 on unusable input."""
     tolerances = {}
     for item in metric_tolerance:
         metric, _, value = item.partition("=")
@@ -134,13 +157,25 @@ def compare_command(new, baseline, tolerance_pp, metric_tolerance, speed_toleran
         tolerances[metric] = float(value)
     result = compare_module.compare(compare_module.load_cells(new), compare_module.load_cells(baseline),
                                     tolerance_pp=tolerance_pp, metric_tolerances=tolerances,
-                                    speed_tolerance_pct=speed_tolerance, absolute_speed=absolute_speed)
+                                    speed_tolerance_pct=speed_tolerance, absolute_speed=absolute_speed,
+                                    new_failed=compare_module.load_failed(new), allow_missing=allow_missing)
     text = compare_module.RENDERERS[fmt](result)
     click.echo(text)
     if output:
         output.write_text(text + "\n", encoding="utf-8")
-    if result.regressions or (strict and (result.only_new or result.only_baseline)):
+    if result.regression_count or (strict and result.only_new):
         sys.exit(1)
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default="csv", show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), help="File to write (default: RUN_DIR/records.<format>).")
+def export_command(run_dir: Path, fmt: str, output: Path | None) -> None:
+    """Write RUN_DIR's records as one flat table (one row per cell), e.g. for pandas or a spreadsheet."""
+    from anobench.export import export
+
+    click.echo(str(export(run_dir, fmt, output)))
 
 
 @cli.group()
@@ -153,31 +188,77 @@ def baseline() -> None:
 @click.argument("name")
 @click.option("--dir", "folder", type=click.Path(path_type=Path), default=compare_module.BASELINES_DIR,
               show_default=True, help="Where baselines are stored (committed with the code).")
-def baseline_save(run_dir: Path, name: str, folder: Path) -> None:
+@click.option("--variant", "variants", multiple=True, type=click.Path(path_type=Path),
+              help="A run folder of the same suite under other kernel settings (e.g. MKL_CBWR=COMPATIBLE); "
+                   "each cell's accuracy there is stored, and compare allows a drop of that size.")
+def baseline_save(run_dir: Path, name: str, folder: Path, variants: tuple[Path, ...]) -> None:
     """Store RUN_DIR's records (without artifacts) as baseline NAME."""
-    click.echo(str(compare_module.save_baseline(run_dir, name, folder)))
+    click.echo(str(compare_module.save_baseline(run_dir, name, folder, list(variants))))
 
 
 @cli.command("list")
 @click.argument("kind", type=click.Choice(["suites", "methods", "encoders", "datasets"]))
 def list_command(kind: str) -> None:
-    """List the registered suites, methods, encoders or datasets."""
+    """List the registered suites, methods, encoders or datasets, and where each comes from."""
     from anobench import datasets, methods
 
     if kind == "suites":
         for name, path in available_suites().items():
             suite = load_suite(str(path))
             click.echo(f"{name:16s} {suite.description}")
-    elif kind == "methods":
-        for name in methods.list_methods():
-            click.echo(f"{name:16s} {(methods.METHODS.get(name).__doc__ or '').strip().splitlines()[0]}")
-    elif kind == "encoders":
-        for name in methods.list_encoders():
-            click.echo(f"{name:24s} {methods.ENCODERS.get(name)}")
+        return
+    registry = {"methods": methods.METHODS, "encoders": methods.ENCODERS, "datasets": datasets.DATASETS}[kind]
+    entries = [registry.entry(name) for name in registry.names()]
+    name_width = max(len(e.name) for e in entries)
+    origin_width = max(len(e.origin) for e in entries)
+    for entry in entries:
+        summary = entry.meta.get("display") or _summary(registry, entry.name)
+        click.echo(f"{entry.name:{name_width}s}  {entry.origin:{origin_width}s}  {summary}")
+    for note in registry.shadowed:
+        click.echo(f"warning: {note}", err=True)
+    if kind == "encoders":
         click.echo("Any other timm model name works too (timm.list_models()).")
-    else:
-        for name in datasets.list_datasets():
-            click.echo(f"{name:16s} {(datasets.DATASETS.get(name).__doc__ or '').strip().splitlines()[0]}")
+
+
+def _summary(registry, name: str) -> str:
+    """The first line of an entry's docstring, or why it cannot be imported (listing never fails on a
+    broken plugin; commands that need it do)."""
+    try:
+        return ((registry.get(name).__doc__ or "").strip().splitlines() or [""])[0]
+    except BenchError as exc:
+        return f"(cannot be loaded: {exc})"
+
+
+@cli.command("check-method")
+@click.argument("method")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A constructor parameter (value as JSON where it parses, e.g. 3, 0.5, true, [2, 3]; else text).")
+def check_method_command(method: str, params: tuple[str, ...]) -> None:
+    """Check that METHOD (a registered name or package.module:Class) keeps the method contract the harness
+    relies on, on generated data: one line per property; exit 1 if one fails."""
+    from anobench.testing import check_method
+
+    results = check_method(method, _parse_params(params))
+    for result in results:
+        click.echo(result.line())
+    failed = [r for r in results if r.passed is False]
+    click.echo(f"{method}: {len(results) - len(failed)} of {len(results)} properties hold"
+               + (f"; {len(failed)} fail." if failed else "."))
+    if failed:
+        sys.exit(1)
+
+
+def _parse_params(items: tuple[str, ...]) -> dict:
+    params = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise BenchError(f"--param {item!r} must be KEY=VALUE with KEY a parameter name, e.g. --param k_images=5.")
+        try:
+            params[key] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key] = text
+    return params
 
 
 @cli.command()
@@ -185,10 +266,10 @@ def list_command(kind: str) -> None:
 @click.option("--suite-path", multiple=True, type=click.Path())
 def validate(suite_name: str, suite_path) -> None:
     """Check a suite file: keys, types and every method, encoder and dataset name, without running."""
-    from anobench.runner import check_names
+    from anobench.runner import check_suite
 
     suite = load_suite(suite_name, suite_path)
-    check_names(suite)
+    check_suite(suite)
     click.echo(f"{suite.path}: ok ({len(suite.grid)} grid block(s), {len(suite.references)} reference number(s)).")
 
 
@@ -253,6 +334,9 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except RunInterrupted as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

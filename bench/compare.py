@@ -9,13 +9,19 @@ a change of resolution is another cell.
 - Speed: the method/encoder fps ratio measured within each run is compared always (it survives a change of
   machine); absolute fps (from each run's fastest iteration) only when both runs name the same device.
   Tolerance in percent.
+- Cells: a cell that failed in the new run is a regression; so is a cell the baseline has (ok) and the new run
+  lacks, unless missing cells are allowed (a deliberately smaller run).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
+from scipy import stats
 
 from anobench.core import BenchError
 from anobench.metrics import METRIC_INFO
@@ -23,6 +29,7 @@ from anobench.records import Record, latest_by_cell, read_records, records_path
 
 ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 BASELINES_DIR = Path(__file__).resolve().parent / "baselines"
+VARIATION_CONFIDENCE = 0.99  # a cell's accuracy under other kernels stays above its bound this often
 
 
 @dataclass
@@ -41,12 +48,20 @@ class Check:
 class Comparison:
     checks: list[Check] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
-    only_baseline: list[str] = field(default_factory=list)
+    only_baseline: list[str] = field(default_factory=list)  # the baseline's ok cells the new run lacks
     notes: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # cell → error, cells that failed in the new run
+    allow_missing: bool = False
 
     @property
     def regressions(self) -> list[Check]:
         return [c for c in self.checks if c.regression]
+
+    @property
+    def regression_count(self) -> int:
+        """Metric regressions, failed cells and (unless allowed) missing cells: the check fails above zero."""
+        missing = 0 if self.allow_missing else len(self.only_baseline)
+        return len(self.regressions) + len(self.failed) + missing
 
 
 def resolve_baseline(location: str) -> Path:
@@ -64,6 +79,17 @@ def resolve_baseline(location: str) -> Path:
 
 def load_cells(location: str | Path) -> dict[str, Record]:
     """The last successful record of each cell; one sentence if there is nothing usable."""
+    return {k: r for k, r in latest_records(location).items() if r.get("status") == "ok"}
+
+
+def load_failed(location: str | Path) -> dict[str, str]:
+    """Cells whose last record says failed, with their error."""
+    latest = latest_records(location)
+    return {k: r.get("error", "failed") for k, r in latest.items() if r.get("status") != "ok"}
+
+
+def latest_records(location: str | Path) -> dict[str, Record]:
+    """The last record of each cell, whatever its status; one sentence if there is nothing usable."""
     path = records_path(resolve_baseline(str(location)))
     if not path.is_file():
         raise BenchError(f"{path} does not exist; pass a run folder or its records.jsonl.")
@@ -73,7 +99,29 @@ def load_cells(location: str | Path) -> dict[str, Record]:
         raise BenchError(f"{path} cannot be read ({exc}); pass a records.jsonl written by bench run.") from None
     if not records or not all(isinstance(r, dict) and "cell_id" in r for r in records):
         raise BenchError(f"{path} holds no records; pass a records.jsonl written by bench run.")
-    return {k: r for k, r in latest_by_cell(records).items() if r.get("status") == "ok"}
+    return latest_by_cell(records)
+
+
+def variation_pp(baseline: Record, metric: str) -> float:
+    """The drop, in pp, that a change of kernels alone can cause in this cell, from the accuracy the same cell
+    reached under other kernel settings when the baseline was recorded (``variation``, see ``save_baseline``):
+    the distance from the baseline's value to the one-sided 99% prediction bound of those n values (mean −
+    t(0.99, n−1)·s·√(1 + 1/n), Student's t, as few runs leave the spread uncertain). 0 where nothing varied."""
+    values = np.asarray(baseline.get("variation", {}).get("metrics", {}).get(metric) or [], dtype=float)
+    value = baseline.get("metrics", {}).get(metric)
+    if len(values) < 2 or value is None or values.std() == 0:
+        return 0.0
+    n = len(values)
+    half_width = stats.t.ppf(VARIATION_CONFIDENCE, n - 1) * values.std(ddof=1) * np.sqrt(1 + 1 / n)
+    sign = 1 if METRIC_INFO[metric].higher_is_better else -1
+    return 100 * max(0.0, sign * (value - values.mean()) + half_width)
+
+
+def same_timing(a: Record, b: Record) -> bool:
+    """Whether two cells' speed was measured alike: on a CPU, with the same number of torch threads."""
+    threads_a, threads_b = a.get("speed", {}).get("torch_threads"), b.get("speed", {}).get("torch_threads")
+    on_cpu = a.get("device", {}).get("requested") == "cpu" or b.get("device", {}).get("requested") == "cpu"
+    return not on_cpu or threads_a == threads_b
 
 
 def _speed_entries(record: Record) -> dict[str, tuple[float | None, float | None]]:
@@ -86,14 +134,21 @@ def _speed_entries(record: Record) -> dict[str, tuple[float | None, float | None
 
 def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp: float = 0.5,
             metric_tolerances: dict[str, float] | None = None, speed_tolerance_pct: float = 15.0,
-            absolute_speed: bool = True) -> Comparison:
+            absolute_speed: bool = True, new_failed: dict[str, str] | None = None,
+            allow_missing: bool = False) -> Comparison:
+    """``new_failed``: the new run's failed cells (cell → error), each a regression; the baseline's cells
+    that the new run has neither ok nor failed are missing, a regression unless ``allow_missing``."""
+    failed = dict(sorted((new_failed or {}).items()))
     common = [cid for cid in baseline if cid in new]
-    if not common:
+    if not common and not set(baseline) & set(failed):
         raise BenchError("The new run and the baseline have no cell in common (different suite, data, "
                          "resolution or parameters?); nothing to compare.")
-    result = Comparison(only_new=sorted(set(new) - set(baseline)), only_baseline=sorted(set(baseline) - set(new)))
+    result = Comparison(only_new=sorted(set(new) - set(baseline)),
+                        only_baseline=sorted(set(baseline) - set(new) - set(failed)),
+                        failed=failed, allow_missing=allow_missing)
     tolerances = metric_tolerances or {}
     devices_differ = False
+    untimed: list[str] = []
     for cid in common:
         a, b = baseline[cid], new[cid]
         for metric in ACCURACY_METRICS:
@@ -102,12 +157,15 @@ def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp
                 continue
             sign = 1 if METRIC_INFO[metric].higher_is_better else -1
             delta = 100 * (new_value - old_value)
-            limit = tolerances.get(metric, tolerance_pp)
+            limit = max(tolerances.get(metric, tolerance_pp), variation_pp(a, metric))
             result.checks.append(Check(cid, metric, 100 * old_value, 100 * new_value, delta, "pp", limit,
                                        sign * delta < -limit))
         same_device = a.get("device", {}).get("name") == b.get("device", {}).get("name")
         devices_differ |= not same_device
         old_speed, new_speed = _speed_entries(a), _speed_entries(b)
+        if not same_timing(a, b):
+            untimed.append(cid)
+            continue
         for batch in sorted(set(old_speed) & set(new_speed), key=int):
             pairs = [(f"fps_ratio@{batch}", old_speed[batch][0], new_speed[batch][0])]
             if same_device and absolute_speed:
@@ -118,6 +176,15 @@ def compare(new: dict[str, Record], baseline: dict[str, Record], *, tolerance_pp
                 change = 100 * (new_value / old_value - 1)
                 result.checks.append(Check(cid, name, old_value, new_value, change, "%", speed_tolerance_pct,
                                            change < -speed_tolerance_pct))
+    widened = {c.cell_id for c in result.checks
+               if c.unit == "pp" and c.limit > tolerances.get(c.check, tolerance_pp)}
+    if widened:
+        result.notes.append(f"Accuracy tolerance of {len(widened)} cell(s) widened to the variation the "
+                            "baseline measured when the same cell ran under other kernel settings (a change "
+                            "of CPU alone moves their numbers that much).")
+    if untimed:
+        result.notes.append(f"Speed not compared for {len(untimed)} cell(s) timed on another number of CPU "
+                            "threads than the baseline's (a different measurement; see [measure] cpu_threads).")
     if not absolute_speed:
         result.notes.append("Absolute fps not compared (--no-absolute-speed): only the method/encoder fps ratio.")
     elif devices_differ:
@@ -149,8 +216,8 @@ def render_text(result: Comparison) -> str:
 
 
 def render_markdown(result: Comparison) -> str:
-    verdict = (f"**{len(result.regressions)} regression(s)**" if result.regressions
-               else "**No regression**")
+    count = result.regression_count
+    verdict = f"**{count} regression(s)**" if count else "**No regression**"
     lines = [f"### anobench comparison: {verdict} in {len(result.checks)} check(s)", "",
              "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     ordered = sorted(result.checks, key=lambda c: not c.regression)
@@ -159,17 +226,22 @@ def render_markdown(result: Comparison) -> str:
 
 
 def render_json(result: Comparison) -> str:
-    return json.dumps({"regressions": len(result.regressions), "checks": [asdict(c) for c in result.checks],
+    return json.dumps({"regressions": result.regression_count,
+                       "checks": [asdict(c) for c in result.checks], "failed": result.failed,
+                       "missing": result.only_baseline, "missing_allowed": result.allow_missing,
                        "only_new": result.only_new, "only_baseline": result.only_baseline,
                        "notes": result.notes}, indent=1)
 
 
 def _tail(result: Comparison) -> list[str]:
-    lines = []
+    lines = [f"REGRESSION: cell failed in the new run: {cid}: {error}"
+             for cid, error in result.failed.items()]
+    if result.only_baseline:
+        verdict = "allowed (--allow-missing)" if result.allow_missing else "REGRESSION"
+        lines.append(f"{verdict}: missing from the new run, ok in the baseline "
+                     f"({len(result.only_baseline)}): " + ", ".join(result.only_baseline))
     if result.only_new:
         lines.append(f"Only in the new run ({len(result.only_new)}): " + ", ".join(result.only_new))
-    if result.only_baseline:
-        lines.append(f"Only in the baseline ({len(result.only_baseline)}): " + ", ".join(result.only_baseline))
     return lines + result.notes
 
 
@@ -182,9 +254,39 @@ RENDERERS = {"text": render_text, "md": render_markdown, "json": render_json}
 COMPACT_DROP = ("artifacts", "traceback", "memory", "method_params", "fit_stats")
 
 
-def save_baseline(run_dir: str | Path, name: str, folder: Path = BASELINES_DIR) -> Path:
-    """Store a run's successful records without artifacts or bulky fields, as ``<folder>/<name>.jsonl``."""
+BASELINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def kernel_setting(record: Record) -> str:
+    """Which CPU and kernels produced a record (its machine and the kernel-choosing environment variables)."""
+    machine = record.get("machine_info", {})
+    env = ", ".join(f"{k}={v}" for k, v in sorted(machine.get("kernel_env", {}).items()))
+    capability = machine.get("cpu_capability", "?") + (f"; {env}" if env else "")
+    return f"{machine.get('cpu', 'unknown CPU')} ({capability})"
+
+
+def add_variation(cells: dict[str, Record], variants: list[dict[str, Record]]) -> None:
+    """Give each cell the accuracy it had in every variant run (the suite under other kernel settings)."""
+    for cid, record in cells.items():
+        runs = [record] + [variant[cid] for variant in variants if cid in variant]
+        if len(runs) < 2:
+            continue
+        metrics = {m: [r["metrics"][m] for r in runs if r.get("metrics", {}).get(m) is not None]
+                   for m in ACCURACY_METRICS if record.get("metrics", {}).get(m) is not None}
+        record["variation"] = {"runs": [kernel_setting(r) for r in runs], "metrics": metrics}
+
+
+def save_baseline(run_dir: str | Path, name: str, folder: Path = BASELINES_DIR,
+                  variants: list[str | Path] = ()) -> Path:
+    """Store a run's successful records without artifacts or bulky fields, as ``<folder>/<name>.jsonl``
+    (``name`` is a plain file name: it cannot leave the folder). ``variants`` are run folders of the same
+    suite under other kernel settings: each cell then carries the accuracy it had in each (``variation``),
+    and ``compare`` allows a drop of that size."""
+    if not BASELINE_NAME.fullmatch(name):
+        raise BenchError(f"Baseline name {name!r} must be a plain name (letters, digits, '.', '_', '-', no "
+                         f"path), e.g. smoke-cpu; it is stored as {folder}/NAME.jsonl.")
     cells = load_cells(run_dir)
+    add_variation(cells, [load_cells(v) for v in variants])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.jsonl"
     with open(path, "w", encoding="utf-8") as f:

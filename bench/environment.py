@@ -15,7 +15,12 @@ from typing import Any
 import pynvml
 import torch
 
+from anobench.core import BenchError
+
 UNKNOWN = "unknown"
+# Environment variables that choose CPU kernels, and so the float rounding of results (see bench compare).
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS",
+              "MKL_NUM_THREADS")
 SOURCE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -75,6 +80,8 @@ def machine_info() -> dict[str, Any]:
         "numpy": _version("numpy"),
         "scikit_learn": _version("scikit-learn"),
         "anobench": _version("anobench"),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "kernel_env": {k: os.environ[k] for k in KERNEL_ENV if k in os.environ},
         "cuda_available": cuda,
         "cuda": torch.version.cuda or None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
@@ -106,6 +113,28 @@ def device_name(device: str) -> str:
 
 
 def resolve_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    """The device a run uses, checked before any work: ``auto`` is CUDA where usable and the CPU otherwise;
+    ``cuda`` or ``cuda:N`` must exist here and run a kernel (one sentence otherwise). An indexed device
+    becomes the current one, so that torch's memory counters read that device."""
+    if requested in ("auto", "cpu"):
+        return "cuda" if requested == "auto" and torch.cuda.is_available() else "cpu"
+    kind, _, index = requested.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise BenchError(f"Unknown device '{requested}'; pass auto, cpu, cuda or cuda:N.")
+    if not torch.cuda.is_available():
+        why = ("this PyTorch build has no CUDA support" if torch.version.cuda is None
+               else f"PyTorch, built for CUDA {torch.version.cuda}, finds no usable NVIDIA driver and GPU")
+        raise BenchError(f"--device {requested}: no usable CUDA device on this machine ({why}); pass --device cpu "
+                         f"or auto.")
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise BenchError(f"--device {requested}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; "
+                         f"pass one of them.")
+    try:
+        (torch.ones(1, device=requested) + 1).item()
+        if index:
+            torch.cuda.set_device(int(index))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BenchError(f"--device {requested} cannot run ({reason}); pass --device cpu or another device.") from None
     return requested

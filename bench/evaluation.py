@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from anobench import __version__, artifacts, datasets, methods, metrics
 from anobench.cells import Cell
 from anobench.core import BenchError
-from anobench.datasets import AnomalyDataset, DatasetSource, Geometry
+from anobench.datasets.base import AnomalyDataset, DatasetSource, Geometry
 from anobench.environment import commit_info, device_name, machine_info
 from anobench.memory import PeakMemory
+from anobench.methods import encoder_short_name
 from anobench.methods.base import AnomalyMethod, Prediction
 from anobench.methods.feature_cache import FeatureCache
 from anobench.protocols import ProtocolInput, run_protocols
@@ -244,14 +246,16 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
         batch_sizes, warmup, iterations = cell.measure.on(device)
         with PeakMemory(device) as memory:
             result["speed"] = measure_speed(method, cell.resolution, batch_sizes, device, warmup, iterations,
-                                            seed=cell.seed)
+                                            seed=cell.seed, threads=cell.measure.cpu_threads)
         result["memory"]["speed"] = memory.result
 
     result.update({
         "labels": {"random_weights": cell.weights == "random", "protocol": cell.protocol,
-                   "setting": cell.setting, "test_set_dependent": method.test_set_dependent, **method.labels()},
+                   "setting": cell.setting, "test_set_dependent": method.test_set_dependent,
+                   "encoder_padding": method.encoder_.padding, **method.labels()},
         "precision": {"inference": "bf16 autocast" if method.labels().get("inference_autocast_bf16") else "float32",
                       "compiled": bool(method.labels().get("inference_compiled"))},
+        "display": {"method": method.display_name or method.name, "encoder": encoder_short_name(cell.encoder)},
         "method_params": method.get_params(),
         "fit_stats": method.fit_stats(),
         "size": size_record(method),

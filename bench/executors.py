@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from anobench.cells import Cell
 from anobench.core import BenchError
 from anobench.evaluation import failed_record, open_source, run_cell

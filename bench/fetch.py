@@ -26,8 +26,9 @@ from http.client import HTTPException
 from pathlib import Path
 
 import numpy as np
-from anobench.core import BenchError
 from PIL import Image
+
+from anobench.core import BenchError
 
 CHUNK = 1 << 20
 DOWNLOADS = ".downloads"

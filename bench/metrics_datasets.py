@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+
 from anobench.metrics import _area_to, _as_binary, _as_scores, _pixel_pairs, image_auroc
 
 # ----------------------------------------------------------------------------------------------------------

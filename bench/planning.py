@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import psutil
 import torch
+
 from anobench.cells import Cell
-from anobench.datasets import DatasetSource
+from anobench.datasets.base import DatasetSource
 from anobench.methods import METHODS
 from anobench.methods.encoders import encoder_geometry
 

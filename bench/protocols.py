@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
 from anobench import metrics, metrics_datasets
 from anobench.cells import Cell
 from anobench.core import BenchError
-from anobench.datasets import DatasetSource, Geometry, SampleRef
-from anobench.datasets.base import geometry_mask, image_size
+from anobench.datasets.base import DatasetSource, Geometry, SampleRef, geometry_mask, image_header
 from anobench.metrics import LOCO_FPR_LIMITS, LOCO_SUBSETS
-from PIL import Image
 
 HEADLINE_LOCO_LIMIT = 0.05
 AD2_PRO_LIMIT = 0.05
@@ -73,7 +73,7 @@ def upsampled(amap: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
 
 
 def original_hw(ref: SampleRef) -> tuple[int, int]:
-    width, height = image_size(ref.image_path)
+    width, height = image_header(ref.image_path)
     return height, width
 
 

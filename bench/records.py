@@ -1,8 +1,9 @@
 """Records: one JSON object per cell, appended to ``records.jsonl`` in a run folder.
 
 Each line is written with a single ``write`` and fsynced, so a killed run leaves at worst one partial
-last line, which readers ignore and the next run cuts off before appending. A cell may have several
-records (a retried failure); the last one counts.
+last line, which readers ignore and the next run cuts off before appending. A line damaged anywhere else
+(a disk or copy fault) is skipped with a warning and left in place; its cell counts as not done. A cell
+may have several records (a retried failure); the last one counts.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypedDict
@@ -91,27 +93,55 @@ def append_record(location: str | Path, record: Record) -> None:
     line = (json.dumps(_json_safe(record), sort_keys=True, allow_nan=False) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        written = os.write(fd, line)
+        while written < len(line):  # a short write (the disk filling up): the next one raises ENOSPC
+            written += os.write(fd, line[written:])
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
 def read_records(location: str | Path) -> list[Record]:
-    """All complete records in file order; a partial or corrupt line is skipped."""
+    """All complete records in file order. A partial last line (a killed writer's) is ignored; any other line
+    that is not a JSON object with a cell id in UTF-8 (a disk or copy fault) is skipped with one warning
+    naming it: the cell it held counts as not done, so a resumed run reruns it. The line stays in the file."""
     path = records_path(location)
     if not path.is_file():
         return []
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
+    records, damaged = [], []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
                 break
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                damaged.append(f"line {number} (not valid UTF-8)")
                 continue
+            except json.JSONDecodeError:
+                damaged.append(f"line {number} (not valid JSON)")
+                continue
+            if isinstance(record, dict) and isinstance(record.get("cell_id"), str):
+                records.append(record)
+            else:
+                damaged.append(f"line {number} (not a record)")
+    if damaged:
+        one = len(damaged) == 1
+        _warn_once(f"warning: {path}: skipped {', '.join(damaged)}; "
+                   + ("the cell it held counts" if one else "the cells they held count")
+                   + " as not done (a resumed run reruns it) and "
+                   + ("the damaged line stays" if one else "the damaged lines stay") + " in the file.")
     return records
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Print a warning once per process (a command may read the same records more than once)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(message, file=sys.stderr)
 
 
 def latest_by_cell(records: Iterable[Record]) -> dict[str, Record]:

@@ -8,6 +8,7 @@ raises is recorded as failed with the reason and the others still run.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import sys
@@ -18,12 +19,18 @@ from typing import Any
 from anobench import artifacts, datasets, methods, planning
 from anobench.cells import Cell, expand
 from anobench.core import BenchError, progress
-from anobench.datasets import DatasetSource
+from anobench.datasets.base import DatasetSource
 from anobench.evaluation import failed_record, now, open_source
 from anobench.executors import LocalExecutor, Task
-from anobench.methods.encoders import check_encoder_name, check_weights
+from anobench.methods.encoders import (
+    check_encoder_name,
+    check_weights,
+    encoder_strides,
+    smallest_runnable_input,
+)
 from anobench.records import RUN_FILE, Record, append_record, latest_by_cell, read_records
-from anobench.suites import DatasetSpec, Suite, parse_suite
+from anobench.runfolder import RunFolderLock, folder_error
+from anobench.suites import DatasetSpec, GridBlock, Suite, parse_suite
 
 
 @dataclass
@@ -39,6 +46,7 @@ class RunOptions:
     feature_cache_mb: int | None = None  # encoder features shared between cells (None: the suite's; 0: off)
     allow_random: bool = False  # permits random weights in suites that reproduce published numbers
     image_labels_only: bool = False  # the dataset labels whole images only (pixel metrics stay empty)
+    force_mixed: bool = False  # continue a run folder with another configuration (its report then mixes them)
     command: str = ""
 
 
@@ -55,15 +63,70 @@ class RunSummary:
 # planning
 
 
-def check_names(suite: Suite) -> None:
-    """Every method, encoder and dataset the suite names exists (else one sentence naming the file)."""
+# Constructor parameters the harness sets from the suite itself; a grid's params must not override them,
+# or the cell's configuration (and every table) would say something else than what ran.
+HARNESS_PARAMS = {"encoder": "the grid's encoders", "weights": "the suite's weights (or --weights)",
+                  "seed": "the suite's seeds", "device": "--device",
+                  "protocol": "the suite's protocol (or --protocol)"}
+
+
+def check_suite(suite: Suite) -> None:
+    """Everything about a suite that can be refused without data, for ``bench validate`` and ``bench run``
+    alike: unknown method, encoder and dataset names, method parameters a method does not take, and
+    resolutions below an encoder's smallest useful input. One sentence naming the file."""
     where = f"suite {suite.path.name}"
-    for block in suite.grid:
+    for number, block in enumerate(suite.grid, 1):
         for name in block.methods:
             methods.METHODS.get(name, where)
         for name in block.encoders:
             check_encoder_name(name, where)
+        place = f"Suite file {suite.path}, [[grid]] #{number}"
+        for name in block.methods:
+            _check_params(name, block.params, place)
+            for encoder in block.encoders:
+                _check_resolutions(name, encoder, block, place)
     datasets.DATASETS.get(suite.dataset.name, where)
+
+
+def _check_params(method: str, params: dict[str, Any], place: str) -> None:
+    accepted = methods.method_parameters(method)
+    if accepted is None:  # a constructor taking **kwargs: only the method itself can tell
+        return
+    valid = accepted - set(HARNESS_PARAMS)
+    for key in params:
+        if key in HARNESS_PARAMS:
+            raise BenchError(f"{place}: params sets '{key}', which comes from {HARNESS_PARAMS[key]}; "
+                             f"remove it from params.")
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "."
+            raise BenchError(f"{place}: method '{method}' has no parameter '{key}'{hint} Its parameters: "
+                             f"{', '.join(sorted(valid))}.")
+
+
+def _check_resolutions(method: str, encoder: str, block: GridBlock, place: str) -> None:
+    """The smallest useful input of an encoder for a method is the stride of the deepest level the method
+    taps: below it, that level's feature map covers less than one cell of real pixels (the rest is padding)."""
+    try:
+        instance = methods.METHODS.get(method)(encoder=encoder, **block.params)
+        levels = tuple(instance.encoder_levels())
+        padding = instance.encoder_padding_mode()
+    except (TypeError, ValueError) as exc:
+        raise BenchError(f"{place}: method '{method}' rejects its params ({exc}).") from None
+    strides = encoder_strides(encoder, levels)
+    smallest = max(strides)
+    deepest = levels[strides.index(smallest)]
+    runnable = smallest_runnable_input(encoder, levels, padding)
+    for resolution in (*block.resolutions, *block.class_resolutions.values()):
+        if resolution < smallest:
+            raise BenchError(f"{place}: resolution {resolution} is below {smallest} px, the smallest useful input "
+                             f"of {encoder} for {method} (the stride of level {deepest}, the deepest it taps); use "
+                             f"a resolution of at least {smallest}.")
+        if runnable is None or resolution < runnable:
+            least = f"at least {runnable}" if runnable else "another encoder"
+            raise BenchError(f"{place}: resolution {resolution} is too small for {encoder} padded by {padding} as "
+                             f"{method} builds it (its deepest padded feature map must be wider than the padding); "
+                             f"use {least}, or encoder_padding = \"zeros\" in params.")
 
 
 def apply_overrides(suite: Suite, options: RunOptions) -> Suite:
@@ -94,7 +157,7 @@ def plan(suite: Suite, options: RunOptions) -> tuple[DatasetSource, list[Cell]]:
     if suite.weights == "random" and not (suite.allow_random_weights or options.allow_random):
         raise BenchError(f"Suite {suite.name} reproduces published numbers and needs pretrained weights; pass "
                          f"--weights imagenet or --weights PATH, or --allow-random to run it with random weights.")
-    check_names(suite)
+    check_suite(suite)
     source = open_source(suite.dataset, options.data_root)
     classes = list(suite.dataset.classes or source.classes())
     for class_name in classes:
@@ -120,15 +183,51 @@ def recorded_run(run_dir: Path) -> tuple[Suite, dict[str, Any]]:
     return parse_suite(info["suite"]["raw"], Path(info["suite"]["path"])), info["options"]
 
 
+def absolute(path: str | None) -> str | None:
+    """A data root as an absolute path: a run folder continued from another directory reads the same data."""
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
+def run_configuration(suite: Suite, device: str, data_root: str | None) -> dict[str, Any]:
+    """What every record of a run folder shares and a report's title speaks for: the suite's version, the
+    data (where from, which classes, with which options), weights, protocol and the kind of device."""
+    return {"suite version": suite.version, "dataset": suite.dataset.name,
+            "data root": absolute(data_root or suite.dataset.root),
+            "classes": ",".join(suite.dataset.classes) if suite.dataset.classes else "all",
+            "dataset options": json.dumps(suite.dataset.options, sort_keys=True), "weights": suite.weights,
+            "protocol": suite.protocol, "metrics resolution": suite.metrics_resolution,
+            "device": device.split(":")[0]}
+
+
+def check_same_configuration(run_dir: Path, suite: Suite, options: RunOptions) -> None:
+    """A run folder holds one configuration: continuing it with another (data root, dataset options or
+    classes, suite version, weights, protocol, device kind) is refused in one sentence naming what changed,
+    unless ``options.force_mixed``; ``suite`` carries the command line's overrides already."""
+    recorded_suite, recorded_options = recorded_run(run_dir)
+    before = run_configuration(recorded_suite, recorded_options.get("device", "cpu"),
+                               recorded_options.get("data_root"))
+    current = run_configuration(suite, options.device, options.data_root)
+    changes = [f"{key} {before[key]} (now {current[key]})" for key in before if before[key] != current[key]]
+    if not changes:
+        return
+    if not options.force_mixed:
+        raise BenchError(f"Run folder {run_dir} was run with {'; '.join(changes)}; pass --out with a new "
+                         f"folder, or --force-mixed to add these cells to it anyway.")
+    print(f"--force-mixed: {run_dir} now mixes configurations: {'; '.join(changes)}.", file=sys.stderr)
+
+
 def _write_run_file(run_dir: Path, suite: Suite, cells: list[Cell], options: RunOptions) -> None:
     info = {"created_at": now(), "command": options.command,
             "suite": {"name": suite.name, "version": suite.version, "path": str(suite.path), "raw": suite.raw},
-            "options": {"device": options.device, "data_root": options.data_root,
+            "options": {"device": options.device, "data_root": absolute(options.data_root),
                         "allow_random": options.allow_random},
             "plan": [{"cell_id": c.cell_id, "config": c.config()} for c in cells]}
     tmp = run_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
-    os.replace(tmp, run_dir / RUN_FILE)
+    try:
+        tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
+        os.replace(tmp, run_dir / RUN_FILE)
+    except OSError as exc:
+        raise folder_error(run_dir, exc) from None
 
 
 def _judged(source: DatasetSource, cells: list[Cell], device: str) -> list[planning.CellPlan]:
@@ -152,12 +251,19 @@ def run_suite(suite: Suite, run_dir: Path, options: RunOptions, executor=None) -
     for encoder in sorted({c.encoder for c in cells}):
         check_weights(encoder, suite.weights)
     refusals = {p.cell: p.refusal for p in _judged(source, cells, options.device) if p.refusal}
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunFolderLock(run_dir):  # one writer per folder, from run.json to the last record
+        return _run_in_folder(suite, run_dir, options, executor, cells, refusals)
+
+
+def _run_in_folder(suite: Suite, run_dir: Path, options: RunOptions, executor, cells: list[Cell],
+                   refusals: dict[Cell, str]) -> RunSummary:
+    """The part of a run that writes into its folder; the caller holds the folder's lock."""
     if (run_dir / RUN_FILE).exists():
         recorded = json.loads((run_dir / RUN_FILE).read_text())["suite"]["name"]
         if recorded != suite.name:
             raise BenchError(f"Run folder {run_dir} belongs to suite '{recorded}', not '{suite.name}'; "
                              f"pass another --out.")
+        check_same_configuration(run_dir, suite, options)
     else:
         _write_run_file(run_dir, suite, cells, options)
 
@@ -185,9 +291,12 @@ def run_suite(suite: Suite, run_dir: Path, options: RunOptions, executor=None) -
 
 def _keep(run_dir: Path, summary: RunSummary, cell: Cell, record: Record, arrays: dict) -> None:
     """The driver's part: artifacts first, then the record that points at them (one atomic line)."""
-    if arrays:
-        record["artifacts"] = {"file": artifacts.write(run_dir, record["cell_id"], arrays)}
-    append_record(run_dir, record)
+    try:
+        if arrays:
+            record["artifacts"] = {"file": artifacts.write(run_dir, record["cell_id"], arrays)}
+        append_record(run_dir, record)
+    except OSError as exc:  # no space left, say: the records before this one are whole
+        raise folder_error(run_dir, exc) from None
     if record["status"] == "ok":
         summary.ok += 1
     else:

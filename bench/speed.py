@@ -13,6 +13,7 @@ iteration; on the CPU ``perf_counter`` is used and the thread count is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -76,10 +77,31 @@ def region_calls(method, images: torch.Tensor) -> dict[str, Callable[[], Any]]:
     }
 
 
-@torch.inference_mode()
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run with ``threads`` torch threads (None: unchanged), then restore the process's count."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def measure_speed(method, input_size: int, batch_sizes: Sequence[int], device: str, warmup: int,
-                  iterations: int, seed: int = 0) -> dict[str, Any]:
-    """Time the three regions at each batch size; fps = images / median time. Returns plain data."""
+                  iterations: int, seed: int = 0, threads: int | None = None) -> dict[str, Any]:
+    """Time the three regions at each batch size; fps = images / median time. Returns plain data.
+
+    ``threads`` fixes the torch threads on the CPU while timing: one thread makes the method/encoder ratio
+    hold on a loaded machine, where two threads of small operations wait on each other's preemption."""
+    with torch_threads(threads if device == "cpu" else None):
+        return _measure(method, input_size, batch_sizes, device, warmup, iterations, seed)
+
+
+@torch.inference_mode()
+def _measure(method, input_size: int, batch_sizes: Sequence[int], device: str, warmup: int, iterations: int,
+             seed: int) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(seed)
     result: dict[str, Any] = {
         "input_size": input_size, "device": device, "warmup": warmup, "iterations": iterations,

@@ -1,16 +1,24 @@
 """Suites: declarative TOML files (grid, protocol, dataset, reference numbers) loaded into typed dataclasses.
 
 A suite is found by name in ``bench/suites/`` (and folders given with ``--suite-path``) or by path.
-``extends = "other.toml"`` starts from another suite and overrides top-level keys. Unknown keys and wrong
-types fail loudly, with one sentence naming the file and the key.
+``extends = "other.toml"`` starts from another suite and overrides top-level keys. Every key is declared
+once, as a dataclass field below (type, default, limits); unknown keys, wrong types and values out of range
+fail loudly, with one sentence naming the file and the key.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import difflib
+import functools
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from anobench.core import BenchError, unknown_name
@@ -26,53 +34,85 @@ SETTINGS = ("one-class", "multi-class")  # one model per class, or one for all c
 METRIC_RESOLUTIONS = ("input", "original")
 
 
+# ----------------------------------------------------------------------------------------------------------
+# the schema: every suite key is a field of the dataclasses below, its type the field's annotation; its
+# TOML name, default and limits are given once, with ``suite_key``. Parsing, the valid-key lists in
+# messages and the defaults all come from here, so a new key is one field.
+
+
+def suite_key(default: Any = MISSING, *, toml: str | None = None, minimum: int | None = None,
+              choices: tuple[str, ...] | None = None, nonempty: bool = False, all_means_none: bool = False,
+              expected: str | None = None) -> Any:
+    """A suite key: its default (none: the key is required), its TOML name where it differs from the field
+    name, and what the type alone does not say: a least value, the allowed strings, a list that must not
+    be empty, the string "all" standing for None, the wording of "must be ..." in messages."""
+    metadata = {"suite_key": True, "toml": toml, "minimum": minimum, "choices": choices, "nonempty": nonempty,
+                "all_means_none": all_means_none, "expected": expected}
+    if isinstance(default, dict | list):
+        return field(default_factory=functools.partial(copy.deepcopy, default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
-    name: str
-    classes: tuple[str, ...] | None  # None: every class the source has
-    root: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    name: str = suite_key()
+    # None ("all" in a suite): every class the source has
+    classes: tuple[str, ...] | None = suite_key(None, nonempty=True, all_means_none=True,
+                                                 expected='a list of class names or "all"')
+    root: str | None = suite_key(None)
+    options: dict[str, Any] = suite_key({})
 
 
 @dataclass(frozen=True)
 class GridBlock:
     """methods × encoders × resolutions, with method parameters and optional per-class resolutions."""
 
-    methods: tuple[str, ...]
-    encoders: tuple[str, ...]
-    resolutions: tuple[int, ...]
-    resize: int | None = None  # resize before a centre crop to the resolution (PaDiM: 256 → 224)
-    class_resolutions: dict[str, int] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    classes: tuple[str, ...] | None = None  # restricts the suite's classes for this block
-    measure_only: bool = False  # speed/size cells that skip accuracy (e.g. encoder-only rows)
+    methods: tuple[str, ...] = suite_key(nonempty=True)
+    encoders: tuple[str, ...] = suite_key(nonempty=True)
+    resolutions: tuple[int, ...] = suite_key(nonempty=True, minimum=1)
+    # resize before a centre crop to the resolution (PaDiM: 256 → 224)
+    resize: int | None = suite_key(None, minimum=1)
+    class_resolutions: dict[str, int] = suite_key({}, minimum=1)
+    params: dict[str, Any] = suite_key({})
+    classes: tuple[str, ...] | None = suite_key(None, nonempty=True)  # restricts the suite's classes here
+    measure_only: bool = suite_key(False)  # speed/size cells that skip accuracy (e.g. encoder-only rows)
+
+    def __post_init__(self):
+        too_large = [r for r in (*self.resolutions, *self.class_resolutions.values())
+                     if self.resize is not None and self.resize < r]
+        if too_large:
+            raise ValueError(f"resize {self.resize} is smaller than the resolution {max(too_large)}; the centre "
+                             f"crop must fit in the resized image (set resize to at least {max(too_large)})")
 
 
 @dataclass(frozen=True)
 class Reference:
     """A published number, printed beside ours (never in place of it)."""
 
-    method: str
-    encoder: str
-    metric: str
-    value: float
-    source: str
-    class_name: str = "mean"
-    resolution: int | None = None
-    note: str = ""
+    method: str = suite_key()
+    encoder: str = suite_key()
+    metric: str = suite_key()
+    value: float = suite_key()
+    source: str = suite_key()
+    class_name: str = suite_key("mean", toml="class")
+    resolution: int | None = suite_key(None, minimum=1)
+    note: str = suite_key("")
 
 
 @dataclass(frozen=True)
 class MeasureSpec:
     """Speed measurement per cell (off unless a suite asks for it)."""
 
-    speed: bool = False
-    batch_sizes: tuple[int, ...] = (1, 32)
-    warmup: int = 3
-    iterations: int = 10
-    cpu_batch_sizes: tuple[int, ...] | None = None  # smaller batches on a CPU, recorded as such
-    cpu_warmup: int | None = None
-    cpu_iterations: int | None = None  # fewer timed iterations on a CPU, recorded as such
+    speed: bool = suite_key(False)
+    batch_sizes: tuple[int, ...] = suite_key((1, 32), nonempty=True, minimum=1)
+    warmup: int = suite_key(3, minimum=0)
+    iterations: int = suite_key(10, minimum=1)
+    # smaller batches and fewer timed iterations on a CPU, recorded as such
+    cpu_batch_sizes: tuple[int, ...] | None = suite_key(None, nonempty=True, minimum=1)
+    cpu_warmup: int | None = suite_key(None, minimum=0)
+    cpu_iterations: int | None = suite_key(None, minimum=1)
+    # torch threads while timing on a CPU (None: the process's)
+    cpu_threads: int | None = suite_key(None, minimum=1)
 
     def on(self, device: str) -> tuple[tuple[int, ...], int, int]:
         """(batch sizes, warm-up iterations, timed iterations) to use on ``device``."""
@@ -83,25 +123,26 @@ class MeasureSpec:
         return self.batch_sizes, self.warmup, self.iterations
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Suite:
-    name: str
-    version: int
-    description: str
+    name: str = suite_key()
+    version: int = suite_key(minimum=1)
+    description: str = suite_key("")
     path: Path
-    dataset: DatasetSpec
-    grid: tuple[GridBlock, ...]
-    protocol: str = "strict"
-    seeds: tuple[int, ...] = (0,)
-    weights: str = "imagenet"
-    allow_random_weights: bool = True
-    batch_size: int = 16
-    metrics_resolution: str = "input"
-    measure: MeasureSpec = MeasureSpec()
-    references: tuple[Reference, ...] = ()
-    feature_cache_mb: int = 4096  # encoder features shared between cells (0: off, e.g. where memory is measured)
-    changelog: tuple[str, ...] = ()
-    setting: str = "one-class"
+    dataset: DatasetSpec = suite_key()
+    grid: tuple[GridBlock, ...] = suite_key(nonempty=True)
+    protocol: str = suite_key("strict", choices=PROTOCOLS)
+    seeds: tuple[int, ...] = suite_key((0,), nonempty=True)
+    weights: str = suite_key("imagenet")
+    allow_random_weights: bool = suite_key(True)
+    batch_size: int = suite_key(16, minimum=1)
+    metrics_resolution: str = suite_key("input", choices=METRIC_RESOLUTIONS)
+    measure: MeasureSpec = suite_key(MeasureSpec())
+    references: tuple[Reference, ...] = suite_key((), toml="reference")
+    # encoder features shared between cells (0: off, e.g. where memory is measured)
+    feature_cache_mb: int = suite_key(4096, minimum=0)
+    changelog: tuple[str, ...] = suite_key(())
+    setting: str = suite_key("one-class", choices=SETTINGS)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -140,63 +181,6 @@ def find_suite(name_or_path: str, extra: Sequence[str | Path] = ()) -> Path:
 # parsing
 
 
-class _Table:
-    """Typed access to one TOML table, failing with the file and key named."""
-
-    def __init__(self, data: dict[str, Any], path: Path, where: str, allowed: set[str]):
-        self.data, self.path, self.where = data, path, where
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise BenchError(f"Suite file {path}: unknown key '{unknown[0]}' in {where}; valid keys: "
-                             f"{', '.join(sorted(allowed))}.")
-
-    def fail(self, key: str, expected: str) -> BenchError:
-        return BenchError(f"Suite file {self.path}: '{key}' in {self.where} must be {expected}, "
-                          f"got {self.data.get(key)!r}.")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., expected: str = "") -> Any:
-        if key not in self.data:
-            if default is ...:
-                raise BenchError(f"Suite file {self.path}: {self.where} needs the key '{key}'.")
-            return default
-        value = self.data[key]
-        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
-            raise self.fail(key, expected or _kind_name(kind))
-        return value
-
-    def names(self, key: str, default: Any = ...) -> tuple[str, ...] | None:
-        value = self.get(key, list, default, "a list of names")
-        if value is None or value is default:
-            return value
-        if not value or not all(isinstance(v, str) for v in value):
-            raise self.fail(key, "a non-empty list of names")
-        return tuple(value)
-
-    def ints(self, key: str, default: Any = ...) -> tuple[int, ...]:
-        value = self.get(key, list, default, "a list of integers")
-        if value is default:
-            return value
-        if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-            raise self.fail(key, "a non-empty list of positive integers")
-        return tuple(value)
-
-    def choice(self, key: str, options: Sequence[str], default: str) -> str:
-        value = self.get(key, str, default)
-        if value not in options:
-            raise self.fail(key, f"one of {', '.join(options)}")
-        return value
-
-
-def _as_tuple(kind) -> tuple:
-    return kind if isinstance(kind, tuple) else (kind,)
-
-
-def _kind_name(kind) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
-             dict: "a table"}
-    return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
-
-
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
@@ -221,11 +205,6 @@ def _merged(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return {**base, **data}
 
 
-TOP_KEYS = {"name", "version", "description", "protocol", "seeds", "weights", "allow_random_weights",
-            "batch_size", "metrics_resolution", "dataset", "grid", "measure", "reference", "feature_cache_mb",
-            "changelog", "setting"}
-
-
 def load_suite(name_or_path: str, extra: Sequence[str | Path] = ()) -> Suite:
     """Load, merge (``extends``) and validate a suite; every problem is one sentence naming file and key."""
     path = find_suite(name_or_path, extra)
@@ -234,78 +213,107 @@ def load_suite(name_or_path: str, extra: Sequence[str | Path] = ()) -> Suite:
 
 def parse_suite(raw: dict[str, Any], path: Path) -> Suite:
     """Validate a merged suite table (from a file, or as a run folder stored it)."""
-    top = _Table(raw, path, "the suite", TOP_KEYS)
+    return _parse(Suite, raw, path, "the suite", {"path": path, "raw": raw})
 
-    ds = _Table(top.get("dataset", dict), path, "[dataset]", {"name", "classes", "root", "options"})
-    classes = ds.get("classes", (list, str), None, "a list of class names or \"all\"")
-    if isinstance(classes, str) and classes != "all":
-        raise ds.fail("classes", 'a list of class names or "all"')
-    dataset = DatasetSpec(
-        name=ds.get("name", str),
-        classes=None if classes in (None, "all") else ds.names("classes"),
-        root=ds.get("root", str, None),
-        options=ds.get("options", dict, {}),
-    )
 
-    blocks = top.get("grid", list, ..., "a list of [[grid]] tables")
-    if not blocks:
-        raise top.fail("grid", "a non-empty list of [[grid]] tables")
-    grid = []
-    for i, block in enumerate(blocks):
-        g = _Table(block, path, f"[[grid]] #{i + 1}", {"methods", "encoders", "resolutions", "resize",
-                                                        "class_resolutions", "params", "classes",
-                                                        "measure_only"})
-        class_res = g.get("class_resolutions", dict, {})
-        if not all(isinstance(v, int) and v > 0 for v in class_res.values()):
-            raise g.fail("class_resolutions", "a table of class = positive integer")
-        grid.append(GridBlock(
-            methods=g.names("methods"), encoders=g.names("encoders"), resolutions=g.ints("resolutions"),
-            resize=g.get("resize", int, None), class_resolutions=dict(class_res),
-            params=g.get("params", dict, {}), classes=g.names("classes", None),
-            measure_only=g.get("measure_only", bool, False),
-        ))
+def suite_keys(cls: type) -> dict[str, Field]:
+    """TOML name → field, for the keys of one of the schema's tables."""
+    return {f.metadata["toml"] or f.name: f for f in fields(cls) if f.metadata.get("suite_key")}
 
-    references = []
-    for i, ref in enumerate(top.get("reference", list, [])):
-        r = _Table(ref, path, f"[[reference]] #{i + 1}", {"method", "encoder", "metric", "value", "source",
-                                                          "class", "resolution", "note"})
-        references.append(Reference(
-            method=r.get("method", str), encoder=r.get("encoder", str), metric=r.get("metric", str),
-            value=float(r.get("value", (int, float))), source=r.get("source", str),
-            class_name=r.get("class", str, "mean"), resolution=r.get("resolution", int, None),
-            note=r.get("note", str, ""),
-        ))
 
-    m = _Table(top.get("measure", dict, {}), path, "[measure]", {"speed", "batch_sizes", "warmup", "iterations",
-                                                                 "cpu_batch_sizes", "cpu_warmup",
-                                                                 "cpu_iterations"})
-    measure = MeasureSpec(speed=m.get("speed", bool, False), batch_sizes=m.ints("batch_sizes", (1, 32)),
-                          warmup=m.get("warmup", int, 3), iterations=m.get("iterations", int, 10),
-                          cpu_batch_sizes=m.ints("cpu_batch_sizes", None),
-                          cpu_warmup=m.get("cpu_warmup", int, None),
-                          cpu_iterations=m.get("cpu_iterations", int, None))
+def _parse(cls: type, data: dict[str, Any], path: Path, where: str,
+           fixed: Mapping[str, Any] = MappingProxyType({})) -> Any:
+    """One table of the schema as an instance of ``cls`` (``fixed``: its fields that are not suite keys)."""
+    keys = suite_keys(cls)
+    for name in data:
+        if name not in keys:
+            close = difflib.get_close_matches(name, keys, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "."
+            raise BenchError(f"Suite file {path}: unknown key '{name}' in {where}{hint} Valid keys: "
+                             f"{', '.join(sorted(keys))}.")
+    hints = typing.get_type_hints(cls)
+    values = dict(fixed)
+    for name, f in keys.items():
+        if name in data:
+            values[f.name] = _convert(data[name], hints[f.name], f.metadata, path, where, name)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise BenchError(f"Suite file {path}: {where} needs the key '{name}'.")
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a rule across keys (e.g. a grid's resize against its resolutions)
+        raise BenchError(f"Suite file {path}: {where}: {exc}.") from None
 
-    seeds = top.get("seeds", list, [0], "a list of integers")
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise top.fail("seeds", "a non-empty list of integers")
-    changelog = top.get("changelog", list, [])
-    return Suite(
-        name=top.get("name", str),
-        version=top.get("version", int),
-        description=top.get("description", str, ""),
-        path=path,
-        dataset=dataset,
-        grid=tuple(grid),
-        protocol=top.choice("protocol", PROTOCOLS, "strict"),
-        seeds=tuple(seeds),
-        weights=top.get("weights", str, "imagenet"),
-        allow_random_weights=top.get("allow_random_weights", bool, True),
-        batch_size=top.get("batch_size", int, 16),
-        metrics_resolution=top.choice("metrics_resolution", METRIC_RESOLUTIONS, "input"),
-        measure=measure,
-        references=tuple(references),
-        feature_cache_mb=top.get("feature_cache_mb", int, 4096),
-        changelog=tuple(str(c) for c in changelog),
-        setting=top.choice("setting", SETTINGS, "one-class"),
-        raw=raw,
-    )
+
+def _optional_inner(tp: Any) -> Any:
+    """``X | None`` → ``X`` (TOML has no null: a key that is absent takes its default)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def _convert(value: Any, tp: Any, meta: Mapping[str, Any], path: Path, where: str, name: str) -> Any:
+    """``value`` as the annotation ``tp`` asks, or one sentence naming the file, the table and the key."""
+    if meta["all_means_none"] and value == "all":
+        return None
+    tp = _optional_inner(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    try:
+        if dataclasses.is_dataclass(tp):
+            if isinstance(value, dict):
+                return _parse(tp, value, path, f"[{name}]")
+        elif origin is tuple and isinstance(value, list) and (value or not meta["nonempty"]):
+            if dataclasses.is_dataclass(args[0]):
+                if all(isinstance(item, dict) for item in value):
+                    return tuple(_parse(args[0], item, path, f"[[{name}]] #{i + 1}") for i, item in enumerate(value))
+            else:
+                return tuple(_scalar(item, args[0], meta) for item in value)
+        elif origin is dict and isinstance(value, dict):
+            return {k: _scalar(v, args[1], meta) for k, v in value.items()}
+        elif origin is None:
+            return _scalar(value, tp, meta)
+    except _Mismatch:
+        pass
+    raise BenchError(f"Suite file {path}: '{name}' in {where} must be {meta['expected'] or _describe(tp, meta)}, "
+                     f"got {value!r}.")
+
+
+class _Mismatch(Exception):
+    """A value that does not fit its key (turned into the key's message by ``_convert``)."""
+
+
+def _scalar(value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
+    if tp is Any:
+        return value
+    if isinstance(value, bool) != (tp is bool) or not isinstance(value, (int, float) if tp is float else tp):
+        raise _Mismatch
+    if meta["minimum"] is not None and value < meta["minimum"]:
+        raise _Mismatch
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise _Mismatch
+    return float(value) if tp is float else value
+
+
+_NOUNS = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _noun(tp: Any, meta: Mapping[str, Any]) -> str:
+    noun = _NOUNS.get(tp, getattr(tp, "__name__", str(tp)))
+    return {0: "non-negative ", 1: "positive "}.get(meta["minimum"], "") + noun
+
+
+def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
+    """What a key must be, in words, from its type and limits."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if meta["choices"]:
+        return f"one of {', '.join(meta['choices'])}"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    if origin is tuple:
+        items = "tables" if dataclasses.is_dataclass(args[0]) else f"{_noun(args[0], meta)}s"
+        return f"a {'non-empty ' if meta['nonempty'] else ''}list of {items}"
+    if origin is dict:
+        return "a table" if args[1] is Any else f"a table of name = {_noun(args[1], meta)}"
+    if tp is bool:
+        return "true or false"
+    noun = _noun(tp, meta)
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anobench.datasets.base import register_dataset
 from anobench.datasets.mvtec import FolderLayout, MVTecStyleSource
 
 BTAD_CLASSES = ("01", "02", "03")
@@ -18,7 +17,6 @@ BTAD = FolderLayout("ok", (".png", ".bmp"), "<root>/<01|02|03>/train/ok/*, <root
                                             "<root>/<class>/ground_truth/ko/<stem>.png (or .bmp)")
 
 
-@register_dataset("btad")
 class BTAD(MVTecStyleSource):
     """BTAD: three industrial products (01, 02, 03), ok/ko folders, mixed .bmp/.png."""
 

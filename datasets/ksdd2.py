@@ -14,14 +14,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 from anobench.datasets.base import (
     DatasetError,
     DatasetSource,
     SampleRef,
-    check_mask_size,
-    nonzero_mask,
-    register_dataset,
+    check_sample_files,
+    mask_values,
 )
 from anobench.datasets.mvtec import check_root
 
@@ -31,7 +29,6 @@ GT_NAME = re.compile(r"^(\d+)_GT\.png$")
 KSDD2_LAYOUT = "<root>/train/<N>.png with <root>/train/<N>_GT.png, and the same under <root>/test/"
 
 
-@register_dataset("ksdd2")
 class KolektorSDD2(DatasetSource):
     """KolektorSDD2: one class, flat train/test folders, N.png beside N_GT.png (defective iff GT non-zero)."""
 
@@ -58,7 +55,7 @@ class KolektorSDD2(DatasetSource):
 
     def _label(self, truth: Path) -> int:
         if truth not in self._labels:
-            self._labels[truth] = int(nonzero_mask(truth).any())
+            self._labels[truth] = int(mask_values(truth).any())
         return self._labels[truth]
 
     def classes(self) -> list[str]:
@@ -77,8 +74,8 @@ class KolektorSDD2(DatasetSource):
             for ident in sorted(images - truths, key=int):
                 raise DatasetError(f"Image {folder / f'{ident}.png'} has no ground truth "
                                    f"{folder / f'{ident}_GT.png'}.")
-            for ident in sorted(images, key=int):
-                check_mask_size(folder / f"{ident}.png", folder / f"{ident}_GT.png")
+            check_sample_files(SampleRef(folder / f"{ident}.png", folder / f"{ident}_GT.png", 0, "good")
+                               for ident in sorted(images, key=int))
 
     def samples(self, class_name: str, split: str) -> list[SampleRef]:
         if split not in ("train", "test"):
@@ -93,9 +90,6 @@ class KolektorSDD2(DatasetSource):
             refs.append(SampleRef(folder / f"{ident}.png", truth if label else None, label,
                                   "defective" if label else "good"))
         return refs
-
-    def read_mask(self, ref: SampleRef) -> np.ndarray:
-        return nonzero_mask(ref.mask_path)
 
     def describe(self) -> dict:
         return {"name": self.name, "root": str(self.root)}

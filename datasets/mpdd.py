@@ -4,13 +4,11 @@
 
 from __future__ import annotations
 
-from anobench.datasets.base import register_dataset
 from anobench.datasets.mvtec import MVTecStyleSource
 
 MPDD_CLASSES = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")
 
 
-@register_dataset("mpdd")
 class MPDD(MVTecStyleSource):
     """MPDD: six metal-part classes in MVTec AD layout."""
 

@@ -15,9 +15,9 @@ from anobench.datasets.base import (
     DatasetSource,
     SampleRef,
     check_class_name,
-    check_mask_size,
+    check_sample_files,
     image_files,
-    register_dataset,
+    subfolders,
 )
 
 MVTEC_CLASSES = (
@@ -46,9 +46,10 @@ def mask_path_for(class_dir: Path, defect: str, image: Path, layout: FolderLayou
 
 
 def validate_class_folder(class_dir: Path, root_hint: str, layout: FolderLayout = MVTEC, masks: bool = True,
-                          no_mask_hint: str = "") -> None:
-    """Check one class folder against the layout; one sentence per problem, naming the path. With
-    ``masks=False`` (an image-labelled dataset) defect images need no mask."""
+                          no_mask_hint: str = "", allow_empty_masks: bool = False) -> None:
+    """Check one class folder against the layout, and every image and mask in it (``check_sample_files``);
+    one sentence per problem, naming the path. With ``masks=False`` (an image-labelled dataset) defect
+    images need no mask."""
     expected = f"Expected layout: {layout.description}."
     if not class_dir.is_dir():
         raise DatasetError(f"Class folder {class_dir} does not exist; {root_hint} {expected}")
@@ -57,24 +58,23 @@ def validate_class_folder(class_dir: Path, root_hint: str, layout: FolderLayout 
         raise DatasetError(f"{train_good} is missing or holds no images; every class needs defect-free "
                            f"training images. {expected}")
     test_dir = class_dir / "test"
-    if not test_dir.is_dir() or not any(image_files(d) for d in test_dir.iterdir() if d.is_dir()):
+    if not any(image_files(d) for d in subfolders(test_dir)):
         raise DatasetError(f"{test_dir} is missing or holds no images. {expected}")
-    if not masks:
-        return
-    for defect_dir in sorted(d for d in test_dir.iterdir() if d.is_dir() and d.name != layout.good):
-        for image in image_files(defect_dir):
-            mask = mask_path_for(class_dir, defect_dir.name, image, layout)
-            if not mask.is_file():
-                raise DatasetError(f"Defect image {image} has no mask {mask}{no_mask_hint}. {expected}")
-            check_mask_size(image, mask)
-    check_masks_have_images(class_dir, layout)
+    if masks:
+        for defect_dir in (d for d in subfolders(test_dir) if d.name != layout.good):
+            for image in image_files(defect_dir):
+                mask = mask_path_for(class_dir, defect_dir.name, image, layout)
+                if not mask.is_file():
+                    raise DatasetError(f"Defect image {image} has no mask {mask}{no_mask_hint}. {expected}")
+        check_masks_have_images(class_dir, layout)
+    check_sample_files([*scan_class_folder(class_dir, "train", layout, masks),
+                        *scan_class_folder(class_dir, "test", layout, masks)], allow_empty_masks)
 
 
 def check_masks_have_images(class_dir: Path, layout: FolderLayout = MVTEC) -> None:
     """Every mask's image exists (a missing one would silently drop a defect from the test set)."""
     ground_truth = class_dir / "ground_truth"
-    defect_dirs = sorted(d for d in ground_truth.iterdir() if d.is_dir()) if ground_truth.is_dir() else []
-    for defect_dir in defect_dirs:
+    for defect_dir in subfolders(ground_truth):
         stems = {p.stem for p in image_files(class_dir / "test" / defect_dir.name)}
         for mask in image_files(defect_dir):
             stem = next((mask.name[:-len(s)] for s in layout.mask_suffixes if mask.name.endswith(s)), None)
@@ -91,7 +91,7 @@ def scan_class_folder(class_dir: Path, split: str, layout: FolderLayout = MVTEC,
     if split != "test":
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     refs = []
-    for defect_dir in sorted(d for d in (class_dir / "test").iterdir() if d.is_dir()):
+    for defect_dir in subfolders(class_dir / "test"):
         defect = defect_dir.name
         for image in image_files(defect_dir):
             if defect == layout.good:
@@ -119,8 +119,9 @@ class MVTecStyleSource(DatasetSource):
     hint: ClassVar[str]
     layout: ClassVar[FolderLayout] = MVTEC
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, *, allow_empty_masks: bool = False):
         self.root = self.locate(check_root(root, self.name, self.hint))
+        self.allow_empty_masks = allow_empty_masks
 
     def locate(self, root: Path) -> Path:
         """The folder that holds the class folders (a subclass may look one level down)."""
@@ -131,7 +132,8 @@ class MVTecStyleSource(DatasetSource):
 
     def validate(self, class_name: str) -> None:
         check_class_name(class_name, self.class_names, self.class_noun)
-        validate_class_folder(self.root / class_name, f"is --data-root {self.root} {self.hint}?", self.layout)
+        validate_class_folder(self.root / class_name, f"is --data-root {self.root} {self.hint}?", self.layout,
+                              allow_empty_masks=self.allow_empty_masks)
 
     def samples(self, class_name: str, split: str) -> list[SampleRef]:
         return scan_class_folder(self.root / class_name, split, self.layout)
@@ -140,7 +142,6 @@ class MVTecStyleSource(DatasetSource):
         return {"name": self.name, "root": str(self.root)}
 
 
-@register_dataset("mvtec")
 class MVTecAD(MVTecStyleSource):
     """MVTec AD from ``root``: 15 class folders (5 textures, 10 objects)."""
 
@@ -154,7 +155,6 @@ IMAGE_LABELS_HINT = (" (if the dataset labels whole images only, pass --image-la
                      "image_labels_only = true in the suite's [dataset] options)")
 
 
-@register_dataset("folder")
 class MVTecLayoutFolder(DatasetSource):
     """Any dataset in MVTec layout: ``root`` holds class folders, or is itself one class folder.
 
@@ -166,9 +166,11 @@ class MVTecLayoutFolder(DatasetSource):
     name = "folder"
     hint = "a folder in MVTec AD layout (e.g. ../shared/data/bsdata)"
 
-    def __init__(self, root: str | Path | None = None, *, image_labels_only: bool = False):
+    def __init__(self, root: str | Path | None = None, *, image_labels_only: bool = False,
+                 allow_empty_masks: bool = False):
         self.root = check_root(root, self.name, self.hint)
         self.image_labels_only = image_labels_only
+        self.allow_empty_masks = allow_empty_masks
 
     def _class_dir(self, class_name: str) -> Path:
         return self.root if (self.root / "train").is_dir() and class_name == self.root.name else self.root / class_name
@@ -184,7 +186,7 @@ class MVTecLayoutFolder(DatasetSource):
     def validate(self, class_name: str) -> None:
         hint = f"is --data-root {self.root} {self.hint}?"
         validate_class_folder(self._class_dir(class_name), hint, masks=not self.image_labels_only,
-                              no_mask_hint=IMAGE_LABELS_HINT)
+                              no_mask_hint=IMAGE_LABELS_HINT, allow_empty_masks=self.allow_empty_masks)
 
     def samples(self, class_name: str, split: str) -> list[SampleRef]:
         return scan_class_folder(self._class_dir(class_name), split, masks=not self.image_labels_only)

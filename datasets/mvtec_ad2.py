@@ -23,9 +23,8 @@ from anobench.datasets.base import (
     DatasetSource,
     SampleRef,
     check_class_name,
-    check_mask_size,
+    check_sample_files,
     image_files,
-    register_dataset,
 )
 from anobench.datasets.mvtec import check_root
 
@@ -43,7 +42,6 @@ def official_images(folder: Path) -> list[Path]:
     return [p for p in image_files(folder) if OFFICIAL_NAME.match(p.name)]
 
 
-@register_dataset("mvtec_ad2")
 class MVTecAD2(DatasetSource):
     """MVTec AD 2: eight classes, public test set evaluated here, private test sets written for the server."""
 
@@ -51,8 +49,10 @@ class MVTecAD2(DatasetSource):
     hint = "the folder holding MVTec AD 2's class folders (can/, fabric/, ...)"
     protocol_metrics = ("mvtec_ad2",)
 
-    def __init__(self, root: str | Path | None = None, *, test_split: str = "test_public"):
+    def __init__(self, root: str | Path | None = None, *, test_split: str = "test_public",
+                 allow_empty_masks: bool = False):
         self.root = check_root(root, self.name, self.hint)
+        self.allow_empty_masks = allow_empty_masks
         if test_split not in TEST_SPLITS:
             raise DatasetError(f"MVTec AD 2's test_split must be one of {', '.join(TEST_SPLITS)}, got "
                                f"{test_split!r}.")
@@ -98,12 +98,13 @@ class MVTecAD2(DatasetSource):
                 mask = self._mask(test_dir, image)
                 if not mask.is_file():
                     raise DatasetError(f"Defect image {image} has no mask {mask}. {expected}")
-                check_mask_size(image, mask)
             for mask in image_files(test_dir / "ground_truth" / "bad"):
                 image = test_dir / "bad" / mask.name.replace("_mask.png", ".png")
                 if not image.is_file():
                     raise DatasetError(f"Mask {mask} belongs to the image {image}, which is missing. "
                                        f"{expected}")
+        check_sample_files([*self.samples(class_name, "train"), *self.samples(class_name, "validation"),
+                            *self.samples(class_name, "test")], self.allow_empty_masks)
 
     @staticmethod
     def _mask(test_dir: Path, image: Path) -> Path:

@@ -18,16 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from anobench.datasets.base import (
     DatasetError,
     DatasetSource,
     SampleRef,
     check_class_name,
-    check_mask_size,
+    check_sample_files,
     image_files,
     mask_values,
     read_json,
-    register_dataset,
+    read_mask,
+    subfolders,
 )
 from anobench.datasets.mvtec import check_root
 
@@ -92,7 +94,6 @@ def parse_defects_config(path: Path) -> dict[int, DefectConfig]:
     return configs
 
 
-@register_dataset("mvtec_loco")
 class MVTecLOCO(DatasetSource):
     """MVTec LOCO AD: five classes, logical and structural anomalies, sPRO from defects_config.json."""
 
@@ -100,8 +101,10 @@ class MVTecLOCO(DatasetSource):
     hint = "the folder holding MVTec LOCO AD's class folders (breakfast_box/, ...)"
     protocol_metrics = ("loco",)
 
-    def __init__(self, root: str | Path | None = None, *, train_with_validation: bool = False):
+    def __init__(self, root: str | Path | None = None, *, train_with_validation: bool = False,
+                 allow_empty_masks: bool = False):
         self.root = check_root(root, self.name, self.hint)
+        self.allow_empty_masks = allow_empty_masks
         self.train_with_validation = train_with_validation
         self._configs: dict[str, dict[int, DefectConfig]] = {}
 
@@ -132,14 +135,22 @@ class MVTecLOCO(DatasetSource):
                 if not channels:
                     raise DatasetError(f"Defect image {image} has no ground-truth folder {truth} with a PNG "
                                        f"per defect. {expected}")
-                for channel in channels:
-                    check_mask_size(image, channel)
-            truths = class_dir / "ground_truth" / kind
-            for truth in sorted(d for d in truths.iterdir() if d.is_dir()) if truths.is_dir() else []:
+            for truth in subfolders(class_dir / "ground_truth" / kind):
                 image = class_dir / "test" / kind / f"{truth.name}.png"
                 if not image.is_file():
                     raise DatasetError(f"Ground-truth folder {truth} belongs to the image {image}, which is "
                                        f"missing. {expected}")
+        check_sample_files([*self.samples(class_name, "train"),
+                            *(channel for ref in self.samples(class_name, "test")
+                              for channel in self.channel_refs(ref))], self.allow_empty_masks)
+
+    @staticmethod
+    def channel_refs(ref: SampleRef) -> list[SampleRef]:
+        """A test sample as one reference per defect channel (the image itself when it has none), so each
+        channel is read and checked like any mask."""
+        if ref.mask_path is None:
+            return [ref]
+        return [SampleRef(ref.image_path, path, ref.label, ref.defect_type) for path in image_files(ref.mask_path)]
 
     def samples(self, class_name: str, split: str) -> list[SampleRef]:
         class_dir = self.root / class_name
@@ -163,20 +174,15 @@ class MVTecLOCO(DatasetSource):
         for path in image_files(ref.mask_path):
             values = mask_values(path)
             present = np.unique(values[values != 0])
-            if values.ndim != 2 or len(present) != 1 or int(present[0]) not in configs:
-                raise DatasetError(f"Ground-truth channel {path} must be single-channel and hold 0 and one "
-                                   f"pixel value of {self.root / class_name / CONFIG_FILE} "
+            if len(present) != 1 or int(present[0]) not in configs:
+                raise DatasetError(f"Ground-truth channel {path} must hold 0 and one pixel value of {self.root / class_name / CONFIG_FILE} "
                                    f"({', '.join(map(str, sorted(configs)))}), found {present[:5].tolist()}.")
             channels.append(DefectChannel(values != 0, configs[int(present[0])]))
         return channels
 
     def read_mask(self, ref: SampleRef) -> np.ndarray:
         """The union of the image's defect channels (any non-zero value)."""
-        channels = [mask_values(path) for path in image_files(ref.mask_path)]
-        union = np.zeros(channels[0].shape[:2], dtype=bool)
-        for values in channels:
-            union |= (values != 0) if values.ndim == 2 else (values != 0).any(axis=-1)
-        return union
+        return np.logical_or.reduce([read_mask(channel) for channel in self.channel_refs(ref)])
 
     def describe(self) -> dict:
         return {"name": self.name, "root": str(self.root),

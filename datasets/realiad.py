@@ -12,7 +12,8 @@ used as the JSON gives them, never rebuilt. anomalib's nested ``realiad_jsons/re
 ``<root>/<class>.json`` beside ``<root>/<class>/`` read too. An image is anomalous when its entry's
 ``anomaly_class`` is not ``OK`` (ADer, anomalib; ADEval, the official evaluator, labels by the mask, which
 differs for the few NG views whose mask is empty). Options: ``resolution`` (the ``realiad_<resolution>``
-folder; ``auto`` by default) and ``split`` (the JSON folder: ``realiad_jsons_sv`` for single view, ...).
+folder; ``auto`` by default), ``split`` (the JSON folder: ``realiad_jsons_sv`` for single view, ...) and
+``allow_empty_masks`` (true by default: the published data has those NG views whose mask is empty).
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from anobench.datasets.base import (
     DatasetSource,
     SampleRef,
     check_class_name,
-    check_mask_size,
+    check_sample_files,
     read_json,
-    register_dataset,
 )
 from anobench.datasets.mvtec import check_root
 
@@ -44,7 +44,6 @@ RESOLUTIONS = ("1024", "512", "256", "raw")
 REALIAD_LAYOUT = "<root>/realiad_<resolution>/<class>/{OK,NG}/... and <root>/<split>/<class>.json"
 
 
-@register_dataset("realiad")
 class RealIAD(DatasetSource):
     """Real-IAD: 30 classes, multi-view, JSON splits; image, sample (views grouped) and pixel metrics."""
 
@@ -53,8 +52,9 @@ class RealIAD(DatasetSource):
     protocol_metrics = ("realiad",)
 
     def __init__(self, root: str | Path | None = None, *, resolution: str = "auto",
-                 split: str = "realiad_jsons"):
+                 split: str = "realiad_jsons", allow_empty_masks: bool = True):
         self.root = check_root(root, self.name, self.hint)
+        self.allow_empty_masks = allow_empty_masks
         self.resolution, self.split = str(resolution), split
         self._entries: dict[str, dict] = {}
 
@@ -107,7 +107,8 @@ class RealIAD(DatasetSource):
                     mask = class_dir / entry["mask_path"]
                     if not mask.is_file():
                         raise DatasetError(f"Mask {mask} named in {path} ('{part}') is missing.")
-                    check_mask_size(image, mask)
+        check_sample_files([*self.samples(class_name, "train"), *self.samples(class_name, "test")],
+                           self.allow_empty_masks)
 
     def samples(self, class_name: str, split: str) -> list[SampleRef]:
         if split not in ("train", "test"):

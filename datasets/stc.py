@@ -20,11 +20,18 @@ from pathlib import Path
 
 import av
 import numpy as np
+from PIL import Image
+
 from anobench.core import progress
-from anobench.datasets.base import DatasetError, DatasetSource, SampleRef, image_files, register_dataset
+from anobench.datasets.base import (
+    DatasetError,
+    DatasetSource,
+    SampleRef,
+    check_sample_files,
+    image_files,
+)
 from anobench.datasets.mvtec import check_root
 from anobench.datasets.synthetic import default_cache_dir
-from PIL import Image
 
 STC_LAYOUT = ("<root>/training/videos/<scene>_<video>.avi, <root>/testing/frames/<scene>_<clip>/*.jpg, "
               "<root>/testing/test_frame_mask/<scene>_<clip>.npy and <root>/testing/test_pixel_mask/<scene>_<clip>.npy")
@@ -42,7 +49,6 @@ def decode_video(path: Path, stride: int):
         raise DatasetError(f"Cannot decode video {path} ({exc}); replace or remove the file.") from None
 
 
-@register_dataset("stc")
 class ShanghaiTechCampus(DatasetSource):
     """ShanghaiTech Campus videos, one class per scene (01–12 have ground truth)."""
 
@@ -90,6 +96,10 @@ class ShanghaiTechCampus(DatasetSource):
                 if length != n_frames:
                     raise DatasetError(f"{mask} covers {length} frames but {clip} holds {n_frames}; the clip and its "
                                        f"masks must match.")
+        # Every frame whole and the size of its pixel mask. Not read: whether anomalous frames have marked
+        # pixels (the frame labels are the ground truth of which frames are anomalous, and reading every
+        # anomalous frame's mask would read gigabytes).
+        check_sample_files(self.samples(class_name, "test"), allow_empty_masks=True)
 
     # -- samples -----------------------------------------------------------------------------------------
 

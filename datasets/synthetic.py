@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from anobench.core import unknown_name
-from anobench.datasets.base import DatasetSource, SampleRef, register_dataset
-from anobench.datasets.mvtec import scan_class_folder, validate_class_folder
 from PIL import Image
 
+from anobench.core import unknown_name
+from anobench.datasets.base import DatasetError, DatasetSource, SampleRef
+from anobench.datasets.mvtec import scan_class_folder, validate_class_folder
+
 GENERATOR_VERSION = 1
+MIN_SIZE = 8
 DEFECT_KINDS = ("scratch", "stain", "cutout", "color")
 
 
@@ -177,6 +179,21 @@ class SynthSpec:
     test_good: int = 12
     test_per_defect: int = 4
 
+    def __post_init__(self):
+        """Refuse options that would write a partial or unusable dataset, before anything is written."""
+        limits = {"seed": (self.seed, 0, "numpy seeds are non-negative"),
+                  "size": (self.size, MIN_SIZE, "pixels per side; smaller images cannot hold the defects"),
+                  "train": (self.train, 1, "every class needs defect-free training images"),
+                  "test_good": (self.test_good, 1, "image AUROC needs defect-free test images"),
+                  "test_per_defect": (self.test_per_defect, 1, "every defect kind needs test images")}
+        for name, (value, least, why) in limits.items():
+            if not isinstance(value, int) or value < least:
+                raise DatasetError(f"Synthetic data option {name} must be an integer of at least {least} "
+                                   f"({why}), got {value!r}.")
+        unknown = [c for c in self.classes if c not in CLASSES]
+        if unknown or not self.classes:
+            raise unknown_name("synthetic class", unknown[0] if unknown else "", CLASSES)
+
     def key(self) -> str:
         payload = json.dumps({**asdict(self), "generator": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
@@ -185,7 +202,7 @@ class SynthSpec:
 STREAMS = ("train", "good", *DEFECT_KINDS)  # each draws from its own random stream
 
 
-def _render(spec: SynthSpec, class_name: str, stream: str, index: int):
+def render_sample(spec: SynthSpec, class_name: str, stream: str, index: int):
     """One image (and its mask when ``stream`` is a defect kind)."""
     rng = np.random.default_rng([spec.seed, list(CLASSES).index(class_name), STREAMS.index(stream), index])
     defect = stream if stream in DEFECT_KINDS else None
@@ -207,20 +224,17 @@ def _save_png(image: Image.Image, path: Path) -> None:
 
 def write_dataset(out: Path, spec: SynthSpec) -> Path:
     """Write the dataset under ``out`` (one folder per class, MVTec layout) and return ``out``."""
-    unknown = [c for c in spec.classes if c not in CLASSES]
-    if unknown:
-        raise unknown_name("synthetic class", unknown[0], CLASSES)
     for class_name in spec.classes:
         root = out / class_name
         for i in range(spec.train):
-            image, _ = _render(spec, class_name, "train", i)
+            image, _ = render_sample(spec, class_name, "train", i)
             _save_png(image, root / "train" / "good" / f"{i:03d}.png")
         for i in range(spec.test_good):
-            image, _ = _render(spec, class_name, "good", i)
+            image, _ = render_sample(spec, class_name, "good", i)
             _save_png(image, root / "test" / "good" / f"{i:03d}.png")
         for defect in DEFECT_KINDS:
             for i in range(spec.test_per_defect):
-                image, mask = _render(spec, class_name, defect, i)
+                image, mask = render_sample(spec, class_name, defect, i)
                 _save_png(image, root / "test" / defect / f"{i:03d}.png")
                 _save_png(Image.fromarray(mask.astype(np.uint8) * 255, "L"),
                           root / "ground_truth" / defect / f"{i:03d}_mask.png")
@@ -256,7 +270,6 @@ def ensure_generated(spec: SynthSpec, cache_dir: Path | None = None) -> Path:
     return target
 
 
-@register_dataset("synthetic")
 class SyntheticDataset(DatasetSource):
     """Generated MVTec-layout data, cached under ``$ANOBENCH_CACHE`` (default ~/.cache/anobench)."""
 

@@ -21,15 +21,12 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 from anobench.datasets.base import (
     DatasetError,
     DatasetSource,
     SampleRef,
     check_class_name,
-    check_mask_size,
-    nonzero_mask,
-    register_dataset,
+    check_sample_files,
 )
 from anobench.datasets.mvtec import FolderLayout, check_root, scan_class_folder, validate_class_folder
 
@@ -53,15 +50,15 @@ def _converted_root(root: Path) -> Path | None:
     return None
 
 
-@register_dataset("visa")
 class VisA(DatasetSource):
     """VisA: 12 classes, original layout with split_csv/1cls.csv or the converted MVTec-like one."""
 
     name = "visa"
     hint = "the extracted VisA folder (holding split_csv/ and the class folders) or a converted one"
 
-    def __init__(self, root: str | Path | None = None, *, layout: str = "auto"):
+    def __init__(self, root: str | Path | None = None, *, layout: str = "auto", allow_empty_masks: bool = False):
         root = check_root(root, self.name, self.hint)
+        self.allow_empty_masks = allow_empty_masks
         if layout not in LAYOUTS:
             raise DatasetError(f"VisA layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
         converted = _converted_root(root)
@@ -126,8 +123,8 @@ class VisA(DatasetSource):
     def validate(self, class_name: str) -> None:
         check_class_name(class_name, VISA_CLASSES, "a VisA class")
         if self.layout == "converted":
-            validate_class_folder(self.root / class_name, f"is --data-root {self.root} "
-                                                          f"{self.hint}?", CONVERTED)
+            validate_class_folder(self.root / class_name, f"is --data-root {self.root} {self.hint}?", CONVERTED,
+                                  allow_empty_masks=self.allow_empty_masks)
             return
         rows = self._class_rows(class_name)
         split_file = self.root / SPLIT_FILE
@@ -143,7 +140,8 @@ class VisA(DatasetSource):
                 if not mask_path.is_file():
                     raise DatasetError(f"Mask {mask_path} named in {split_file} line {line} is missing. "
                                        f"Expected layout: {ORIGINAL_LAYOUT}.")
-                check_mask_size(image_path, mask_path)
+        check_sample_files([*self.samples(class_name, "train"), *self.samples(class_name, "test")],
+                           self.allow_empty_masks)
 
     def samples(self, class_name: str, split: str) -> list[SampleRef]:
         if self.layout == "converted":
@@ -159,9 +157,6 @@ class VisA(DatasetSource):
             else:
                 refs.append(SampleRef(self.root / image, None, 0, "good"))
         return refs
-
-    def read_mask(self, ref: SampleRef) -> np.ndarray:
-        return nonzero_mask(ref.mask_path)
 
     def describe(self) -> dict:
         return {"name": self.name, "root": str(self.root), "layout": self.layout}

@@ -25,7 +25,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from anobench.core import NotFittedError, Registry
+
+from anobench.core import NotFittedError
+from anobench.methods import METHODS
 from anobench.methods.encoders import Encoder, EncoderGeometry, Level
 
 SAVE_FORMAT = 1
@@ -51,13 +53,20 @@ class AnomalyMethod(ABC):
     """Base class of all methods; see the module docstring for the contract."""
 
     name: ClassVar[str]
+    #: The name tables print (e.g. "CFLOW-AD"); the registered name where empty.
+    display_name: ClassVar[str] = ""
     #: True when an image's score depends on the other test images (a protocol choice, never hidden).
     test_set_dependent: ClassVar[bool] = False
+    #: Parameters that make the conformance checks (``bench check-method``) quick, e.g. a short schedule.
+    check_params: ClassVar[dict[str, Any]] = {}
 
     encoder: str
     weights: str
     seed: int
     device: str
+    #: How the encoder pads its convolutions ("zeros" or "reflect", see ``encoders``); a method that offers the
+    #: choice takes ``encoder_padding`` as a constructor parameter.
+    encoder_padding: str = "zeros"
 
     # -- parameters ------------------------------------------------------------------------------------
 
@@ -89,8 +98,13 @@ class AnomalyMethod(ABC):
     def encoder_levels(self) -> tuple[Level, ...]:
         """Which encoder levels the method taps."""
 
+    def encoder_padding_mode(self) -> str:
+        """The padding the encoder is built with (methods whose parameter has a symbolic default resolve it)."""
+        return self.encoder_padding
+
     def _build_encoder(self, weights: str) -> Encoder:
-        return Encoder(self.encoder, self.encoder_levels(), weights=weights, seed=self.seed).to(self.device)
+        return Encoder(self.encoder, self.encoder_levels(), weights=weights, seed=self.seed,
+                       padding=self.encoder_padding_mode()).to(self.device)
 
     def check_fitted(self) -> None:
         if not hasattr(self, "encoder_"):
@@ -152,17 +166,21 @@ class AnomalyMethod(ABC):
     def save(self, path: str | Path) -> None:
         """Save parameters, encoder weights and learned state, so that loading needs no download."""
         self.check_fitted()
-        blob = {"format": SAVE_FORMAT, "method": self.name, "params": self.get_params(),
+        blob = {"format": SAVE_FORMAT, "method": self.name,
+                "class": f"{type(self).__module__}:{type(self).__qualname__}", "params": self.get_params(),
                 "encoder_state": self.encoder_.state_dict(), "state": self._fitted_state()}
         torch.save(blob, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> AnomalyMethod:
+        """A saved model; ``AnomalyMethod.load`` finds its class by registered name, or where it lives."""
         blob = torch.load(path, map_location="cpu", weights_only=True)
         params = dict(blob["params"])
         if device is not None:
             params["device"] = device
-        method = METHODS.get(blob["method"])(**params)
+        if cls is AnomalyMethod:
+            cls = METHODS.get(blob["method"] if blob["method"] in METHODS else blob["class"])
+        method = cls(**params)
         method.encoder_ = method._build_encoder("random")  # a skeleton; the saved weights fill it
         method.encoder_.load_state_dict(blob["encoder_state"])
         method.encoder_.weights = method.weights
@@ -174,7 +192,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     return value
-
-
-METHODS: Registry[type[AnomalyMethod]] = Registry("method")
-register_method = METHODS.register

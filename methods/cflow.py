@@ -1,9 +1,13 @@
 """CFLOW-AD (Gudovskiy et al., WACV 2022): conditional normalizing flows over encoder feature vectors.
 
-The model is the paper's and the official code's: a frozen encoder tapped at three levels, and per level
-a FrEIA sequence of AllInOneBlocks (affine clamp 1.9, SOFTPLUS global affine, fixed random permutation)
-over single C-dim feature vectors ("fibers"), each coupling subnet conditioned on a 2-D sin/cos positional
-encoding. Training maximizes −logsigmoid(log p / C) over shuffled fiber batches.
+The model is the paper's and the official code's: a frozen encoder tapped at three levels (ResNets padded
+by reflection, as the official code's ResNet copy), and per level a FrEIA sequence of AllInOneBlocks (affine
+clamp 1.9, SOFTPLUS global affine, ``permute_soft=True``: a fixed random orthogonal channel mixing drawn
+from SO(C)) over single C-dim feature vectors ("fibers"), each coupling subnet conditioned on a 2-D sin/cos
+positional encoding. Training maximizes −logsigmoid(log p / C) over shuffled fiber batches, on images
+rotated by up to ±5° (nearest neighbour, as torchvision's ``RandomRotation`` in the official loader).
+Departures are parameters, named in every record: ``permute_soft=False`` (hard channel permutations,
+anomalib's choice) and ``encoder_padding="zeros"`` for ResNets (timm's).
 
 Two scoring protocols, always recorded:
 
@@ -31,10 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, Prediction, register_method, tensor_bytes
-from anobench.methods.encoders import Level
 from torch import nn
+
+from anobench.core import progress
+from anobench.methods.base import AnomalyMethod, Prediction, tensor_bytes
+from anobench.methods.encoders import Level, is_resnet
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 PAPER_SCHEDULE = (25, 8)
@@ -98,9 +103,16 @@ def learning_rate(lr: float, meta_epoch: int, meta_epochs: int, warmup_epochs: i
     return cosine(meta_epoch)
 
 
+def official_padding(encoder: str) -> str:
+    """The official code's padding for an encoder: reflect in its ResNet copy, zeros elsewhere (its
+    MobileNetV3 copy and the timm models it loads)."""
+    return "reflect" if is_resnet(encoder) else "zeros"
+
+
 @contextlib.contextmanager
 def numpy_seed(seed: int):
-    """FrEIA draws its permutations from numpy's global generator: seed it, then put it back."""
+    """FrEIA draws its permutations from numpy's global generator (``np.random.permutation``, and scipy's
+    ``special_ortho_group`` with no ``random_state`` for soft ones): seed it, then put it back."""
     state = np.random.get_state()
     np.random.seed(seed)
     try:
@@ -109,7 +121,6 @@ def numpy_seed(seed: int):
         np.random.set_state(state)
 
 
-@register_method("cflow")
 class CFlow(AnomalyMethod):
     """CFLOW-AD: conditional normalizing flows on multi-scale encoder features.
 
@@ -117,6 +128,8 @@ class CFlow(AnomalyMethod):
     ----------
     encoder : str, default="wide_resnet50_2"
     weights : {"imagenet", "random"} or path, default="imagenet"
+    encoder_padding : {"official", "zeros", "reflect"}, default="official"
+        "official": as the official code builds each encoder (reflect for ResNets, zeros otherwise).
     levels : tuple or None, default=None
         Encoder levels; None takes layer2/3/4 (timm indices 2, 3, 4) or the reference's levels for
         MobileNetV3-L (40/112/160 channels).
@@ -124,8 +137,10 @@ class CFlow(AnomalyMethod):
     condition_dims : int, default=128
         P, the positional encoding's size (half for rows, half for columns).
     clamp : float, default=1.9
-    permute_soft : bool, default=False
-        False: a fixed random permutation per block; True: FrEIA's random orthogonal matrix.
+    permute_soft : bool, default=True
+        True (the official code): each block mixes channels with a fixed random orthogonal matrix from SO(C)
+        (scipy's ``special_ortho_group``, seeded); False: a fixed random hard permutation (anomalib's choice,
+        a departure, labelled).
     lr : float, default=2e-4
     meta_epochs, sub_epochs : int, default=25, 8
         The paper's schedule; anything else is labelled a short schedule.
@@ -133,7 +148,8 @@ class CFlow(AnomalyMethod):
     fiber_batch : int, default=256
         N, fibers per optimizer step.
     rotation_degrees : float, default=5.0
-        Training augmentation: each image rotated by a uniform angle in ±this (0 turns it off).
+        Training augmentation: each image rotated by a uniform angle in ±this, nearest-neighbour
+        interpolation, zero fill (0 turns it off).
     max_steps : int or None, default=None
         Stop training after this many optimizer steps (a labelled short schedule, for speed/size suites).
     protocol : {"strict", "paper"}, default="strict"
@@ -148,16 +164,20 @@ class CFlow(AnomalyMethod):
     """
 
     name = "cflow"
+    display_name = "CFLOW-AD"
+    check_params = {"meta_epochs": 1, "sub_epochs": 1, "coupling_blocks": 2, "fiber_batch": 128}
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",
-                 levels: tuple[Level, ...] | None = None, coupling_blocks: int = 8, condition_dims: int = 128,
-                 clamp: float = 1.9, permute_soft: bool = False, lr: float = 2e-4, meta_epochs: int = 25,
+                 encoder_padding: str = "official", levels: tuple[Level, ...] | None = None,
+                 coupling_blocks: int = 8, condition_dims: int = 128,
+                 clamp: float = 1.9, permute_soft: bool = True, lr: float = 2e-4, meta_epochs: int = 25,
                  sub_epochs: int = 8, warmup_epochs: int = 2, fiber_batch: int = 256,
                  rotation_degrees: float = 5.0, max_steps: int | None = None, protocol: str = "strict",
                  calibration_images: int | None = None, autocast: bool = False, compile: bool = False,
                  seed: int = 0, device: str = "cpu"):
         self.encoder = encoder
         self.weights = weights
+        self.encoder_padding = encoder_padding
         self.levels = levels
         self.coupling_blocks = coupling_blocks
         self.condition_dims = condition_dims
@@ -181,6 +201,9 @@ class CFlow(AnomalyMethod):
     def test_set_dependent(self) -> bool:  # type: ignore[override]
         return self.protocol == "paper"
 
+    def encoder_padding_mode(self) -> str:
+        return official_padding(self.encoder) if self.encoder_padding == "official" else self.encoder_padding
+
     def encoder_levels(self) -> tuple[Level, ...]:
         if self.levels is not None:
             return tuple(self.levels)
@@ -188,7 +211,8 @@ class CFlow(AnomalyMethod):
 
     def labels(self) -> dict[str, Any]:
         full = (self.meta_epochs, self.sub_epochs) == PAPER_SCHEDULE and self.max_steps is None
-        return {"schedule": "paper" if full else "short", "inference_autocast_bf16": self._use_autocast(),
+        return {"schedule": "paper" if full else "short", "permutation": "soft" if self.permute_soft else "hard",
+                "inference_autocast_bf16": self._use_autocast(),
                 "inference_compiled": self.compile and self.device.startswith("cuda")}
 
     def memory_estimate(self, geometry, n_train: int, batch_size: int) -> dict[str, int]:
@@ -203,12 +227,16 @@ class CFlow(AnomalyMethod):
 
     # -- building ----------------------------------------------------------------------------------------
 
-    def _build_decoders(self) -> nn.ModuleList:
+    def _build_decoders(self, draw_soft_permutations: bool = True) -> nn.ModuleList:
+        """The seeded decoders. ``draw_soft_permutations=False`` builds hard ones in their place, for a
+        skeleton whose saved state (which holds every block's mixing matrix) replaces them: drawing from SO(C)
+        takes seconds per block at C=2048."""
         if self.protocol not in ("strict", "paper"):
             raise ValueError(f"protocol must be 'strict' or 'paper', got {self.protocol!r}")
+        soft = self.permute_soft and draw_soft_permutations
         with numpy_seed(self.seed), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            flows = [conditional_flow(c, self.condition_dims, self.coupling_blocks, self.clamp, self.permute_soft)
+            flows = [conditional_flow(c, self.condition_dims, self.coupling_blocks, self.clamp, soft)
                      for c in self.encoder_.channels]
         return nn.ModuleList(flows).to(self.device)
 
@@ -232,7 +260,7 @@ class CFlow(AnomalyMethod):
         if not self.rotation_degrees:
             return images
         angles = (torch.rand(len(images), generator=generator) * 2 - 1) * self.rotation_degrees
-        return torch.stack([TF.rotate(img, float(a), interpolation=TF.InterpolationMode.BILINEAR)
+        return torch.stack([TF.rotate(img, float(a), interpolation=TF.InterpolationMode.NEAREST)
                             for img, a in zip(images, angles, strict=True)])
 
     def _schedule(self, batches) -> Iterable[tuple[int, float, torch.Tensor]]:
@@ -377,7 +405,7 @@ class CFlow(AnomalyMethod):
 
     def _restore(self, state: dict[str, Any]) -> None:
         self._code_cache = {}
-        self.decoders_ = self._build_decoders()
+        self.decoders_ = self._build_decoders(draw_soft_permutations=False)
         self.decoders_.load_state_dict(state["decoders"])
         self.decoders_.eval()
         self.level_constants_ = state["level_constants"]

@@ -4,6 +4,11 @@ A level is either an ``int`` (an index into timm's ``feature_info``; for ResNets
 or a ``str`` naming a module (e.g. ``"blocks.5"`` for MobileNetV3-L's 160-channel stage). Channels and
 strides come from the model, never from tables. Weights are ``"imagenet"`` (timm's download/cache),
 ``"random"`` (seeded), or a path to a local weights file.
+
+Padding is ``"zeros"`` (timm's, and the PaDiM and SPADE papers') or ``"reflect"``: the official CFLOW-AD
+code's ResNet copy sets ``padding_mode='reflect'`` on its 7×7 stem and every 3×3 convolution (the 1×1
+convolutions do not pad; the max-pool is unchanged), which for timm's ResNets is exactly the set of
+convolutions with non-zero padding. Reflection is offered for ResNets only, the one family it is defined for.
 """
 
 from __future__ import annotations
@@ -18,32 +23,47 @@ from pathlib import Path
 
 import timm
 import torch
-from anobench.core import BenchError, Registry, unknown_name
-from anobench.methods.feature_cache import active_cache
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 from timm.models import create_feature_extractor
 from torch import nn
 
+from anobench.core import BenchError, unknown_name
+from anobench.methods import ENCODERS
+from anobench.methods.feature_cache import active_cache
+
 Level = int | str
 
-# Encoders the harness knows by name, with the paper's name for each. Any other timm model name works
-# too (``timm.list_models()``); these are the ones listed by ``bench list encoders``.
-ENCODERS: Registry[str] = Registry("encoder")
-ENCODERS.add("resnet18", "ResNet-18")
-ENCODERS.add("wide_resnet50_2", "WideResNet-50")
-ENCODERS.add("mobilenetv3_large_100", "MobileNetV3-L")
-
-SHORT_NAMES = {"resnet18": "R18", "wide_resnet50_2": "WR50", "mobilenetv3_large_100": "MNetV3"}
-
-
-def short_name(encoder: str) -> str:
-    return SHORT_NAMES.get(encoder, encoder)
+PADDINGS = ("zeros", "reflect")
 
 
 def check_encoder_name(name: str, where: str | None = None) -> None:
-    if name not in ENCODERS and not timm.is_model(name):
+    """A registered encoder (a plugin's module is imported, registering its timm model) or any timm model."""
+    if name in ENCODERS:
+        ENCODERS.get(name, where)
+    elif not timm.is_model(name):
         raise unknown_name("encoder", name, ENCODERS.names(), where)
+
+
+def is_resnet(name: str) -> bool:
+    """True for timm's ResNet family (resnet18, wide_resnet50_2, ... with or without a weights tag)."""
+    arch = timm.models.get_arch_name(name)
+    return timm.is_model(arch) and timm.models.model_entrypoint(arch).__module__ == "timm.models.resnet"
+
+
+def check_padding(name: str, padding: str) -> None:
+    if padding not in PADDINGS:
+        raise BenchError(f"Encoder padding {padding!r} is not one of {', '.join(PADDINGS)}.")
+    if padding == "reflect" and not is_resnet(name):
+        raise BenchError(f"Encoder padding 'reflect' is defined for ResNet encoders (the official CFLOW-AD "
+                         f"code's ResNet copy); {name} is not one: use padding 'zeros'.")
+
+
+def pad_by_reflection(model: nn.Module) -> None:
+    """Set ``padding_mode='reflect'`` on every convolution that pads."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and any(module.padding):
+            module.padding_mode = "reflect"
 
 
 def sha256_of(path: Path) -> str:
@@ -138,20 +158,55 @@ def encoder_geometry(name: str, levels: tuple[Level, ...], input_size: int) -> E
                            encoder.size_bytes())
 
 
+@functools.lru_cache(maxsize=64)
+def encoder_strides(name: str, levels: tuple[Level, ...]) -> tuple[int, ...]:
+    """Input pixels per feature cell at each level (built on PyTorch's meta device: no weights, no compute)."""
+    with torch.device("meta"):
+        return tuple(Encoder(name, levels).strides)
+
+
+@functools.lru_cache(maxsize=64)
+def smallest_runnable_input(name: str, levels: tuple[Level, ...], padding: str) -> int | None:
+    """The smallest square input the encoder runs on (None: none up to 1024 px). Reflection padding needs
+    every padded feature map larger than its padding, so a ResNet padded by reflection refuses inputs whose
+    deepest map would be 1 px wide; found by bisection on PyTorch's meta device (no weights, no compute)."""
+    with torch.device("meta"):
+        encoder = Encoder(name, levels, padding=padding)
+
+        def runs(size: int) -> bool:
+            try:
+                encoder._compute(torch.zeros(1, 3, size, size))
+            except RuntimeError:
+                return False
+            return True
+
+        low, high = 1, 1024
+        if not runs(high):
+            return None
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (low, middle) if runs(middle) else (middle + 1, high)
+        return low
+
+
 class Encoder(nn.Module):
     """A frozen, eval-mode feature extractor returning one feature map per requested level.
 
     Input images are float in [0, 1]; the model's own normalization (``resolve_model_data_config``)
-    is applied inside, so datasets stay encoder-agnostic.
+    is applied inside, so datasets stay encoder-agnostic. ``padding`` is one of ``PADDINGS`` (see the
+    module docstring).
     """
 
-    def __init__(self, name: str, levels: Sequence[Level], weights: str = "random", seed: int = 0):
+    def __init__(self, name: str, levels: Sequence[Level], weights: str = "random", seed: int = 0,
+                 padding: str = "zeros"):
         super().__init__()
         check_encoder_name(name)
+        check_padding(name, padding)
         self.name = name
         self.levels = tuple(levels)
         self.weights = weights
         self.seed = seed
+        self.padding = padding
         if all(isinstance(level, int) for level in self.levels):
             self.body = _create(name, weights, seed, features_only=True, out_indices=self.levels)
             config_source = self.body
@@ -161,6 +216,8 @@ class Encoder(nn.Module):
             config_source = full
         else:
             raise BenchError(f"Encoder levels must be all indices or all module names, got {self.levels}.")
+        if padding == "reflect":
+            pad_by_reflection(self.body)
         data_config = timm.data.resolve_model_data_config(config_source)
         self.register_buffer("mean", torch.tensor(data_config["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(data_config["std"]).view(1, 3, 1, 1), persistent=False)
@@ -193,7 +250,7 @@ class Encoder(nn.Module):
     @property
     def identity(self) -> tuple:
         """What determines this encoder's outputs besides its levels (the feature cache's key)."""
-        return (self.name, self.weights, self.seed if self.weights == "random" else None)
+        return (self.name, self.weights, self.seed if self.weights == "random" else None, self.padding)
 
     def _compute(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = (images - self.mean) / self.std

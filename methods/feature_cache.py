@@ -1,6 +1,6 @@
 """A per-run cache of encoder features, shared by every method that runs the same encoder on the same images.
 
-Entries are keyed by the encoder (name, weights, seed), the level, and a hash of the input batch, so a hit
+Entries are keyed by the encoder (name, weights, seed, padding), the level, and a hash of the input batch, so a hit
 is only possible for bit-identical inputs: augmented batches miss, as they must. Methods need not know:
 the runner activates a cache around fitting and scoring, and ``Encoder.forward`` consults it. Speed
 measurement never runs inside an active cache, so no timing is ever served from it. Least recently used

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, register_method, tensor_bytes
+from anobench.methods.base import AnomalyMethod, tensor_bytes
 from anobench.methods.encoders import Level
 from anobench.methods.postprocess import gaussian_blur, upsample
 
@@ -24,7 +25,6 @@ D_REDUCED = {"resnet18": 100, "wide_resnet50_2": 550}
 INVERSE_CHUNK_BYTES = 256 * 2**20  # float64 covariances inverted per chunk
 
 
-@register_method("padim")
 class PaDiM(AnomalyMethod):
     """PaDiM anomaly maps from per-position Gaussians.
 
@@ -32,6 +32,8 @@ class PaDiM(AnomalyMethod):
     ----------
     encoder : str, default="wide_resnet50_2"
     weights : {"imagenet", "random"} or path, default="imagenet"
+    encoder_padding : {"zeros", "reflect"}, default="zeros"
+        The paper's zero padding; "reflect" as the official CFLOW-AD code pads its ResNets (ResNets only).
     levels : tuple, default=(1, 2, 3)
         Encoder levels (timm feature indices or module names); the first sets the map resolution.
     d_reduced : int or None, default=None
@@ -45,12 +47,14 @@ class PaDiM(AnomalyMethod):
     """
 
     name = "padim"
+    display_name = "PaDiM"
 
-    def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",
+    def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet", encoder_padding: str = "zeros",
                  levels: tuple[Level, ...] = (1, 2, 3), d_reduced: int | None = None, epsilon: float = 0.01,
                  blur_sigma: float = 4.0, seed: int = 0, device: str = "cpu"):
         self.encoder = encoder
         self.weights = weights
+        self.encoder_padding = encoder_padding
         self.levels = levels
         self.d_reduced = d_reduced
         self.epsilon = epsilon

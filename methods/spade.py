@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+
 from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, register_method, tensor_bytes
+from anobench.methods.base import AnomalyMethod, tensor_bytes
 from anobench.methods.encoders import Level
 from anobench.methods.knn import MAX_DEFAULT_BUDGET, knn
 from anobench.methods.postprocess import gaussian_blur, upsample
@@ -26,7 +27,6 @@ from anobench.methods.postprocess import gaussian_blur, upsample
 GALLERY_DEVICE_FRACTION = 0.5  # keep the gallery on the GPU only if it takes at most this share of free memory
 
 
-@register_method("spade")
 class SPADE(AnomalyMethod):
     """SPADE: image kNN over pooled features, pixel kNN over the nearest images' feature maps.
 
@@ -34,6 +34,8 @@ class SPADE(AnomalyMethod):
     ----------
     encoder : str, default="wide_resnet50_2"
     weights : {"imagenet", "random"} or path, default="imagenet"
+    encoder_padding : {"zeros", "reflect"}, default="zeros"
+        The paper's zero padding; "reflect" as the official CFLOW-AD code pads its ResNets (ResNets only).
     levels : tuple, default=(1, 2, 3, 4)
         The pixel levels, then the level whose average-pooled output is the image feature.
     k_images : int, default=50
@@ -48,12 +50,15 @@ class SPADE(AnomalyMethod):
     """
 
     name = "spade"
+    display_name = "SPADE"
+    check_params = {"k_images": 3}
 
-    def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",
+    def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet", encoder_padding: str = "zeros",
                  levels: tuple[Level, ...] = (1, 2, 3, 4), k_images: int = 50, k_pixels: int = 1,
                  blur_sigma: float = 4.0, memory_budget: int | None = None, seed: int = 0, device: str = "cpu"):
         self.encoder = encoder
         self.weights = weights
+        self.encoder_padding = encoder_padding
         self.levels = levels
         self.k_images = k_images
         self.k_pixels = k_pixels

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from anobench.reports.markdown import format_cell, summary_line
 from anobench.reports.plots import Plot, png_bytes
-from anobench.reports.tables import RunData, Table, all_tables, environment_lines
+from anobench.reports.tables import RunData, Table, all_tables, definitions, environment_lines
 
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -85,6 +85,7 @@ def render(run: RunData, plots: list[Plot]) -> str:
     title = run.info.get("suite", {}).get("name", run.run_dir.name)
     tables = all_tables(run)
     toc = [f'<li><a href="#{anchor(t.key)}">{html.escape(t.title)}</a></li>' for t in tables]
+    toc.append('<li><a href="#definitions">Definitions</a></li>')
     toc += [f'<li><a href="#{anchor(p.key)}">{html.escape(p.title)}</a></li>' for p in plots]
     toc.append('<li><a href="#environment">Environment</a></li>')
     body = [f"<h1>Report: {html.escape(title)}</h1>"]
@@ -94,6 +95,11 @@ def render(run: RunData, plots: list[Plot]) -> str:
     body.append("<nav><h2>Contents</h2><ol>" + "".join(toc) + "</ol></nav>")
     body.append("<h2>Tables</h2>")
     body += [table_html(t) for t in tables]
+    terms = definitions(tables)
+    if terms:
+        body.append('<h3 id="definitions">Definitions</h3><dl class="notes">')
+        body += [f"<dt>{html.escape(term)}</dt><dd>{html.escape(meaning)}</dd>" for term, meaning in terms]
+        body.append("</dl>")
     if plots:
         body.append("<h2>Figures</h2>")
         body += [figure_html(p) for p in plots]

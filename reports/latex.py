@@ -14,8 +14,9 @@ from anobench.reports.tables import RunData, Table, all_tables
 LATEX_DIR = "latex"
 SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
            "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "†": r"\textdagger{}",
-           "‡": r"\textdaggerdbl{}", "§": r"\S{}", "Δ": r"$\Delta$", "×": r"$\times$", "≤": r"$\leq$",
-           "≥": r"$\geq$", "→": r"$\rightarrow$", "·": r"$\cdot$", "–": "--", "—": "---", "▲": "", "▼": ""}
+           "‡": r"\textdaggerdbl{}", "§": r"\S{}", "¶": r"\P{}", "‖": r"$\|$", "Δ": r"$\Delta$",
+           "×": r"$\times$", "≤": r"$\leq$", "≥": r"$\geq$", "→": r"$\rightarrow$", "·": r"$\cdot$", "–": "--",
+           "—": "---", "▲": "", "▼": ""}
 
 
 def escape(text: str) -> str:

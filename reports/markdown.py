@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from anobench.reports.plots import Plot, png_bytes
-from anobench.reports.tables import RunData, Table, all_tables, environment_lines
+from anobench.reports.tables import RunData, Table, all_tables, definitions, environment_lines
 
 FIGURES_DIR = "figures"
 
@@ -53,8 +53,12 @@ def render(run: RunData, plots: list[Plot]) -> str:
     if run.suite and run.suite.description:
         parts += [run.suite.description, ""]
     parts += [summary_line(run), ""]
-    for table in all_tables(run):
+    tables = all_tables(run)
+    for table in tables:
         parts += [table_markdown(table), ""]
+    terms = definitions(tables)
+    if terms:
+        parts += ["### Definitions", ""] + [f"- **{term}**: {meaning}" for term, meaning in terms] + [""]
     if plots:
         parts += ["## Figures", ""]
         parts += [f"![{plot.title}]({FIGURES_DIR}/{figure_file(plot)})\n" for plot in plots]

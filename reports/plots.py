@@ -12,21 +12,26 @@ from dataclasses import dataclass
 
 import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
+
 from anobench import artifacts
 from anobench.records import Record
 from anobench.reports.tables import (
+    ENCODER_ROW,
     RunData,
     ambiguous_rows,
+    cell_fps,
     find_reference,
     mean_or_none,
+    median_over_cells,
+    model_rows,
     paper_rows,
     row_key,
     row_name,
-    row_size_mb,
-    row_speed,
+    size_reference,
     speed_rows,
 )
-from matplotlib.figure import Figure
 
 COLOURS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -70,11 +75,31 @@ def _accuracy_records(run: RunData) -> list[Record]:
     return [r for r in run.ok if not r["config"].get("measure_only") and r.get("metrics")]
 
 
-def _fps(record: Record) -> tuple[float | None, str]:
-    """Timed end-to-end fps where the run measured speed, else the wall clock of predict (labelled)."""
-    if "speed" in record:
-        return row_speed(record["config"]["method"], record)["fps"], "timed end-to-end"
-    return record.get("timings", {}).get("predict_wall_images_per_s"), "wall clock of predict, data loading included"
+def _row_fps(records: list[Record]) -> tuple[float | None, str]:
+    """Table 6's fps of a row (the median over its cells of the timed end-to-end fps) where the run measured
+    speed, else the median of the wall clock of predict (labelled as such)."""
+    if any("speed" in r for r in records):
+        return median_over_cells(cell_fps(r) for r in records), "timed end-to-end, median over cells"
+    return (median_over_cells(r.get("timings", {}).get("predict_wall_images_per_s") for r in records),
+            "wall clock of predict, data loading included, median over cells")
+
+
+def _log_axes(ax, *axes: str) -> None:
+    """Log scale with ticks printed as plain numbers (30, not 3×10¹; in-between ticks labelled on short
+    axes), and room for the point labels."""
+    for name in axes:
+        getattr(ax, f"set_{name}scale")("log")
+        axis = getattr(ax, f"{name}axis")
+        axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
+    ax.margins(x=0.2, y=0.12)
+
+
+def _legend_outside(fig: Figure, ax, ncols: int = 3) -> None:
+    """The legend below the axes, never over a data point."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
 
 
 def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -87,11 +112,12 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def accuracy_vs_fps(run: RunData) -> list[Plot]:
+    """Accuracy (the accuracy tables' mean over classes) against fps (Table 6's median over cells)."""
     groups = _grouped(_accuracy_records(run))
     if not groups:
         return []
     names = _names(groups)
-    fig, axes = new_figure(1, 2, (10, 4))
+    fig, axes = new_figure(1, 2, (10, 4.4))
     kinds = set()
     for ax, metric, label in zip(axes, ("image_auroc", "pixel_auroc"), ("Detection AUROC (%)", "Localization AUROC (%)"),
                                  strict=True):
@@ -101,12 +127,11 @@ def accuracy_vs_fps(run: RunData) -> list[Plot]:
             for record in group:
                 by_resolution[record["config"]["resolution"]].append(record)
             for resolution, members in sorted(by_resolution.items()):
-                fps_values = [_fps(r) for r in members]
-                kinds.update(kind for _, kind in fps_values)
-                fps = mean_or_none([f for f, _ in fps_values])
+                fps, kind = _row_fps(members)
                 value = mean_or_none([r["metrics"].get(metric) for r in members])
                 if fps is None or value is None:
                     continue
+                kinds.add(kind)
                 points.append((fps, 100 * value))
                 ax.scatter(fps, 100 * value, color=COLOURS[i % len(COLOURS)], s=40, zorder=3)
                 ax.annotate(f"{names[key]} @{resolution}", (fps, 100 * value), fontsize=7,
@@ -114,66 +139,78 @@ def accuracy_vs_fps(run: RunData) -> list[Plot]:
         if points:
             front = _pareto(points)
             ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="0.5", zorder=2, label="Pareto front")
-            ax.legend(fontsize=7, loc="lower left")
-        ax.set_xscale("log")
+        _log_axes(ax, "x")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
-    fig.supxlabel("fps (" + "; ".join(sorted(kinds)) + ")", fontsize=9)
-    return [Plot("accuracy-vs-fps", "Accuracy against speed (mean over classes)", fig)]
+    for ax in axes:
+        ax.set_xlabel("fps (" + "; ".join(sorted(kinds)) + ")", fontsize=8)
+    _legend_outside(fig, axes[0])
+    return [Plot("accuracy-vs-fps", "Accuracy (mean over classes) against fps (median over cells)", fig)]
+
+
+def _size_axis(ax, values: list[float]) -> None:
+    """Linear from zero; a log axis only where sizes span more than two decades, then with a labelled tick
+    at every decade from one below the smallest size, so that bars compare against visible references."""
+    if min(values) > 0 and max(values) / min(values) > 100:
+        low = 10 ** np.floor(np.log10(min(values)) - 1)
+        ax.set_yscale("log")
+        ax.set_ylim(low, 10 ** np.ceil(np.log10(max(values)) + 0.3))
+        decades = 10.0 ** np.arange(np.log10(low), np.ceil(np.log10(max(values))) + 1)
+        ax.set_yticks(decades, [f"{d:g}" for d in decades])
+        ax.set_ylabel("Model size (MB, log scale)")
+    else:
+        ax.set_ylim(0, 1.15 * max(values))
+        ax.set_ylabel("Model size (MB)")
 
 
 def size_bars(run: RunData) -> list[Plot]:
+    """Every model's size (Table 6's median over cells), beside the paper's where it has one."""
     references = run.suite.references if run.suite else ()
-    rows: dict[str, tuple[float, float | None]] = {}
-    for record in run.ok:
-        c = record["config"]
-        ref = find_reference(references, c["method"], c["encoder"], "size_mb_stc" if c["dataset"] == "stc"
-                             else "size_mb_mvtec")
-        rows.setdefault(row_name([record]), (record["size"]["total_bytes"] / 1e6, ref.value if ref else None))
+    rows = [r for r in model_rows([r for r in run.ok if "size" in r]) if r.method != ENCODER_ROW]
     if not rows:
         return []
-    fig, ax = new_figure(1, 1, (max(5, 1.1 * len(rows) + 2), 4))
+    ours = [row.size_mb() for row in rows]
+    paper = [ref.value if (ref := size_reference(references, row)) else None for row in rows]
+    fig, ax = new_figure(1, 1, (max(5, 1.2 * len(rows) + 2), 4.4))
     x = np.arange(len(rows))
-    ours = [v[0] for v in rows.values()]
-    paper = [v[1] if v[1] is not None else 0 for v in rows.values()]
-    ax.bar(x - 0.2, ours, 0.4, label="ours (measured)")
-    if any(v[1] is not None for v in rows.values()):
-        ax.bar(x + 0.2, paper, 0.4, label="paper", color="none", edgecolor="0.3", hatch="//")
-    ax.set_yscale("log")
-    ax.set_xticks(x, list(rows), rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("Model size (MB, log scale)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y", which="both")
-    return [Plot("model-size", "Model size: everything needed to score", fig)]
+    bars = ax.bar(x - 0.2, ours, 0.4, label="ours (measured)")
+    ax.bar_label(bars, [f"{v:.1f}" for v in ours], fontsize=7, padding=2)
+    if any(v is not None for v in paper):
+        shown = [v if v is not None else 0 for v in paper]
+        paper_bars = ax.bar(x + 0.2, shown, 0.4, label="paper", color="none", edgecolor="0.3", hatch="//")
+        ax.bar_label(paper_bars, [f"{v:g}" if v is not None else "" for v in paper], fontsize=7, padding=2)
+    _size_axis(ax, [v for v in ours + paper if v])
+    ax.set_xticks(x, [row.label for row in rows], rotation=30, ha="right", fontsize=8)
+    ax.grid(alpha=0.3, axis="y", which="major")
+    _legend_outside(fig, ax)
+    return [Plot("model-size", "Model size: everything needed to score (median over cells)", fig)]
 
 
 def fps_vs_size(run: RunData) -> list[Plot]:
-    measured = speed_rows(run)
+    """Table 6's rows: fps against size, ours and the paper's, named as in the table."""
+    measured = [row for row in speed_rows(run) if row.fps() is not None and row.size_mb() is not None]
     if not measured:
         return []
     references = run.suite.references if run.suite else ()
-    fig, ax = new_figure(1, 1, (7, 5))
-    for i, ((method, encoder, resolution), record) in enumerate(sorted(measured.items())):
+    fig, ax = new_figure(1, 1, (7, 5.4))
+    for i, row in enumerate(measured):
         colour = COLOURS[i % len(COLOURS)]
-        fps, size = row_speed(method, record)["fps"], row_size_mb(method, record)
-        label = f"{'encoder' if method == 'encoder' else method}-{encoder} @{resolution}"
+        fps, size = row.fps(), row.size_mb()
         ax.scatter(size, fps, color=colour, s=45, zorder=3)
-        ax.annotate(label, (size, fps), fontsize=7, xytext=(4, 3), textcoords="offset points")
-        fps_ref = find_reference(references, method, encoder, "fps", resolution=resolution)
-        size_ref = find_reference(references, method, encoder, "size_mb_mvtec")
+        ax.annotate(row.label, (size, fps), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        fps_ref = find_reference(references, row.method, row.encoder, "fps", resolution=row.resolution)
+        size_ref = size_reference(references, row)
         if fps_ref and size_ref:
             ax.scatter(size_ref.value, fps_ref.value, facecolors="none", edgecolors=colour, s=45, zorder=3)
-    planned = paper_rows(references)
-    if planned:
+    if paper_rows(references):
         ax.scatter([], [], color="0.3", label="ours (measured here)")
         ax.scatter([], [], facecolors="none", edgecolors="0.3", label="paper (GTX 1080)")
-        ax.legend(fontsize=8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axes(ax, "x", "y")
     ax.set_xlabel("Model size (MB, log)")
-    ax.set_ylabel("fps (log)")
+    ax.set_ylabel("fps (log; median over cells)")
     ax.grid(alpha=0.3, which="both")
-    return [Plot("fps-vs-size", "Speed against model size, ours and the paper's", fig)]
+    _legend_outside(fig, ax)
+    return [Plot("fps-vs-size", "Speed against model size, ours and the paper's (Table 6's rows)", fig)]
 
 
 def _class_artifacts(run: RunData) -> dict[str, list[tuple[str, dict]]]:

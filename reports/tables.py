@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from anobench.methods.encoders import short_name
+
+from anobench.methods import encoder_short_name as short_name
 from anobench.metrics import METRIC_INFO
 from anobench.records import RUN_FILE, Record, latest_by_cell, read_records
 from anobench.suites import Reference, Suite, parse_suite
 
 ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 METHOD_NAMES = {"cflow": "CFLOW-AD", "padim": "PaDiM", "spade": "SPADE"}
-MARKS = {"random": "†", "paper": "‡", "short": "§"}
+MARKS = {"random": "†", "paper": "‡", "short": "§", "reflect": "¶", "hard_permutation": "‖"}
+ENCODER_ROW = "encoder"  # the method name of Table 6's encoder-only rows (as in suites' reference numbers)
 
 
 @dataclass
@@ -88,13 +90,19 @@ def row_marks(records: list[Record]) -> str:
         marks += MARKS["paper"]
     if labels.get("schedule") == "short":
         marks += MARKS["short"]
+    if labels.get("encoder_padding") == "reflect":
+        marks += MARKS["reflect"]
+    if labels.get("permutation") == "hard":
+        marks += MARKS["hard_permutation"]
     return marks
 
 
 def row_name(records: list[Record], with_params: bool = False) -> str:
     """'CFLOW-AD-R18' plus marks; the suite's parameters only where they tell two rows apart."""
     c = records[0]["config"]
-    name = f"{METHOD_NAMES.get(c['method'], c['method'])}-{short_name(base_encoder(c['encoder']))}"
+    display = records[0].get("display") or {}
+    method = display.get("method") or METHOD_NAMES.get(c["method"], c["method"])
+    name = f"{method}-{display.get('encoder') or short_name(base_encoder(c['encoder']))}"
     params = c.get("params") or {}
     if with_params and params:
         name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
@@ -132,6 +140,12 @@ def footnotes_for(records: Iterable[Record]) -> list[str]:
                      "reference code does; an image's score depends on the other test images.")
     if any(r.get("labels", {}).get("schedule") == "short" for r in records):
         notes.append(f"{MARKS['short']} short training schedule (see the record's method_params), not the paper's.")
+    if any(r.get("labels", {}).get("encoder_padding") == "reflect" for r in records):
+        notes.append(f"{MARKS['reflect']} encoder padded by reflection in its 7×7 stem and every 3×3 convolution, "
+                     "as the official CFLOW-AD code's ResNet copy (timm's ResNets pad with zeros).")
+    if any(r.get("labels", {}).get("permutation") == "hard" for r in records):
+        notes.append(f"{MARKS['hard_permutation']} hard channel permutations in the flow (permute_soft=False, "
+                     "anomalib's choice): a departure from the official code's random orthogonal matrices.")
     multi = [r for r in records if r["config"].get("setting") == "multi-class"]
     if multi:
         trained_on = max(len(r["config"].get("train_classes", [])) for r in multi)
@@ -336,32 +350,90 @@ def largest_batch(record: Record) -> str:
     return max(record["speed"]["batches"], key=int)
 
 
-def speed_rows(run: RunData) -> dict[tuple[str, str, int], Record]:
-    """(row method, encoder, resolution) → the record that measured it; encoder-only rows come from the
-    CFLOW cells' encoder timings (their encoder runs every level up to the last)."""
-    rows: dict[tuple[str, str, int], Record] = {}
-    for record in run.ok:
-        if "speed" not in record:
-            continue
-        c = record["config"]
-        rows[(c["method"], base_encoder(c["encoder"]), c["resolution"])] = record
-        if c["method"] == "cflow":
-            rows.setdefault(("encoder", base_encoder(c["encoder"]), c["resolution"]), record)
-    return rows
+def cell_fps(record: Record, region: str = "end_to_end") -> float | None:
+    """One cell's fps: images / median time of ``region`` at the largest batch it measured."""
+    if "speed" not in record:
+        return None
+    return record["speed"]["batches"][largest_batch(record)][region]["fps"]
 
 
-def row_speed(method: str, record: Record) -> dict[str, float | None]:
-    batch = largest_batch(record)
-    timings = record["speed"]["batches"][batch]
-    region = "encoder" if method == "encoder" else "end_to_end"
-    latency = record["speed"]["batches"].get("1", {}).get(region, {}).get("latency_ms")
-    ratio = None if method == "encoder" else timings.get("ratio_end_to_end_to_encoder")
-    return {"batch": int(batch), "fps": timings[region]["fps"], "latency_ms": latency, "ratio": ratio}
+def median_over_cells(values: Iterable[float | None]) -> float | None:
+    """A row's speed or size from its cells (classes, seeds): the median of the cells that have one. The one
+    rule for these numbers in Table 6 and in every figure."""
+    present = [v for v in values if v is not None]
+    return float(np.median(present)) if present else None
 
 
 def row_size_mb(method: str, record: Record) -> float:
     size = record["size"]
-    return (size["breakdown_bytes"]["encoder"] if method == "encoder" else size["total_bytes"]) / 1e6
+    return (size["breakdown_bytes"]["encoder"] if method == ENCODER_ROW else size["total_bytes"]) / 1e6
+
+
+@dataclass
+class ModelRow:
+    """One model (or an encoder timed alone) at one input size, and the cells that measured it."""
+
+    method: str  # ENCODER_ROW for an encoder alone
+    encoder: str  # base name, e.g. resnet18
+    resolution: int | None
+    name: str  # the tables' display name, with the marks that apply to it
+    records: list[Record] = field(default_factory=list)
+
+    @property
+    def region(self) -> str:
+        return "encoder" if self.method == ENCODER_ROW else "end_to_end"
+
+    @property
+    def label(self) -> str:
+        """The name figures print: the table's name and the input size."""
+        return f"{self.name} @{self.resolution}"
+
+    def fps(self) -> float | None:
+        return median_over_cells(cell_fps(r, self.region) for r in self.records)
+
+    def encoder_fps(self) -> float | None:
+        """The encoder timed alone in the same cells, at the levels the method taps (none for encoder-only
+        rows)."""
+        if self.method == ENCODER_ROW:
+            return None
+        return median_over_cells(cell_fps(r, "encoder") for r in self.records)
+
+    def latency_ms(self) -> float | None:
+        return median_over_cells(r["speed"]["batches"].get("1", {}).get(self.region, {}).get("latency_ms")
+                                 for r in self.records if "speed" in r)
+
+    def size_mb(self) -> float | None:
+        return median_over_cells(row_size_mb(self.method, r) for r in self.records if "size" in r)
+
+    def batch(self) -> str | None:
+        batches = sorted({int(largest_batch(r)) for r in self.records if "speed" in r})
+        return "/".join(map(str, batches)) or None
+
+
+def model_rows(records: list[Record]) -> list[ModelRow]:
+    """Rows as the accuracy tables group records (``row_key``), split by input size, then one encoder-only
+    row per encoder and input from the CFLOW cells of those rows (their encoder runs every level up to the
+    last); an encoder row carries only the random-weights mark, the only one of its marks that applies."""
+    groups: dict[tuple, list[Record]] = defaultdict(list)
+    encoder_cells: dict[tuple, list[Record]] = defaultdict(list)
+    for record in records:
+        c = record["config"]
+        groups[(row_key(record), c["resolution"])].append(record)
+        if c["method"] == "cflow":
+            encoder_cells[(base_encoder(c["encoder"]), c["resolution"], c["weights"])].append(record)
+    ambiguous = ambiguous_rows(dict.fromkeys(key for key, _ in groups))
+    rows = [ModelRow(key[0], base_encoder(key[1]), resolution, row_name(members, key in ambiguous), members)
+            for (key, resolution), members in groups.items()]
+    for (encoder, resolution, weights), members in encoder_cells.items():
+        mark = MARKS["random"] if weights == "random" else ""
+        name = f"{short_name(encoder)} encoder only{mark}"
+        rows.append(ModelRow(ENCODER_ROW, encoder, resolution, name, members))
+    return rows
+
+
+def speed_rows(run: RunData) -> list[ModelRow]:
+    """Table 6's measured rows: every row whose cells measured speed."""
+    return model_rows([r for r in run.ok if "speed" in r])
 
 
 def paper_rows(references: Iterable[Reference]) -> list[tuple[str, str, int | None]]:
@@ -374,66 +446,106 @@ def paper_rows(references: Iterable[Reference]) -> list[tuple[str, str, int | No
     return rows
 
 
+def size_reference(references: Iterable[Reference], row: ModelRow) -> Reference | None:
+    stc = any(r["config"]["dataset"] == "stc" for r in row.records)
+    return find_reference(references, row.method, row.encoder, "size_mb_stc" if stc else "size_mb_mvtec")
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+@dataclass(frozen=True)
+class Column:
+    """A Table 6 column: its header, decimals, and its value for a row beside the paper's figures for it."""
+
+    header: str
+    decimals: int | None
+    value: Callable[[ModelRow, Reference | None, Reference | None], Any]  # (row, paper fps, paper size)
+
+
+def _paper(ref: Reference | None) -> float | None:
+    return ref.value if ref else None
+
+
+COMPLEXITY_COLUMNS = (
+    Column("Model", None, lambda row, fps, size: row.name),
+    Column("Input", None, lambda row, fps, size: resolutions(row.records) if row.records else row.resolution),
+    Column("Cells", None, lambda row, fps, size: len(row.records) or None),
+    Column("Batch", None, lambda row, fps, size: row.batch()),
+    Column("fps", 2, lambda row, fps, size: row.fps()),
+    Column("fps (paper)", 1, lambda row, fps, size: _paper(fps)),
+    Column("ours/paper", 3, lambda row, fps, size: ratio(row.fps(), _paper(fps))),
+    Column("Latency b=1 (ms)", 1, lambda row, fps, size: row.latency_ms()),
+    Column("Encoder fps", 2, lambda row, fps, size: row.encoder_fps()),
+    Column("fps / encoder fps", 3, lambda row, fps, size: ratio(row.fps(), row.encoder_fps())),
+    Column("Size MB", 1, lambda row, fps, size: row.size_mb()),
+    Column("Size MB (paper)", 0, lambda row, fps, size: _paper(size)),
+    Column("Size ours/paper", 3, lambda row, fps, size: ratio(row.size_mb(), _paper(size))),
+)
+
+
+def _status(row: ModelRow, run: RunData) -> str:
+    if row.records:
+        return "ok"
+    method = "cflow" if row.method == ENCODER_ROW else row.method
+    failed = any(r["config"]["method"] == method and base_encoder(r["config"]["encoder"]) == row.encoder
+                 for r in run.failed)
+    return "failed" if failed else "not run"
+
+
+def drop_empty_columns(table: Table) -> Table:
+    """Remove the columns no row has a value in."""
+    keep = [i for i, _ in enumerate(table.columns) if any(row[i] not in (None, "") for row in table.rows)]
+    table.columns = [table.columns[i] for i in keep]
+    table.rows = [[row[i] for i in keep] for row in table.rows]
+    return table
+
+
 def complexity_table(run: RunData) -> Table | None:
     """Table 6 layout: fps and model size per model and input, ours beside the paper's, and ours/paper."""
     measured = speed_rows(run)
     if not measured:
         return None
     references = run.suite.references if run.suite else ()
-    planned = paper_rows(references)
-    # measured rows the paper does not have go after its rows
-    for method, encoder, resolution in measured:
-        if not any(m == method and e == encoder and r in (resolution, None) for m, e, r in planned):
-            planned.append((method, encoder, resolution))
-    columns = ["Model", "Input", "Batch", "fps", "fps (paper)", "ours/paper", "Latency b=1 (ms)",
-               "fps / encoder fps", "Size MB", "Size MB (paper)", "Size ours/paper", "Status"]
+    rows: list[ModelRow] = []
+    for method, encoder, resolution in paper_rows(references):  # the paper's rows first, in its order
+        matching = [r for r in measured if (r.method, r.encoder) == (method, encoder)
+                    and resolution in (None, r.resolution)]
+        if not matching:
+            name = (f"{short_name(encoder)} encoder only" if method == ENCODER_ROW
+                    else f"{METHOD_NAMES.get(method, method)}-{short_name(encoder)}")
+            matching = [ModelRow(method, encoder, resolution, name)]
+        rows += [r for r in matching if not any(r is seen for seen in rows)]
+    rows += [r for r in measured if not any(r is seen for seen in rows)]
+    columns = [c.header for c in COMPLEXITY_COLUMNS] + ["Status"]
     table = Table("complexity", "Complexity: inference speed and model size (Table 6 layout)", columns,
-                  decimals={"fps": 2, "fps (paper)": 1, "ours/paper": 3, "Latency b=1 (ms)": 1,
-                            "fps / encoder fps": 3, "Size MB": 1, "Size MB (paper)": 0, "Size ours/paper": 3})
-    datasets_seen = set()
-    for method, encoder, resolution in planned:
-        candidates = [(key, rec) for key, rec in measured.items()
-                      if key[0] == method and key[1] == encoder and resolution in (None, key[2])]
-        record = candidates[0][1] if candidates else None
-        name = "encoder only" if method == "encoder" else METHOD_NAMES.get(method, method)
-        label = f"{short_name(encoder)} {name}" if method == "encoder" else f"{name}-{short_name(encoder)}"
-        fps_ref = find_reference(references, method, encoder, "fps", resolution=resolution)
-        if record is None:
-            failed = any(r["config"]["method"] == (method if method != "encoder" else "cflow")
-                         and base_encoder(r["config"]["encoder"]) == encoder for r in run.failed)
-            size_ref = find_reference(references, method, encoder, "size_mb_mvtec")
-            table.rows.append([label, resolution, None, None, fps_ref.value if fps_ref else None, None, None, None,
-                               None, size_ref.value if size_ref else None, None, "failed" if failed else "not run"])
-            continue
-        dataset = record["config"]["dataset"]
-        datasets_seen.add(dataset)
-        size_ref = find_reference(references, method, encoder, "size_mb_stc" if dataset == "stc" else "size_mb_mvtec")
-        speed = row_speed(method, record)
-        size_mb = row_size_mb(method, record)
-        c = record["config"]
-        input_text = f"{c['resolution']}" if c["resize"] == c["resolution"] else f"{c['resolution']} (of {c['resize']})"
-        table.rows.append([
-            label + row_marks([record]), input_text, speed["batch"], speed["fps"],
-            fps_ref.value if fps_ref else None,
-            speed["fps"] / fps_ref.value if fps_ref and speed["fps"] else None,
-            speed["latency_ms"], speed["ratio"], size_mb, size_ref.value if size_ref else None,
-            size_mb / size_ref.value if size_ref else None, "ok",
-        ])
-    devices = sorted({r["device"]["name"] for r in measured.values()})
-    table.caption = (f"Measured on {', '.join(devices)}; the paper's figures are on a GTX 1080. fps = images / "
-                     "median time of the end-to-end region (network + post-processing, no data loading) at the "
-                     "largest batch measured; encoder rows time the encoder alone. Size counts everything "
-                     "needed to score (MB = 10^6 bytes); the paper's size column is "
-                     f"{'STC' if datasets_seen == {'stc'} else 'MVTec AD'}.")
-    notes = footnotes_for(measured.values())
-    records = list(measured.values())
+                  decimals={c.header: c.decimals for c in COMPLEXITY_COLUMNS if c.decimals is not None})
+    for row in rows:
+        fps_ref = find_reference(references, row.method, row.encoder, "fps", resolution=row.resolution)
+        size_ref = size_reference(references, row)
+        table.rows.append([c.value(row, fps_ref, size_ref) for c in COMPLEXITY_COLUMNS] + [_status(row, run)])
+    records = [r for row in measured for r in row.records]
+    datasets_seen = {r["config"]["dataset"] for r in records}
+    devices = sorted({r["device"]["name"] for r in records})
+    paper_size = "STC" if datasets_seen == {"stc"} else "MVTec AD"
+    table.caption = (f"Measured on {', '.join(devices)}; the paper's figures are on a GTX 1080. A row's fps, "
+                     "encoder fps, latency and size are the median over its cells (classes and seeds; "
+                     "column Cells) of each cell's value. A cell's fps = images / median time of the "
+                     "end-to-end region (network + post-processing, no data loading) at the largest batch "
+                     "measured; encoder fps times the encoder alone in the same cells at the levels the "
+                     "method taps; fps / encoder fps is the row's fps over its encoder fps. Encoder-only "
+                     "rows time the encoder of the CFLOW cells (every level up to the last). Size counts "
+                     "everything needed to score (MB = 10^6 bytes); the paper's size column is "
+                     f"{paper_size}.")
+    notes = footnotes_for(records)
     if any(r["device"]["requested"] == "cpu" for r in records):
         threads = sorted({r["speed"]["torch_threads"] for r in records})
         notes.append(f"CPU timings ({', '.join(map(str, threads))} torch threads, "
                      f"{', '.join(sorted({str(r['speed']['iterations']) for r in records}))} timed iterations after "
                      "warm-up): not comparable with the paper's GPU figures; the fps / encoder fps ratio is.")
     table.footnotes = [n for n in notes if not n.startswith("Protocol")]
-    return table
+    return drop_empty_columns(table)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -479,6 +591,50 @@ def per_class_paper_tables(run: RunData) -> list[Table]:
             "averaged over 4 runs, ours the last epoch of our runs."]
         tables.append(table)
     return tables
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what the columns mean (defined once per report)
+
+METRIC_DEFINITIONS = {
+    "image_auroc": "area under the ROC curve of the image scores, defective against good test images (50 is "
+                   "chance).",
+    "pixel_auroc": "area under the ROC curve of every test pixel's score against the ground-truth masks, "
+                   "defect-free images included.",
+    "aupro": "area under the per-region-overlap (PRO) curve up to a false-positive rate of 0.3, divided by "
+             "0.3 (MVTec AD's AUPRO): every connected defect region counts equally, whatever its size.",
+    "image_f1_max": "the best F1 score of the image scores over all thresholds (the threshold is chosen on "
+                    "the test set, so it is an upper bound).",
+    "pixel_f1_max": "the best F1 score of the pixel scores over all thresholds (chosen on the test set, an "
+                    "upper bound).",
+}
+COLUMN_DEFINITIONS = {
+    "fps": "images per second: images / median time of the timed region at the largest batch measured (see "
+           "Table 6's caption for the regions and how a row summarizes its cells).",
+    "Encoder fps": "fps of the encoder alone, timed in the same cells at the levels the method taps.",
+    "fps / encoder fps": "the row's fps over its encoder fps: the share of the encoder's speed the whole "
+                         "method keeps, less tied to the machine than fps itself (not free of it: CPUs "
+                         "differ in which kernels are fast).",
+    "Latency b=1 (ms)": "median time for one image, batch size 1.",
+    "Size MB": "bytes of everything needed to score (encoder up to its last tapped level and the fitted "
+               "state), in MB (10^6 bytes).",
+    "ours/paper": "our fps over the paper's.",
+    "Size ours/paper": "our size over the paper's.",
+    "Δ": "ours minus the paper's, in percentage points.",
+    "Cells": "how many cells (classes and seeds) the row summarizes.",
+}
+
+
+def definitions(tables: Iterable[Table]) -> list[tuple[str, str]]:
+    """(term, meaning) for every metric or measurement a table's columns name, once, in order of appearance;
+    a "(paper)" column is the paper's published value of the term."""
+    known = {**{METRIC_INFO[m].display: text for m, text in METRIC_DEFINITIONS.items() if m in METRIC_INFO},
+             **COLUMN_DEFINITIONS}
+    terms = dict.fromkeys(c.removesuffix(" (paper)") for t in tables for c in t.columns)
+    found = [(term, known[term]) for term in terms if term in known]
+    if any(c.endswith(" (paper)") for t in tables for c in t.columns):
+        found.append(("(paper)", "the number the paper publishes, printed beside ours, never measured here."))
+    return found
 
 
 def all_tables(run: RunData) -> list[Table]:

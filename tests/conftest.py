@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from anobench.datasets.synthetic import SynthSpec, write_dataset
 from anobench.records import read_records
 
@@ -42,7 +43,7 @@ def shared_dataset(name: str) -> Path:
 
 def run_bench(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the CLI in a subprocess, as a user would."""
-    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "anobench", *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "ANOBENCH_PROGRESS": "0", **(env or {})}, timeout=900)
 
 

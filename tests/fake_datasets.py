@@ -13,13 +13,14 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
 from anobench.datasets.btad import BTAD_CLASSES
 from anobench.datasets.mpdd import MPDD_CLASSES
 from anobench.datasets.mvtec_ad2 import AD2_CLASSES
 from anobench.datasets.mvtec_loco import LOCO_CLASSES
 from anobench.datasets.realiad import REALIAD_CLASSES
 from anobench.datasets.visa import VISA_CLASSES
-from PIL import Image
 
 MPDD_DEFECTS = {
     "bracket_black": ("hole", "scratches"),

@@ -3,11 +3,12 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from anobench import metrics
-from anobench.datasets import AnomalyDataset, Geometry, create_dataset
+from anobench.datasets import create_dataset
+from anobench.datasets.base import AnomalyDataset, Geometry
 from anobench.methods import create_method
 from anobench.methods.cflow import conditional_flow, learning_rate, log_likelihood, positional_encoding_2d
-
 from tests.test_method_contract import batches
 
 QUICK = {"meta_epochs": 4, "sub_epochs": 2, "lr": 2e-3, "fiber_batch": 32, "rotation_degrees": 0.0}
@@ -141,10 +142,35 @@ def test_mobilenet_uses_the_reference_levels():
 
 
 def test_decoders_are_seeded():
-    one = create_method("cflow", encoder="resnet18", weights="random", seed=3)
-    two = create_method("cflow", encoder="resnet18", weights="random", seed=3)
+    one = create_method("cflow", encoder="resnet18", weights="random", seed=3, coupling_blocks=2)
+    two = create_method("cflow", encoder="resnet18", weights="random", seed=3, coupling_blocks=2)
     for m in (one, two):
         m.encoder_ = m._build_encoder("random")
     a, b = one._build_decoders(), two._build_decoders()
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
+
+
+def test_soft_permutations_are_seeded_rotations_and_hard_ones_a_labelled_choice():
+    def decoders(**params):
+        method = create_method("cflow", encoder="resnet18", weights="random", coupling_blocks=2, **params)
+        method.encoder_ = method._build_encoder("random")
+        return method, method._build_decoders()
+
+    numpy_state = np.random.get_state()[1].copy()
+    method, soft = decoders(seed=3)
+    assert (np.random.get_state()[1] == numpy_state).all()  # the global generator is put back
+    assert method.labels()["permutation"] == "soft"
+    for flow, channels in zip(soft, method.encoder_.channels, strict=True):
+        for block in flow.module_list:
+            w = block.w_perm.reshape(channels, channels).double()
+            torch.testing.assert_close(w @ w.T, torch.eye(channels, dtype=torch.float64), atol=1e-5, rtol=0)
+            assert torch.linalg.det(w).item() == pytest.approx(1.0, abs=1e-3)  # SO(C), not just O(C)
+            assert w.abs().max() < 0.9  # mixes channels: no entry is a permutation's 1
+            torch.testing.assert_close(block.w_perm_inv.reshape(channels, channels).double(), w.T)
+    _, other_seed = decoders(seed=4)
+    assert not torch.equal(soft[0].module_list[0].w_perm, other_seed[0].module_list[0].w_perm)
+    hard_method, hard = decoders(seed=3, permute_soft=False)
+    assert hard_method.labels()["permutation"] == "hard"
+    w = hard[0].module_list[0].w_perm.flatten()
+    assert set(w.unique().tolist()) == {0.0, 1.0} and w.sum() == hard_method.encoder_.channels[0]

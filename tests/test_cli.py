@@ -1,6 +1,8 @@
 """The command line as a user meets it: exit codes, one-sentence errors, no tracebacks."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -78,3 +80,25 @@ def test_real_smoke_on_bsdata(tmp_path):
     assert record["metrics"]["image_auroc"] > 0.90
     assert record["metrics"]["pixel_auroc"] > 0.91
     assert record["metrics"]["aupro"] > 0.52
+
+
+def test_plan_writes_nothing(tmp_path, tiny_data):
+    suite = write_suite(tmp_path / "tiny.toml", tiny_data)
+    result = subprocess.run([sys.executable, "-m", "anobench", "run", "--suite", str(suite), "--plan"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0 and "padim" in result.stdout, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.toml"]  # no runs/
+
+
+@pytest.mark.parametrize("option,value,fragment", [
+    ("--size", "0", "size must be an integer of at least 8"),
+    ("--train", "0", "train must be an integer of at least 1 (every class needs defect-free training"),
+    ("--test-per-defect", "-1", "test_per_defect must be an integer of at least 1"),
+    ("--seed", "-3", "seed must be an integer of at least 0"),
+    ("--classes", "weave,stripess", "Unknown synthetic class 'stripess'; did you mean 'stripes'? Valid "
+                                    "synthetic classes: capsule, disc, stripes, weave."),
+])
+def test_data_synth_validates_its_options_before_writing_anything(tmp_path, option, value, fragment):
+    result = run_bench("data", "synth", "--out", str(tmp_path / "d"), "--size", "32", option, value)
+    assert_one_sentence(result, 2, fragment)
+    assert not (tmp_path / "d").exists()

@@ -2,11 +2,11 @@ import copy
 import json
 
 import pytest
+
 from anobench.cells import Cell
 from anobench.compare import compare, load_cells, save_baseline
 from anobench.core import BenchError
 from anobench.records import append_record
-
 from tests.conftest import run_bench
 
 
@@ -104,3 +104,73 @@ def test_saved_baseline_is_compact_and_comparable(tmp_path):
 def test_the_committed_smoke_baseline_loads():
     baseline = load_cells("smoke-cpu")
     assert baseline and all(r["config"]["dataset"] == "synthetic" for r in baseline.values())
+
+
+def failed(rec, error="RuntimeError: boom"):
+    return {**rec, "status": "failed", "error": error, "metrics": {}}
+
+
+def test_a_cell_that_failed_or_is_missing_in_the_new_run_is_a_regression(tmp_path):
+    base = write_run(tmp_path / "base", record(class_name="disc"), record(class_name="stripes"))
+    crashed = write_run(tmp_path / "crashed", record(class_name="disc"), failed(record(class_name="stripes")))
+    result = run_bench("compare", str(crashed), str(base))
+    assert result.returncode == 1
+    assert "REGRESSION: cell failed in the new run: synthetic/stripes/" in result.stdout
+    assert "boom" in result.stdout and "Only in the baseline" not in result.stdout
+    all_crashed = write_run(tmp_path / "all", failed(record(class_name="disc")),
+                            failed(record(class_name="stripes")))
+    summary = json.loads(run_bench("compare", str(all_crashed), str(base), "--format", "json").stdout)
+    assert summary["regressions"] == 2 and len(summary["failed"]) == 2
+
+    smaller = write_run(tmp_path / "smaller", record(class_name="disc"))
+    result = run_bench("compare", str(smaller), str(base), "--format", "md")
+    assert result.returncode == 1 and "**1 regression(s)**" in result.stdout
+    assert "REGRESSION: missing from the new run, ok in the baseline (1): synthetic/stripes/" in result.stdout
+    relaxed = run_bench("compare", str(smaller), str(base), "--allow-missing")
+    assert relaxed.returncode == 0 and "allowed (--allow-missing): missing from the new run" in relaxed.stdout
+    # --allow-missing relaxes missing cells only: a crash still fails
+    assert run_bench("compare", str(crashed), str(base), "--allow-missing").returncode == 1
+
+
+def test_baseline_names_cannot_leave_the_baselines_folder(tmp_path):
+    run = write_run(tmp_path / "run", record())
+    for name in ("../x", "a/b", "..", "/tmp/x", ""):
+        with pytest.raises(BenchError, match="must be a plain name"):
+            save_baseline(run, name, tmp_path / "baselines")
+    result = run_bench("baseline", "save", str(run), "../escaped", "--dir", str(tmp_path / "baselines"))
+    assert result.returncode == 2 and "must be a plain name" in result.stderr
+    assert not (tmp_path / "escaped.jsonl").exists() and not (tmp_path / "baselines").exists()
+
+
+def test_a_baseline_saved_with_kernel_variants_allows_the_drop_they_measured(tmp_path):
+    base = write_run(tmp_path / "base", record(image_auroc=0.90))
+    variants = [write_run(tmp_path / f"v{i}", record(image_auroc=v)) for i, v in enumerate((0.88, 0.91, 0.89))]
+    for run, setting in zip(variants, ({"MKL_CBWR": "COMPATIBLE"}, {}, {}), strict=True):
+        lines = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
+        lines[0]["machine_info"].update(cpu="AMD EPYC", cpu_capability="AVX512", kernel_env=setting)
+        (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    path = save_baseline(base, "varied", tmp_path / "baselines", variants=variants)
+    stored = json.loads(path.read_text())["variation"]
+    assert stored["metrics"]["image_auroc"] == [0.90, 0.88, 0.91, 0.89]
+    assert stored["runs"][1] == "AMD EPYC (AVX512; MKL_CBWR=COMPATIBLE)"
+    # mean 89.5, s 1.291 pp; 99% prediction bound 89.5 - t(0.99, 3) 4.541 x 1.291 x sqrt(1.25) = 82.95
+    within = compare(cells(record(image_auroc=0.8300)), load_cells(path))
+    assert within.regressions == [] and "widened" in within.notes[0]
+    (check,) = [c for c in within.checks if c.check == "image_auroc"]
+    assert check.limit == pytest.approx(7.05, abs=0.01)
+    beyond = compare(cells(record(image_auroc=0.8290)), load_cells(path))
+    assert [c.check for c in beyond.regressions] == ["image_auroc"]
+    # metrics the variants left unmoved keep the plain tolerance
+    assert {c.check: c.limit for c in within.checks if c.unit == "pp"}["pixel_auroc"] == 0.5
+
+
+def test_speed_timed_on_another_thread_count_is_not_compared():
+    def timed(threads, ratio):
+        rec = record(ratio=ratio)
+        rec["device"]["requested"], rec["speed"]["torch_threads"] = "cpu", threads
+        return rec
+
+    result = compare(cells(timed(2, 0.3)), cells(timed(1, 0.5)))
+    assert result.regressions == [] and not any(c.check.startswith("fps") for c in result.checks)
+    assert "another number of CPU threads" in result.notes[-1]
+    assert [c.check for c in compare(cells(timed(1, 0.3)), cells(timed(1, 0.5))).regressions] == ["fps_ratio@8"]

@@ -7,13 +7,14 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from anobench.core import BenchError
-from anobench.datasets import AnomalyDataset, DatasetError, Geometry, create_dataset
+from anobench.datasets import create_dataset
+from anobench.datasets.base import AnomalyDataset, DatasetError, Geometry
 from anobench.fetch import convert_visa
 from anobench.runner import RunOptions, apply_overrides, plan
 from anobench.suites import parse_suite
-from PIL import Image
-
 from tests import fake_datasets as fake
 from tests.conftest import run_bench
 from tests.test_cli import assert_one_sentence
@@ -156,7 +157,7 @@ def test_loco_channel_with_an_unconfigured_value_is_refused(roots, tmp_path):
     )
     with pytest.raises(
         DatasetError,
-        match=r"000.png must be single-channel and hold 0 and one pixel value of .*"
+        match=r"000.png must hold 0 and one pixel value of .*"
         r"defects_config.json \(253, 254, 255\), found \[7\]",
     ):
         source.defect_channels("pushpins", ref)
@@ -209,7 +210,7 @@ def test_realiad_reads_json_splits_and_sample_keys(roots, tmp_path):
 
 def test_an_option_the_source_does_not_take_is_named(roots):
     with pytest.raises(
-        DatasetError, match="Dataset 'btad' does not take the option 'test_split'; its options: none"
+        DatasetError, match="Dataset 'btad' does not take the option 'test_split'; its options: allow_empty_masks[.]"
     ):
         create_dataset("btad", roots["btad"], test_split="x")
 
@@ -241,7 +242,7 @@ DAMAGES = {
         ),
         (
             lambda r: save_resized(_first(r, "pcb1/Data/Masks/Anomaly/*.png")),
-            r"Mask .*000.png is 7x5 pixels but its image .*000.JPG is 48x40",
+            r"Mask .*000.png is 7×5 but its image .*000.JPG is 48×40",
         ),
         (
             _drop_csv_row_image,
@@ -252,7 +253,7 @@ DAMAGES = {
         (lambda r: shutil.rmtree(r / "tubes/train"), r"tubes/train/good is missing or holds no images"),
         (
             lambda r: save_resized(_first(r, "tubes/ground_truth/flattening/*.png")),
-            r"Mask .*000_mask.png is 7x5 pixels",
+            r"Mask .*000_mask.png is 7×5",
         ),
         (
             lambda r: _first(r, "tubes/test/flattening/*.png").unlink(),
@@ -266,7 +267,7 @@ DAMAGES = {
         ),
         (
             lambda r: save_resized(_first(r, "BTech_Dataset_transformed/03/ground_truth/ko/*.bmp")),
-            r"Mask .*03/ground_truth/ko/0000.bmp is 7x5 pixels",
+            r"Mask .*03/ground_truth/ko/0000.bmp is 7×5",
         ),
         (
             lambda r: _first(r, "BTech_Dataset_transformed/01/test/ko/*.bmp").unlink(),
@@ -280,7 +281,7 @@ DAMAGES = {
         ),
         (
             lambda r: save_resized(_first(r, "screw_bag/ground_truth/logical_anomalies/000/001.png")),
-            r"Mask .*000/001.png is 7x5 pixels",
+            r"Mask .*000/001.png is 7×5",
         ),
         (
             lambda r: _first(r, "pushpins/test/structural_anomalies/*.png").unlink(),
@@ -296,7 +297,7 @@ DAMAGES = {
         ),
         (
             lambda r: save_resized(_first(r, "rice/test_public/ground_truth/bad/*.png")),
-            r"Mask .*000_regular_mask.png is 7x5 pixels",
+            r"Mask .*000_regular_mask.png is 7×5",
         ),
         (
             lambda r: _first(r, "walnuts/test_public/bad/*.png").unlink(),
@@ -305,7 +306,7 @@ DAMAGES = {
     ),
     "ksdd2": (
         (lambda r: shutil.rmtree(r / "test"), r"ksdd2/test is missing; is --data-root"),
-        (lambda r: save_resized(r / "train/10003_GT.png"), r"Mask .*10003_GT.png is 7x5 pixels"),
+        (lambda r: save_resized(r / "train/10003_GT.png"), r"Mask .*10003_GT.png is 7×5"),
         (
             lambda r: (r / "test/10010.png").unlink(),
             r"Ground truth .*10010_GT.png names the image .*10010.png, which is missing",
@@ -318,7 +319,7 @@ DAMAGES = {
         ),
         (
             lambda r: save_resized(_first(r, "realiad_256/mint/NG/QS/S0004/*C1*.png")),
-            r"Mask .*_C1_.*png is 7x5 pixels",
+            r"Mask .*_C1_.*png is 7×5",
         ),
         (
             _drop_json_image,
@@ -371,5 +372,5 @@ def test_damaged_fake_on_the_command_line_exits_2(roots, tmp_path, name):
         '[[grid]]\nmethods = ["padim"]\nencoders = ["resnet18"]\nresolutions = [32]\n'
     )
     result = run_bench("run", "--suite", str(suite), "--data-root", str(root), "--out", str(tmp_path / "run"))
-    assert_one_sentence(result, 2, "is 7x5 pixels but its image")
+    assert_one_sentence(result, 2, "is 7×5 but its image")
     assert not (tmp_path / "run").exists()

@@ -7,6 +7,8 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
+
 from anobench import artifacts, metrics
 from anobench.datasets.mvtec import MVTEC_CLASSES
 from anobench.datasets.synthetic import CLASSES, SynthSpec, write_dataset
@@ -15,8 +17,6 @@ from anobench.reports import markdown
 from anobench.reports.tables import load_run
 from anobench.runner import RunOptions, run_suite
 from anobench.suites import load_suite
-from PIL import Image
-
 from tests import fake_datasets as fake
 from tests.conftest import REPO, run_bench
 from tests.test_cli import assert_one_sentence

@@ -2,10 +2,11 @@ import shutil
 
 import numpy as np
 import pytest
-from anobench.datasets import AnomalyDataset, DatasetError, Geometry, create_dataset
-from anobench.datasets.synthetic import CLASSES, DEFECT_KINDS, SynthSpec, write_dataset
 from PIL import Image
 
+from anobench.datasets import create_dataset
+from anobench.datasets.base import AnomalyDataset, DatasetError, Geometry, image_files, image_header
+from anobench.datasets.synthetic import CLASSES, DEFECT_KINDS, SynthSpec, write_dataset
 from tests.conftest import shared_dataset
 
 
@@ -90,7 +91,7 @@ def test_samples_are_resized_cropped_rgb_with_binary_masks(tmp_path):
     Image.fromarray(np.full((40, 20), 100, np.uint8), "L").save(class_dir / "test/hole/b.png")
     soft = np.zeros((40, 20), np.uint8)
     soft[10:30, 5:15] = 200
-    soft[0, 0] = 60  # soft edge below 128: not a defect
+    soft[0, 0] = 60  # a soft edge: non-zero, so a defect pixel too
     Image.fromarray(soft, "L").save(class_dir / "ground_truth/hole/b_mask.png")
     dataset = AnomalyDataset(create_dataset("folder", class_dir).samples("gray", "test"), Geometry(32, 24))
     sample = dataset[0]
@@ -100,9 +101,10 @@ def test_samples_are_resized_cropped_rgb_with_binary_masks(tmp_path):
     assert sample["label"] == 1 and sample["defect_type"] == "hole"
 
 
-@pytest.mark.parametrize("name,category,n_train", [("bsdata", "ball_screw", 274), ("magnetic_tile", "magnetic_tile", 762)])
-def test_shared_real_datasets_load_in_mvtec_layout(name, category, n_train):
-    source = create_dataset("folder", shared_dataset(name))
+@pytest.mark.parametrize("name,category,n_train,empty_masks",
+                         [("bsdata", "ball_screw", 274, False), ("magnetic_tile", "magnetic_tile", 762, True)])
+def test_shared_real_datasets_load_in_mvtec_layout(name, category, n_train, empty_masks):
+    source = create_dataset("folder", shared_dataset(name), allow_empty_masks=empty_masks)
     assert source.classes() == [category]
     source.validate(category)
     assert len(source.samples(category, "train")) == n_train
@@ -110,3 +112,37 @@ def test_shared_real_datasets_load_in_mvtec_layout(name, category, n_train):
     assert any(r.label == 0 for r in test) and any(r.label == 1 for r in test)
     sample = AnomalyDataset(test[-1:], Geometry(64, 64))[0]
     assert sample["image"].shape == (3, 64, 64)
+
+
+def test_real_defect_images_with_entirely_empty_masks_are_reported():
+    """Four of Magnetic Tile's 'uneven' defect images have all-zero masks: the layout check names the first,
+    and the dataset option allows them where that is intended."""
+    root = shared_dataset("magnetic_tile")
+    with pytest.raises(DatasetError, match=r"Defect image .*uneven/exp3_num_45042.png has an entirely empty mask "
+                                           r".*exp3_num_45042_mask.png; fix the mask, or set the dataset option "
+                                           r"allow_empty_masks = true"):
+        create_dataset("folder", root).validate("magnetic_tile")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".bmp", ".tif"])
+def test_image_header_finds_truncated_files_of_every_format(tmp_path, suffix):
+    path = tmp_path / f"a{suffix}"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(path)
+    assert image_header(path) == (30, 40)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(DatasetError, match=rf"Cannot use image .*a\{suffix} \(.*\); replace or remove the file"):
+        image_header(path)
+    path.write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"\(it is empty: 0 bytes\)"):
+        image_header(path)
+    for trailing in (100, 10_000):  # bytes after the end marker, as a few writers leave: still whole
+        path.write_bytes(whole + b"\0" * trailing)
+        assert image_header(path) == (30, 40)
+
+
+def test_hidden_and_os_metadata_files_are_not_images(tmp_path):
+    for name in ("000.png", "._000.png", ".DS_Store", "Thumbs.db", "desktop.ini", ".hidden.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    assert [p.name for p in image_files(tmp_path)] == ["000.png"]

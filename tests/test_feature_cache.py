@@ -1,10 +1,10 @@
 import torch
+
 from anobench.methods import create_method
 from anobench.methods.feature_cache import FeatureCache
 from anobench.records import read_records
 from anobench.runner import RunOptions, run_suite
 from anobench.suites import load_suite
-
 from tests.conftest import write_suite
 from tests.test_method_contract import batches
 

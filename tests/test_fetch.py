@@ -8,11 +8,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
 from anobench import fetch as fetch_module
 from anobench.core import BenchError
 from anobench.datasets import create_dataset
 from anobench.fetch import ARCHIVES, fetch
-
 from tests import fake_datasets as fake
 from tests.conftest import run_bench
 from tests.test_cli import assert_one_sentence

@@ -5,9 +5,9 @@ same neighbours whether the gallery sits in host or device memory. Skipped witho
 import numpy as np
 import pytest
 import torch
+
 from anobench.methods import list_methods
 from anobench.methods.knn import knn
-
 from tests.test_method_contract import batches, make
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -5,10 +5,10 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from anobench.memory import PeakMemory
 from anobench.methods import create_method
 from anobench.speed import measure_speed
-
 from tests.test_method_contract import batches
 
 ENCODER_S, NETWORK_S, POST_S = 0.01, 0.03, 0.02
@@ -84,3 +84,15 @@ def test_gpu_memory_and_speed_are_measured_on_cuda(tiny_data):
     method = create_method("padim", encoder="resnet18", weights="random", device="cuda").fit(batches(tiny_data))
     timings = measure_speed(method, 64, [4], "cuda", warmup=2, iterations=5)["batches"]["4"]
     assert timings["end_to_end"]["median_s"] >= timings["network"]["median_s"] * 0.5 > 0
+
+
+def test_cpu_timing_runs_with_the_suites_thread_count_and_restores_the_processs():
+    class Counting(Sleepy):
+        def encoder_(self, images):
+            self.threads = torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    method = Counting()
+    result = measure_speed(method, 8, [1], "cpu", warmup=0, iterations=1, threads=1)
+    assert method.threads == 1 and result["torch_threads"] == 1
+    assert torch.get_num_threads() == before

@@ -1,26 +1,25 @@
-"""One contract for every registered method, driven by the registry (the timm/scikit-learn idea)."""
+"""Every shipped method keeps the method contract (the conformance kit, as a plugin's tests would use it),
+and the kit catches methods that break it."""
 
-import inspect
+import os
 
-import numpy as np
 import pytest
 import torch
-from anobench.core import NotFittedError
-from anobench.datasets import AnomalyDataset, Geometry, create_dataset
-from anobench.methods import create_method, list_methods
 
-# Small settings per method so that the contract runs in seconds; an unlisted method runs with defaults.
-FAST_PARAMS = {
-    "padim": {},
-    "cflow": {"meta_epochs": 1, "sub_epochs": 1, "coupling_blocks": 2, "fiber_batch": 128},
-    "spade": {"k_images": 3},
-}
+from anobench.datasets import create_dataset
+from anobench.datasets.base import AnomalyDataset, Geometry
+from anobench.methods import METHODS, list_methods
+from anobench.testing import assert_method_conforms, check_method, check_params
+from tests.broken_methods import BatchDependentPaDiM, UnstableParamsPaDiM
+from tests.conftest import REPO, run_bench
+
 SIZE = 64
 
 
 def make(name, seed=0, **extra):
-    return create_method(name, encoder="resnet18", weights="random", seed=seed, device="cpu",
-                         **{**FAST_PARAMS.get(name, {}), **extra})
+    """A method with the conformance checks' quick settings (random ResNet-18, short schedule), for other tests."""
+    cls = METHODS.get(name)
+    return cls(**check_params(cls, {"seed": seed, **extra}))
 
 
 def batches(tiny_data, class_name="disc", split="train", size=SIZE):
@@ -29,48 +28,39 @@ def batches(tiny_data, class_name="disc", split="train", size=SIZE):
     return [images[i:i + 8] for i in range(0, len(images), 8)]
 
 
-@pytest.mark.parametrize("name", list_methods())
-def test_init_only_stores_parameters(name):
-    method = make(name, seed=7)
-    params = method.get_params()
-    assert params["seed"] == 7 and params["encoder"] == "resnet18"
-    assert set(params) == {p for p in inspect.signature(type(method)).parameters}
-    assert not [a for a in vars(method) if a.endswith("_")]  # nothing learned yet
+@pytest.mark.parametrize("name", [n for n in list_methods() if METHODS.entry(n).origin == "built-in"])
+def test_every_shipped_method_conforms(name):
+    assert_method_conforms(name)
 
 
-@pytest.mark.parametrize("name", list_methods())
-def test_predict_before_fit_raises(name):
-    with pytest.raises(NotFittedError):
-        make(name).predict(torch.zeros(1, 3, SIZE, SIZE))
+def verdicts(method) -> dict[str, bool | None]:
+    return {r.name: r.passed for r in check_method(method)}
 
 
-@pytest.mark.parametrize("name", list_methods())
-def test_fit_predict_shapes_size_and_reproducibility(name, tiny_data, tmp_path):
-    train = batches(tiny_data)
-    test = torch.cat(batches(tiny_data, split="test"))[:6]
-    first = make(name).fit(train).predict(test)
-    assert first.maps.shape == (6, SIZE, SIZE) and first.image_scores.shape == (6,)
-    assert first.maps.dtype == np.float32 and np.isfinite(first.maps).all()
-    again = make(name).fit(train)
-    second = again.predict(test)
-    np.testing.assert_allclose(second.maps, first.maps, rtol=1e-5, atol=1e-5)  # same seed → same result
-    assert again.size_bytes() > again.size_breakdown()["encoder"] > 0
-
-    again.save(tmp_path / "model.pt")
-    loaded = type(again).load(tmp_path / "model.pt")
-    reloaded = loaded.predict(test)
-    np.testing.assert_allclose(reloaded.maps, second.maps, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(reloaded.image_scores, second.image_scores, rtol=1e-6, atol=1e-6)
-    assert loaded.get_params() == again.get_params()
+def test_scores_that_depend_on_the_batch_fail_the_batch_property_only():
+    results = verdicts(BatchDependentPaDiM)
+    assert results["an image scores the same alone and in a batch"] is False
+    assert [name for name, passed in results.items() if passed is False] == [
+        "an image scores the same alone and in a batch"]
 
 
-@pytest.mark.parametrize("name", list_methods())
-def test_an_image_scores_the_same_alone_and_in_a_batch(name, tiny_data):
-    method = make(name).fit(batches(tiny_data))
-    if method.test_set_dependent:
-        pytest.skip("this configuration normalizes over the test set by design")
-    test = torch.cat(batches(tiny_data, split="test"))[:8]
-    together = method.predict(test)
-    alone = method.predict(test[3:4])
-    np.testing.assert_allclose(alone.maps[0], together.maps[3], rtol=1e-4, atol=1e-4)
-    assert alone.image_scores[0] == pytest.approx(together.image_scores[3], rel=1e-4, abs=1e-4)
+def test_parameters_that_do_not_round_trip_fail_by_name():
+    results = verdicts(UnstableParamsPaDiM)
+    assert results["get_params() round-trips through the constructor"] is False
+    assert results["save() and load() give identical scores"] is False  # load builds from get_params()
+    assert results["fit() returns the method"] is True
+
+
+def test_check_method_command_names_the_broken_property_and_exits_1():
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = run_bench("check-method", "tests.broken_methods:BatchDependentPaDiM", env=env)
+    assert result.returncode == 1, result.stderr
+    assert "FAIL  an image scores the same alone and in a batch: image 0 alone vs in a batch" in result.stdout
+    assert "10 of 11 properties hold; 1 fail." in result.stdout
+
+
+def test_check_method_command_refuses_bad_params_in_one_sentence():
+    result = run_bench("check-method", "padim", "--param", "d reduced=3")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "KEY=VALUE" in result.stderr
+    result = run_bench("check-method", "padim", "--param", "d_reducd=3")
+    assert result.returncode == 2 and "d_reducd" in result.stderr, result.stderr

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from anobench import metrics
 from sklearn.metrics import roc_auc_score
 
+from anobench import metrics
 from tests import brute_force
 
 

@@ -2,6 +2,7 @@
 the multi-class suites' tests in test_dataset_suites)."""
 
 import pytest
+
 from anobench.cells import expand
 from anobench.core import BenchError
 from anobench.suites import parse_suite

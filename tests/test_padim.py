@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from anobench import metrics
-from anobench.datasets import AnomalyDataset, Geometry, create_dataset
-from anobench.methods import create_method
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import mahalanobis
 
+from anobench import metrics
+from anobench.datasets import create_dataset
+from anobench.datasets.base import AnomalyDataset, Geometry
+from anobench.methods import create_method
 from tests.test_method_contract import batches
 
 

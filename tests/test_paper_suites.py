@@ -6,10 +6,10 @@ import sys
 import time
 
 import pytest
+
 from anobench.datasets.mvtec import MVTEC_CLASSES
 from anobench.datasets.synthetic import CLASSES, SynthSpec, write_dataset
 from anobench.records import latest_by_cell, read_records
-
 from tests.conftest import REPO, kill_when_recorded, run_bench, write_suite
 from tests.fake_stc import write_fake_stc
 from tests.test_reports import md_rows
@@ -53,7 +53,7 @@ def override(tmp_path, parent, class_resolutions=""):
 
 
 def test_paper_table1_end_to_end_on_fake_mvtec(tmp_path, fake_mvtec):
-    suite = override(tmp_path, "paper-table1", "transistor = 32")
+    suite = override(tmp_path, "paper-table1", "transistor = 48")
     refused = run_bench("run", "--suite", str(suite), "--data-root", str(fake_mvtec), "--weights", "random",
                         "--out", str(tmp_path / "refused"))
     assert refused.returncode == 2 and "--allow-random" in refused.stderr
@@ -65,7 +65,7 @@ def test_paper_table1_end_to_end_on_fake_mvtec(tmp_path, fake_mvtec):
     records = read_records(tmp_path / "run")
     assert len(records) == 15 * 3 and all(r["status"] == "ok" for r in records)
     transistor = next(r for r in records if r["config"]["class"] == "transistor" and r["config"]["method"] == "cflow")
-    assert transistor["config"]["resolution"] == 32  # the per-class input size
+    assert transistor["config"]["resolution"] == 48  # the per-class input size
     padim = [r for r in records if r["config"]["method"] == "padim"]
     assert all(r["feature_cache"]["fit"]["misses"] == 0 for r in padim)  # SPADE computed them
     report = (tmp_path / "run/report.md").read_text()
@@ -116,7 +116,7 @@ def test_a_run_killed_with_sigkill_resumes_without_losing_or_duplicating(tmp_pat
     suite = write_suite(tmp_path / "resume.toml", fake_mvtec, dataset="mvtec", classes=("bottle", "carpet", "grid"),
                         seeds=(0, 1, 2))
     run_dir = tmp_path / "run"
-    done_before = kill_when_recorded([sys.executable, "-m", "bench", "run", "--suite", str(suite), "--out",
+    done_before = kill_when_recorded([sys.executable, "-m", "anobench", "run", "--suite", str(suite), "--out",
                                       str(run_dir), "--no-report"], run_dir, at_least=2)
     assert 2 <= done_before < 9
     result = run_bench("run", "--out", str(run_dir), "--no-report")  # continue from the folder alone

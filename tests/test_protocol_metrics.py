@@ -5,17 +5,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
+from sklearn.metrics import f1_score
+
 from anobench import metrics
 from anobench.core import BenchError
-from anobench.datasets import Geometry
+from anobench.datasets.base import Geometry
 from anobench.metrics_datasets import au_spro, mean_plus_std_threshold, sample_auroc, seg_f1, spro_curve
 from anobench.protocols import ProtocolInput, write_submission
 from anobench.records import read_records
 from anobench.runner import RunOptions, run_suite
 from anobench.suites import parse_suite
-from scipy import ndimage
-from sklearn.metrics import f1_score
-
 from tests import fake_datasets as fake
 from tests.brute_force import area_by_segments
 

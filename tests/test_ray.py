@@ -2,15 +2,18 @@
 
 import json
 import os
+import socket
 import sys
 import time
 
 import pytest
+
+from anobench.core import BenchError
 from anobench.executors import RayExecutor, Task, execute
 from anobench.records import latest_by_cell, read_records
+from anobench.runfolder import RunFolderLock
 from anobench.runner import RunOptions, run_suite
 from anobench.suites import load_suite
-
 from tests.conftest import kill_when_recorded, run_bench, write_suite
 
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed (pip install -e '.[ray]')")
@@ -20,7 +23,7 @@ pytestmark = pytest.mark.slow
 def test_killing_the_driver_then_rerunning_completes_without_duplicates(tmp_path, tiny_data):
     path = write_suite(tmp_path / "s.toml", tiny_data, seeds=(0, 1, 2))
     run_dir = tmp_path / "run"
-    before = kill_when_recorded([sys.executable, "-m", "bench", "run", "--suite", str(path), "--out", str(run_dir),
+    before = kill_when_recorded([sys.executable, "-m", "anobench", "run", "--suite", str(path), "--out", str(run_dir),
                                  "--no-report", "--executor", "ray"], run_dir, at_least=1)
     assert 1 <= before < 6
     result = run_bench("run", "--out", str(run_dir), "--no-report", "--executor", "ray")
@@ -83,3 +86,24 @@ def test_a_failed_task_is_recorded_and_the_others_complete(tmp_path, tiny_data, 
     records = {r["config"]["class"]: r for r in read_records(tmp_path / "run")}
     assert records["stripes"]["status"] == "ok"
     assert records["disc"]["status"] == "failed" and reason in records["disc"]["error"]  # not retried: one record
+
+
+def test_the_driver_holds_the_run_folders_lock_while_ray_tasks_run(tmp_path, tiny_data, local_ray):
+    """A task tries to take the run folder's lock from its worker process: refused, naming the driver."""
+    run_dir = tmp_path / "run"
+
+    def probe_the_lock(task: Task):
+        try:
+            with RunFolderLock(run_dir):
+                probe = "free"
+        except BenchError as exc:
+            probe = str(exc)
+        record, arrays = execute(task)
+        record["lock_probe"] = probe
+        return record, arrays
+
+    path = write_suite(tmp_path / "s.toml", tiny_data)
+    run_suite(load_suite(str(path)), run_dir, RunOptions(), RayExecutor(work=probe_the_lock))
+    assert {r["lock_probe"] for r in read_records(run_dir)} == {
+        f"Run folder {run_dir} is in use by another bench run (PID {os.getpid()} on host {socket.gethostname()}); "
+        f"wait for it to finish, or pass another --out."}

@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from anobench.reports import write_reports
 
+from anobench.reports import write_reports
 from tests.conftest import REPO
 from tests.test_reports import run_dir  # noqa: F401  (the fixture: fixed records with artifacts)
 

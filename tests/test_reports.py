@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from anobench import artifacts
 from anobench.records import append_record
 from anobench.reports import write_reports
+from anobench.reports.tables import footnotes_for, row_marks
 
 REFERENCE_SUITE = {
     "name": "fixed", "version": 1, "description": "fixed records", "weights": "random",
@@ -193,3 +195,16 @@ def test_report_without_artifacts_still_renders(run_dir):
     shutil.rmtree(run_dir / "artifacts")
     paths = write_reports(run_dir, ["md", "html"])
     assert all(Path(p).is_file() for p in paths)
+
+
+def test_reflect_padding_and_hard_permutations_are_marked_and_explained():
+    official = fake_record("cflow", "a", {})
+    official["labels"].update(encoder_padding="reflect", permutation="soft")
+    departure = fake_record("cflow", "a", {})
+    departure["labels"].update(encoder_padding="zeros", permutation="hard")
+    assert row_marks([official]) == "†§¶" and row_marks([departure]) == "†§‖"
+    assert row_marks([fake_record("padim", "a", {})]) == "†"
+    notes = footnotes_for([official, departure])
+    assert any(n.startswith("¶ encoder padded by reflection") for n in notes)
+    assert any(n.startswith("‖ hard channel permutations") and "departure" in n for n in notes)
+    assert not any(n[0] in "¶‖" for n in footnotes_for([fake_record("padim", "a", {})]))

@@ -1,12 +1,13 @@
 import dataclasses
 import json
+import shutil
 
 import pytest
+
 from anobench.core import BenchError
 from anobench.records import append_record, read_records
 from anobench.runner import RunOptions, run_suite
 from anobench.suites import load_suite
-
 from tests.conftest import write_suite
 
 
@@ -74,3 +75,21 @@ def test_random_weights_refused_where_the_suite_reproduces_papers(tmp_path, tiny
     with pytest.raises(BenchError, match="--allow-random"):
         run_suite(strict, tmp_path / "run", RunOptions())
     assert run_suite(strict, tmp_path / "run", RunOptions(allow_random=True)).ok == 2
+
+
+def test_a_run_folder_belongs_to_one_configuration(tmp_path, tiny_data):
+    other_root = tmp_path / "other"
+    shutil.copytree(tiny_data, other_root)
+    suite = tiny_suite(tmp_path, tiny_data)
+    run_dir = tmp_path / "run"
+    assert run_suite(suite, run_dir, RunOptions(classes=("disc",))).ok == 1
+    with pytest.raises(BenchError, match=rf"was run with data root {tiny_data} \(now {other_root}\); "
+                                         "pass --out with a new folder, or --force-mixed"):
+        run_suite(suite, run_dir, RunOptions(classes=("disc",), data_root=str(other_root)))
+    with pytest.raises(BenchError, match=r"classes disc \(now disc,stripes\); protocol strict \(now paper\)"):
+        run_suite(suite, run_dir, RunOptions(classes=("disc", "stripes"), protocol="paper"))
+    with pytest.raises(BenchError, match=r"suite version 1 \(now 2\)"):
+        run_suite(dataclasses.replace(suite, version=2), run_dir, RunOptions(classes=("disc",)))
+    mixed = run_suite(suite, run_dir, RunOptions(classes=("disc", "stripes"), force_mixed=True))
+    assert (mixed.ok, mixed.skipped) == (1, 1)
+    assert run_suite(suite, run_dir, RunOptions(classes=("disc",))).skipped == 1  # the recorded configuration

@@ -2,12 +2,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from anobench import metrics
-from anobench.datasets import AnomalyDataset, Geometry, create_dataset
-from anobench.methods import create_method
-from anobench.methods.knn import chunk_sizes, knn
 from scipy.ndimage import gaussian_filter
 
+from anobench import metrics
+from anobench.datasets import create_dataset
+from anobench.datasets.base import AnomalyDataset, Geometry
+from anobench.methods import create_method
+from anobench.methods.knn import chunk_sizes, knn
 from tests.test_method_contract import batches
 
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
-from anobench.datasets import AnomalyDataset, DatasetError, Geometry, create_dataset
 
+from anobench.datasets import create_dataset
+from anobench.datasets.base import AnomalyDataset, DatasetError, Geometry
 from tests.fake_stc import write_fake_stc
 
 

@@ -9,11 +9,12 @@ Each saved run carries pytest-benchmark's machine_info and commit_info.
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+
 from anobench import metrics
 from anobench.methods import create_method
 from anobench.methods.cflow import conditional_flow, positional_encoding_2d
 from anobench.methods.knn import knn
-from scipy import ndimage
 
 N_MAPS, SIZE = 100, 256
 

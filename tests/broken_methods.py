@@ -1,0 +1,27 @@
+"""Methods that break the contract on purpose, to show that the conformance checks catch each breach."""
+
+from __future__ import annotations
+
+from anobench.methods.padim import PaDiM
+
+
+class BatchDependentPaDiM(PaDiM):
+    """Min-max normalizes scores over the batch, as some harnesses do: an image's score then depends on
+    the rest of its batch."""
+
+    def postprocess(self, raw, input_size):
+        scores, maps = super().postprocess(raw, input_size)
+        low, high = maps.amin(), maps.amax()
+        maps = (maps - low) / (high - low + 1e-12)
+        return maps.flatten(1).amax(dim=1), maps
+
+
+class UnstableParamsPaDiM(PaDiM):
+    """Stores a transformed parameter, so constructing from get_params() gives another method."""
+
+    def __init__(self, *, encoder: str = "resnet18", weights: str = "random", d_reduced: int = 40,
+                 seed: int = 0, device: str = "cpu"):
+        super().__init__(encoder=encoder, weights=weights, d_reduced=d_reduced + 10, seed=seed, device=device)
+
+
+__all__ = ["BatchDependentPaDiM", "UnstableParamsPaDiM"]
