@@ -374,3 +374,33 @@ def test_damaged_fake_on_the_command_line_exits_2(roots, tmp_path, name):
     result = run_bench("run", "--suite", str(suite), "--data-root", str(root), "--out", str(tmp_path / "run"))
     assert_one_sentence(result, 2, "is 7×5 but its image")
     assert not (tmp_path / "run").exists()
+
+
+# a defect mask (for LOCO: one defect channel) blanked; KolektorSDD2 labels by its masks, so it has none
+EMPTY_MASKS = {
+    "visa": "*/Data/Masks/Anomaly/*.png",
+    "mpdd": "*/ground_truth/*/*_mask.png",
+    "btad": "**/ground_truth/ko/*",
+    "mvtec_loco": "*/ground_truth/*/*/*.png",
+    "mvtec_ad2": "*/test_public/ground_truth/bad/*_mask.png",
+    "realiad": "realiad_*/*/NG/*/*/*.png",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EMPTY_MASKS))
+def test_an_empty_defect_mask_goes_through_the_shared_layout_check(roots, tmp_path, name):
+    root = copy_of(roots, name, tmp_path)
+    mask = sorted(root.glob(EMPTY_MASKS[name]))[0]
+    with Image.open(mask) as img:
+        img.load()
+        blank = Image.new(img.mode, img.size)
+    blank.save(mask, format=img.format)
+    if name == "realiad":  # the published data has NG views with empty masks: allowed unless refused
+        validate_all(name, root)
+        with pytest.raises(DatasetError, match="entirely empty mask"):
+            validate_all(name, root, allow_empty_masks=False)
+        return
+    with pytest.raises(DatasetError, match=f"has an entirely empty mask {mask}; fix the mask, or set the "
+                                           "dataset option allow_empty_masks"):
+        validate_all(name, root)
+    validate_all(name, root, allow_empty_masks=True)
