@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from anobench.core import BenchError
 from anobench.suites import DEFAULT_TABLE_METRICS, BootstrapSpec, MeasureSpec, Suite
 
 
@@ -33,6 +34,8 @@ class Cell:
     metrics: tuple[str, ...] = DEFAULT_TABLE_METRICS  # the suite's table metrics (those beyond the standard set
     # are computed too, e.g. aupro@0.1); not part of the config
     bootstrap: BootstrapSpec = BootstrapSpec()  # intervals (not part of the config: they change no metric)
+    setting: str = "one-class"  # "multi-class": one model trained on every class in train_classes
+    train_classes: tuple[str, ...] = ()
 
     @property
     def params(self) -> dict[str, Any]:
@@ -50,7 +53,22 @@ class Cell:
         config["class"] = config.pop("class_name")
         config["params"] = self.params
         config["dataset_options"] = self.dataset_options
+        if self.setting == "one-class":  # the default leaves one-class ids as they always were
+            del config["setting"], config["train_classes"]
+        else:
+            config["train_classes"] = list(self.train_classes)
         return config
+
+    @property
+    def model_key(self) -> str:
+        """What determines the fitted model: the config without the evaluated class (multi-class cells of
+        one model share it)."""
+        return json.dumps({k: v for k, v in self.config().items() if k != "class"}, sort_keys=True)
+
+    def training_samples(self, source) -> list:
+        """The training images: the class's own, or every training class's in the multi-class setting."""
+        classes = self.train_classes if self.setting == "multi-class" else (self.class_name,)
+        return [ref for name in classes for ref in source.samples(name, "train")]
 
     @property
     def cell_id(self) -> str:
@@ -67,10 +85,15 @@ def _canonical(value: dict[str, Any]) -> str:
 
 
 def expand(suite: Suite, classes: list[str]) -> list[Cell]:
-    """The suite's grid as cells, in grid order: block, class, method, encoder, resolution, seed."""
+    """The suite's grid as cells, in grid order: block, class, method, encoder, resolution, seed. In the
+    multi-class setting a block's cells share one model trained on all of the block's classes, and a
+    model's cells come one after another."""
     cells = []
     for block in suite.grid:
         block_classes = [c for c in classes if block.classes is None or c in block.classes]
+        if suite.setting == "multi-class" and block.class_resolutions:
+            raise BenchError(f"Suite file {suite.path}: class_resolutions cannot be used with setting = "
+                             f"\"multi-class\" (one model sees every class at one input size).")
         for class_name in block_classes:
             for method in block.methods:
                 for encoder in block.encoders:
@@ -87,5 +110,11 @@ def expand(suite: Suite, classes: list[str]) -> list[Cell]:
                                 dataset_options_json=_canonical(suite.dataset.options),
                                 measure_only=block.measure_only, measure=suite.measure,
                                 metrics=suite.metrics, bootstrap=suite.bootstrap,
+                                setting=suite.setting,
+                                train_classes=tuple(block_classes) if suite.setting == "multi-class" else (),
                             ))
-    return list(dict.fromkeys(cells))  # per-class resolutions can make two grid points one cell
+    cells = list(dict.fromkeys(cells))  # per-class resolutions can make two grid points one cell
+    if suite.setting == "multi-class":  # a model's cells back to back, so that it is fitted once
+        first_seen = {key: i for i, key in enumerate(dict.fromkeys(c.model_key for c in cells))}
+        cells.sort(key=lambda c: first_seen[c.model_key])
+    return cells

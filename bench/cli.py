@@ -58,9 +58,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--address", help="Ray cluster to join (e.g. auto); without it a local Ray instance is started.")
 @click.option("--cpus-per-cell", default=1.0, show_default=True, help="CPUs a Ray task asks for.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the reports at the end.")
+@click.option("--image-labels-only", is_flag=True, help="The dataset labels whole images only (test/<defect> "
+              "without masks): image metrics are computed, pixel metrics stay empty with the reason.")
 def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed,
         force_mixed, suite_path, protocol, metrics_resolution, feature_cache_mb, plan_only, executor, address,
-        cpus_per_cell, report):
+        cpus_per_cell, report, image_labels_only):
     """Run a suite: every cell of its grid, one record each, then the report."""
     from anobench.environment import resolve_device
     from anobench.executors import make_executor
@@ -79,7 +81,8 @@ def run(suite_name, data_root, dataset, classes, device, out, weights, allow_ran
                          classes=tuple(c.strip() for c in classes.split(",")) if classes else None,
                          retry_failed=retry_failed, allow_random=allow_random or stored.get("allow_random", False),
                          force_mixed=force_mixed, protocol=protocol, metrics_resolution=metrics_resolution,
-                         feature_cache_mb=feature_cache_mb, command=shlex.join(["bench", *sys.argv[1:]]))
+                         feature_cache_mb=feature_cache_mb, image_labels_only=image_labels_only,
+                         command=shlex.join(["bench", *sys.argv[1:]]))
     if executor == "ray" and ":" in options.device:
         raise BenchError(f"--executor ray places each cell on a free GPU itself; pass --device cuda, not "
                          f"{options.device}.")
@@ -299,6 +302,34 @@ def synth(out: Path, seed: int, size: int, classes: str | None, train: int, test
                      test_per_defect=test_per_defect)
     write_dataset(out, spec)
     click.echo(f"Wrote {out} ({len(spec.classes)} classes).")
+
+
+@data.command("fetch")
+@click.argument("name")
+@click.option("--to", "to", type=click.Path(path_type=Path), required=True,
+              help="Folder to put the dataset in.")
+@click.option("--sha256", help="Expected SHA-256 for a dataset without a published one (ksdd2).")
+@click.option("--keep-archive", is_flag=True,
+              help="Keep the verified archive in DIR/.downloads after extracting it.")
+@click.option("--convert", is_flag=True,
+              help="VisA: also write the MVTec-like layout (DIR/visa_mvtec_layout).")
+def fetch_command(name: str, to: Path, sha256: str | None, keep_archive: bool, convert: bool) -> None:
+    """Download, verify (SHA-256) and extract dataset NAME: mvtec, visa, btad, mvtec_loco; for mpdd,
+    mvtec_ad2, realiad and ksdd2 it says where to get them. An interrupted download resumes when run again."""
+    from anobench.fetch import fetch
+
+    click.echo(f"Data root: {fetch(name, to, sha256=sha256, keep_archive=keep_archive, convert=convert)}")
+
+
+@data.command("convert-visa")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--to", "to", type=click.Path(path_type=Path), required=True,
+              help="Folder to write (must not exist).")
+def convert_visa_command(source: Path, to: Path) -> None:
+    """Write VisA (original layout, split_csv/1cls.csv) in the MVTec-like layout, masks binarised to 0/255."""
+    from anobench.fetch import convert_visa
+
+    click.echo(f"Data root: {convert_visa(source, to)}")
 
 
 def main() -> None:

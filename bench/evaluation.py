@@ -15,6 +15,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,8 +30,9 @@ from anobench.environment import commit_info, device_name, machine_info
 from anobench.flops import flops_record
 from anobench.memory import PeakMemory
 from anobench.methods import encoder_short_name
-from anobench.methods.base import AnomalyMethod
+from anobench.methods.base import AnomalyMethod, Prediction
 from anobench.methods.feature_cache import FeatureCache
+from anobench.protocols import ProtocolInput, run_protocols
 from anobench.records import SCHEMA_VERSION, Record
 from anobench.speed import measure_speed
 from anobench.suites import DatasetSpec
@@ -206,20 +208,22 @@ def base_record(cell: Cell, device: str) -> Record:
     return Record(
         schema_version=SCHEMA_VERSION, bench_version=__version__, cell_id=cell.cell_id,
         suite={"name": cell.suite}, config=cell.config(),
-        labels={"random_weights": cell.weights == "random", "protocol": cell.protocol},
+        labels={"random_weights": cell.weights == "random", "protocol": cell.protocol,
+                "setting": cell.setting},
         device={"requested": device, "name": device_name(device), "torch_threads": torch.get_num_threads()},
         machine_info=machine_info(), commit_info=commit_info(), started_at=now(),
     )
 
 
-def run_cell(cell: Cell, source: DatasetSource, device: str,
-             cache: FeatureCache | None = None) -> tuple[Record, dict[str, np.ndarray]]:
+def run_cell(cell: Cell, source: DatasetSource, device: str, cache: FeatureCache | None = None,
+             output_dir: Path | None = None) -> tuple[Record, dict[str, np.ndarray]]:
     """Fit and evaluate one cell: its record and its artifacts (for figures). Never raises for a problem
-    inside the cell: it is recorded as failed, with the reason."""
+    inside the cell: it is recorded as failed, with the reason. ``output_dir`` receives files a dataset's
+    protocol writes for an external evaluation (MVTec AD 2's private test sets)."""
     record = base_record(cell, device)
     arrays: dict[str, np.ndarray] = {}
     try:
-        result, arrays = _evaluate(cell, source, device, cache or FeatureCache(0))
+        result, arrays = _evaluate(cell, source, device, cache or FeatureCache(0), output_dir)
         record.update(result)
         record["status"] = "ok"
     except Exception as exc:  # isolate the cell: the suite goes on
@@ -239,52 +243,101 @@ def _counted(cache: FeatureCache, work):
     return value, {k: after[k] - before[k] for k in after}
 
 
-def _evaluate(cell: Cell, source: DatasetSource, device: str,
-              cache: FeatureCache) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    seed_everything(cell.seed)
-    geometry = Geometry(cell.resize, cell.resolution)
-    train = AnomalyDataset(source.samples(cell.class_name, "train"), geometry)
-    method = build_method(cell, device)
-    arrays: dict[str, np.ndarray] = {}
-    result: dict[str, Any] = {"n_images": {"train": len(train)}, "memory": {}, "feature_cache": {}, "timings": {
-        "note": "wall clock of fit() and of predict over the test set, data loading included; "
-                "see 'speed' for the timed network/end-to-end regions"}}
+# The multi-class setting's fitted model, shared by the cells that evaluate it on each class (cells of one
+# model run one after another): model key → (id of the cell that fitted it, the fitted method).
+_SHARED_MODEL: dict[str, tuple[str, AnomalyMethod]] = {}
 
+
+def _fit(cell: Cell, source: DatasetSource, device: str, cache: FeatureCache, geometry: Geometry,
+         result: dict[str, Any]) -> AnomalyMethod:
+    """Fit the cell's method on its training images, or reuse the multi-class model another cell fitted."""
+    train_refs = cell.training_samples(source)
+    result["n_images"] = {"train": len(train_refs)}
+    if cell.setting == "multi-class":
+        result["multi_class"] = {"train_classes": list(cell.train_classes)}
+        if cell.model_key in _SHARED_MODEL:
+            fitted_in, method = _SHARED_MODEL[cell.model_key]
+            result["multi_class"]["fitted_in"] = fitted_in
+            return method
+    train = AnomalyDataset(train_refs, geometry, source.read_mask)
+    method = build_method(cell, device)
     with PeakMemory(device) as memory:
         start = time.perf_counter()
         _, result["feature_cache"]["fit"] = _counted(
             cache, lambda: method.fit(ImageBatches(train, cell.batch_size, shuffle_seed=cell.seed)))
         result["timings"]["fit_s"] = time.perf_counter() - start
     result["memory"]["fit"] = memory.result
+    if cell.setting == "multi-class":
+        _SHARED_MODEL.clear()  # one model at a time: a group's cells are consecutive
+        _SHARED_MODEL[cell.model_key] = (cell.cell_id, method)
+        result["multi_class"]["fitted_in"] = cell.cell_id
+    return method
+
+
+def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCache,
+              output_dir: Path | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    seed_everything(cell.seed)
+    geometry = Geometry(cell.resize, cell.resolution)
+    arrays: dict[str, np.ndarray] = {}
+    result: dict[str, Any] = {"memory": {}, "feature_cache": {}, "timings": {
+        "note": "wall clock of fit() and of predict over the test set, data loading included; "
+                "see 'speed' for the timed network/end-to-end regions"}}
+    method = _fit(cell, source, device, cache, geometry, result)
+
+    def predict(dataset: AnomalyDataset) -> Prediction:
+        return method.predict_dataset(ImageBatches(dataset, cell.batch_size))
 
     if not cell.measure_only:
-        test = AnomalyDataset(source.samples(cell.class_name, "test"), geometry)
+        test = AnomalyDataset(source.samples(cell.class_name, "test"), geometry, source.read_mask)
         with PeakMemory(device) as memory:
             start = time.perf_counter()
-            prediction, result["feature_cache"]["predict"] = _counted(
-                cache, lambda: method.predict_dataset(ImageBatches(test, cell.batch_size)))
+            prediction, result["feature_cache"]["predict"] = _counted(cache, lambda: predict(test))
             predict_s = time.perf_counter() - start
         result["memory"]["predict"] = memory.result
         result["timings"].update(predict_s=predict_s, predict_wall_images_per_s=len(test) / predict_s)
         labels = test.labels()
-        result["n_images"].update(test=len(test), test_anomalous=int(labels.sum()))
-        if cell.metrics_resolution == "original":
-            masks, maps = original_resolution(source, test, prediction.maps)
-        else:
-            masks, maps = np.stack([test[i]["mask"].numpy() for i in range(len(test))]), prediction.maps
+        truth, reason = source.ground_truth(cell.class_name)
+        result["n_images"].update(test=len(test), test_anomalous=int((labels == 1).sum()))
+        unavailable: dict[str, str] = {}
+        names = (*STANDARD_METRICS, *cell.metrics)
         scores, defect_types = prediction.image_scores, [r.defect_type for r in test.refs]
-        result["metrics"], notes, thresholds = compute_metrics(labels, masks, scores, maps,
-                                                               (*STANDARD_METRICS, *cell.metrics))
-        if notes:
-            result["metric_notes"] = notes
-        result["per_defect"] = per_defect_metrics(labels, defect_types, masks, scores, maps)
+        masks, maps = [], prediction.maps
+        if truth == "none":  # no labels at all: nothing to score against
+            result["metrics"], thresholds = {}, {}
+            unavailable.update(dict.fromkeys(names, reason))
+        else:
+            if cell.metrics_resolution == "original":
+                masks, maps = original_resolution(source, test, prediction.maps)
+            else:
+                masks, maps = np.stack([test[i]["mask"].numpy() for i in range(len(test))]), prediction.maps
+            result["metrics"], notes, thresholds = compute_metrics(labels, masks, scores, maps, names)
+            unavailable.update(notes)
+            if truth == "image":  # image labels only: no pixel metric is defined
+                pixel = [n for n in names if metrics.metric_info(n).level == "pixel"]
+                result["metrics"].update(dict.fromkeys(pixel))
+                unavailable.update(dict.fromkeys(pixel, reason))
+            result["per_defect"] = per_defect_metrics(labels, defect_types, masks, scores, maps)
+        if source.protocol_metrics:
+            protocol = run_protocols(ProtocolInput(
+                cell=cell, source=source, geometry=geometry, refs=test.refs, labels=labels,
+                image_scores=scores, masks=list(masks), maps=list(maps),
+                original=cell.metrics_resolution == "original", input_maps=prediction.maps,
+                predict_maps=lambda refs: predict(AnomalyDataset(refs, geometry, source.read_mask)).maps,
+                output_dir=output_dir))
+            result["metrics"].update(protocol.metrics)
+            unavailable.update(protocol.unavailable)
+            result["dataset_protocol"] = {"metrics": protocol.headline, "notes": protocol.notes,
+                                          "outputs": protocol.outputs}
+        if unavailable:  # a value that cannot be computed stays empty, with its reason
+            result["metrics"].update(dict.fromkeys(unavailable))
+            result["metric_notes"] = unavailable
         fingerprint = fingerprint_test_set(cell, test)
         result["test_set"] = {"fingerprint": fingerprint, "good": int((labels == 0).sum()),
-                              "defective": int(labels.sum())}
+                              "defective": int((labels == 1).sum())}
         chosen = artifacts.qualitative_indices(labels)
         arrays = artifacts.collect([test.image_u8(i) for i in chosen], labels, defect_types, masks, maps, scores,
                                    thresholds.get("pixel"))
-        if cell.bootstrap.resamples:
+        if cell.bootstrap.resamples and truth != "none":
             arrays.update(bootstrap_intervals(cell, fingerprint, labels, defect_types, masks, scores, maps, result))
 
     if cell.measure.speed:
@@ -296,8 +349,8 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str,
 
     result.update({
         "labels": {"random_weights": cell.weights == "random", "protocol": cell.protocol,
-                   "test_set_dependent": method.test_set_dependent, "encoder_padding": method.encoder_.padding,
-                   **method.labels()},
+                   "setting": cell.setting, "test_set_dependent": method.test_set_dependent,
+                   "encoder_padding": method.encoder_.padding, **method.labels()},
         "precision": {"inference": "bf16 autocast" if method.labels().get("inference_autocast_bf16") else "float32",
                       "compiled": bool(method.labels().get("inference_compiled"))},
         "display": {"method": method.display_name or method.name, "encoder": encoder_short_name(cell.encoder)},

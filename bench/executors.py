@@ -16,6 +16,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ class Task:
     device: str
     feature_cache_mb: int
     threads: int | None = None  # torch threads for the cell (a Ray task uses the CPUs it asked for)
+    output_dir: str | None = None  # the run folder, for files a dataset's protocol writes (shared filesystem)
 
 
 _WORKER_CACHES: dict[int, FeatureCache] = {}
@@ -58,7 +60,8 @@ def execute(task: Task) -> tuple[Record, dict[str, np.ndarray]]:
     if task.threads:
         torch.set_num_threads(task.threads)
     source = open_source(task.dataset, task.data_root)
-    return run_cell(task.cell, source, task.device, worker_cache(task.feature_cache_mb))
+    return run_cell(task.cell, source, task.device, worker_cache(task.feature_cache_mb),
+                    Path(task.output_dir) if task.output_dir else None)
 
 
 @dataclass

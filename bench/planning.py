@@ -45,7 +45,7 @@ def available_memory(device: str) -> tuple[int, int | None]:
 def estimate(cell: Cell, source: DatasetSource, device: str) -> CellPlan:
     """The cell's memory plan; a cell whose shapes cannot be worked out gets a note (and will fail on its
     own, with its reason, if it cannot run)."""
-    n_train = len(source.samples(cell.class_name, "train"))
+    n_train = len(cell.training_samples(source))
     n_test = 0 if cell.measure_only else len(source.samples(cell.class_name, "test"))
     try:
         method = METHODS.get(cell.method)(encoder=cell.encoder, weights=cell.weights, seed=cell.seed,

@@ -45,6 +45,7 @@ class RunOptions:
     retry_failed: bool = False
     feature_cache_mb: int | None = None  # encoder features shared between cells (None: the suite's; 0: off)
     allow_random: bool = False  # permits random weights in suites that reproduce published numbers
+    image_labels_only: bool = False  # the dataset labels whole images only (pixel metrics stay empty)
     force_mixed: bool = False  # continue a run folder with another configuration (its report then mixes them)
     command: str = ""
 
@@ -142,6 +143,8 @@ def apply_overrides(suite: Suite, options: RunOptions) -> Suite:
         dataset = DatasetSpec(name=options.dataset, classes=None)
     if options.classes:
         dataset = dataclasses.replace(dataset, classes=tuple(options.classes))
+    if options.image_labels_only:
+        dataset = dataclasses.replace(dataset, options={**dataset.options, "image_labels_only": True})
     if dataset != suite.dataset:
         raw["dataset"] = {k: v for k, v in {"name": dataset.name, "classes": list(dataset.classes or []) or "all",
                                             "root": dataset.root, "options": dataset.options}.items() if v is not None}
@@ -278,7 +281,7 @@ def _run_in_folder(suite: Suite, run_dir: Path, options: RunOptions, executor, c
     for cell in (c for c in todo if c in refusals):
         _keep(run_dir, summary, cell, failed_record(cell, options.device, f"refused up front: {refusals[cell]}"), {})
     cache_mb = suite.feature_cache_mb if options.feature_cache_mb is None else options.feature_cache_mb
-    tasks = [Task(c, suite.dataset, options.data_root, options.device, cache_mb)
+    tasks = [Task(c, suite.dataset, options.data_root, options.device, cache_mb, output_dir=str(run_dir))
              for c in todo if c not in refusals]
     executor = executor or LocalExecutor()
     bar = progress(executor.run(tasks), f"{suite.name} ({executor.name})", total=len(tasks), leave=True)

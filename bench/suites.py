@@ -30,6 +30,7 @@ else:  # pragma: no cover
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "suites"
 PROTOCOLS = ("strict", "paper")
+SETTINGS = ("one-class", "multi-class")  # one model per class, or one for all classes (ADer's "unified")
 METRIC_RESOLUTIONS = ("input", "original")
 
 
@@ -176,6 +177,7 @@ class Suite:
     metrics: tuple[str, ...] = suite_key(DEFAULT_TABLE_METRICS, nonempty=True)  # the accuracy columns shown
     bootstrap: BootstrapSpec = suite_key(BootstrapSpec())
     compare_to: RowSelector | None = suite_key(None)  # the reference row of the paired-difference table
+    setting: str = suite_key("one-class", choices=SETTINGS)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -114,6 +115,19 @@ def read_image(path: Path) -> Image.Image:
         raise DatasetError(f"Cannot read image {path} ({exc}); replace or remove the file.") from None
 
 
+def mask_values(path: Path) -> np.ndarray:
+    """A mask image's stored values as one (H, W) array: single-channel masks (grey, palette indices, 16-bit,
+    float) as stored, so class numbers and per-defect values survive; colour masks by each pixel's largest
+    channel after compositing any alpha over black."""
+    try:
+        with Image.open(path) as img:
+            if img.mode in SINGLE_CHANNEL_MODES:
+                return np.asarray(img)
+            return np.asarray(_as_rgb(img, path)).max(axis=-1)
+    except (OSError, ValueError, UnidentifiedImageError) as exc:
+        raise DatasetError(f"Cannot read mask {path} ({exc}); replace or remove the file.") from None
+
+
 def read_mask(ref: SampleRef) -> np.ndarray:
     """A sample's ground truth as a boolean array: a pixel is a defect where its stored value is not zero,
     so 0/255, 0/1 and defect-class-number masks all work, in 8 or 16 bits. Colour masks count a pixel whose
@@ -123,32 +137,40 @@ def read_mask(ref: SampleRef) -> np.ndarray:
     A frame of a ``.npy`` stack is read through a memory map."""
     path = ref.mask_path
     threshold = ref.mask_threshold
-    try:
-        if ref.mask_frame is not None:
+    if ref.mask_frame is not None:
+        try:
             values = np.asarray(np.load(path, mmap_mode="r")[ref.mask_frame])
-        else:
-            with Image.open(path) as img:
-                if img.mode in SINGLE_CHANNEL_MODES:
-                    values = np.asarray(img)
-                else:
-                    values = np.asarray(_as_rgb(img, path)).max(axis=-1)
-            if threshold is None and path.suffix.lower() in LOSSY_MASK_SUFFIXES:
-                threshold = LOSSY_MASK_THRESHOLD
-    except (OSError, ValueError, IndexError, UnidentifiedImageError) as exc:
-        raise DatasetError(f"Cannot read mask {path} ({exc}); replace or remove the file.") from None
+        except (OSError, ValueError, IndexError) as exc:
+            raise DatasetError(f"Cannot read mask {path} ({exc}); replace or remove the file.") from None
+    else:
+        values = mask_values(path)
+        if threshold is None and path.suffix.lower() in LOSSY_MASK_SUFFIXES:
+            threshold = LOSSY_MASK_THRESHOLD
     return values > 0 if threshold is None else values >= threshold
+
+
+def geometry_mask(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A boolean mask at the original resolution, resized (nearest) and centre-cropped like its image."""
+    g = geometry
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    image = TF.resize(image, [g.resize, g.resize], TF.InterpolationMode.NEAREST)
+    image = TF.center_crop(image, [g.crop, g.crop])
+    return np.asarray(image) >= 128
 
 
 class AnomalyDataset(torch.utils.data.Dataset):
     """Transformed samples: image float (3, crop, crop) in [0, 1], mask uint8 (crop, crop), label, type, path.
 
     Decoded, resized images are kept in memory as uint8 after the first read, so that multi-epoch
-    training does not decode the same files again.
+    training does not decode the same files again. ``mask_reader`` is the dataset's own way of reading a
+    mask (``DatasetSource.read_mask``; VisA's class ids, LOCO's folder of per-defect masks).
     """
 
-    def __init__(self, refs: list[SampleRef], geometry: Geometry):
+    def __init__(self, refs: list[SampleRef], geometry: Geometry,
+                 mask_reader: Callable[[SampleRef], np.ndarray] | None = None):
         self.refs = refs
         self.geometry = geometry
+        self.mask_reader = mask_reader or read_mask
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -161,10 +183,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
             image = TF.center_crop(TF.resize(read_image(ref.image_path), [g.resize, g.resize]), [g.crop, g.crop])
             image_u8 = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
             if ref.mask_path is not None:
-                mask = Image.fromarray(read_mask(ref).astype(np.uint8) * 255)
-                mask = TF.center_crop(TF.resize(mask, [g.resize, g.resize], TF.InterpolationMode.NEAREST),
-                                      [g.crop, g.crop])
-                mask_u8 = torch.from_numpy((np.asarray(mask) >= 128).astype(np.uint8))
+                mask_u8 = torch.from_numpy(geometry_mask(self.mask_reader(ref), g).astype(np.uint8))
             else:
                 mask_u8 = torch.zeros((g.crop, g.crop), dtype=torch.uint8)
             self._cache[index] = (image_u8, mask_u8)
@@ -193,6 +212,8 @@ class DatasetSource(ABC):
 
     name: ClassVar[str]
     needs_root: ClassVar[bool] = True
+    #: metrics of the dataset's own protocol, beside the usual ones (names in ``anobench.protocols``)
+    protocol_metrics: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def classes(self) -> list[str]: ...
@@ -203,24 +224,48 @@ class DatasetSource(ABC):
     @abstractmethod
     def samples(self, class_name: str, split: str) -> list[SampleRef]: ...
 
+    def read_mask(self, ref: SampleRef) -> np.ndarray:
+        """A sample's mask as a boolean array; datasets whose masks encode defects differently override."""
+        return read_mask(ref)
+
     def original_mask(self, ref: SampleRef) -> np.ndarray:
         """The ground truth at the image's original resolution (zeros for a defect-free image)."""
         if ref.mask_path is not None:
-            return read_mask(ref)
+            return self.read_mask(ref)
         with Image.open(ref.image_path) as img:
             return np.zeros((img.height, img.width), dtype=bool)
+
+    def ground_truth(self, class_name: str) -> tuple[str, str]:
+        """What the test split is labelled with, and why if less than pixels: ``("pixel", "")``,
+        ``("image", reason)`` (pixel metrics stay empty) or ``("none", reason)`` (no metrics at all)."""
+        return "pixel", ""
 
     def describe(self) -> dict:
         """Plain-data description of this source for records."""
         return {"name": self.name}
 
 
-
-
 def is_hidden(path: Path) -> bool:
     """Hidden and OS metadata entries (macOS ``._*`` AppleDouble twins and ``.DS_Store``, anything starting
     with a dot): never data, whatever their suffix."""
     return path.name.startswith(".")
+
+
+def check_class_name(class_name: str, valid: tuple[str, ...] | list[str], noun: str) -> None:
+    """A class the dataset has (``noun``: "an MVTec AD class"), else one sentence listing them."""
+    if class_name not in valid:
+        raise DatasetError(f"'{class_name}' is not {noun}; valid classes: {', '.join(valid)}.")
+
+
+def read_json(path: Path, what: str, hint: str) -> Any:
+    """A dataset's JSON file (a split, a configuration): one sentence if it is missing or unreadable."""
+    if not path.is_file():
+        raise DatasetError(f"{what} {path} is missing; {hint}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{what} {path} is not readable JSON ({exc}); restore it from the dataset's "
+                           "archive.") from None
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -116,7 +116,8 @@ def base_encoder(encoder: str) -> str:
 
 def row_key(record: Record) -> tuple:
     c = record["config"]
-    return (c["method"], c["encoder"], c["protocol"], c["weights"], json.dumps(c.get("params", {}), sort_keys=True))
+    return (c["method"], c["encoder"], c["protocol"], c["weights"], c.get("setting", "one-class"),
+            json.dumps(c.get("params", {}), sort_keys=True))
 
 
 def row_marks(records: list[Record]) -> str:
@@ -153,6 +154,8 @@ def row_name(records: list[Record], with_params: bool = False) -> str:
     params = c.get("params") or {}
     if with_params and params:
         name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
+    if c.get("setting") == "multi-class":
+        name += " [multi-class]"
     return name + row_marks(records)
 
 
@@ -191,6 +194,12 @@ def footnotes_for(records: Iterable[Record]) -> list[str]:
     if any(r.get("labels", {}).get("permutation") == "hard" for r in records):
         notes.append(f"{MARKS['hard_permutation']} hard channel permutations in the flow (permute_soft=False, "
                      "anomalib's choice): a departure from the official code's random orthogonal matrices.")
+    multi = [r for r in records if r["config"].get("setting") == "multi-class"]
+    if multi:
+        trained_on = max(len(r["config"].get("train_classes", [])) for r in multi)
+        notes.append(f"[multi-class]: one model trained on the training images of all {trained_on} classes "
+                     "and evaluated on each class (ADer's unified setting); other rows train one model per "
+                     "class.")
     protocols = sorted({r["config"]["protocol"] for r in records})
     if protocols:
         notes.append("Protocol: " + ", ".join(protocols) + " (strict: no normalizing constant comes from test "
@@ -305,17 +314,6 @@ def seed_count(records: list[Record]) -> int:
     return len({r["config"]["seed"] for r in records})
 
 
-def empty_notes(records: list[Record], metric_names: list[str]) -> list[str]:
-    """Why cells of these metrics are empty (the reason each record gave; one line per metric)."""
-    notes = []
-    for metric in metric_names:
-        reasons = [r["metric_notes"][metric] for r in records if metric in r.get("metric_notes", {})]
-        if reasons:
-            notes.append(f"{metric_display(metric)} undefined in {len(reasons)} cell(s), for example: {reasons[0]}. "
-                         "A mean leaves those cells out.")
-    return notes
-
-
 def uncertainty_notes(records: list[Record], with_seeds: bool, intervals: bool = True) -> list[str]:
     """What ± and (with ``intervals``) [lo, hi] mean in a table of these records."""
     notes = []
@@ -333,6 +331,37 @@ def uncertainty_notes(records: list[Record], with_seeds: bool, intervals: bool =
         notes.append(f"[lo, hi]: {what}; of a mean over classes or seeds, from the cells' resamples averaged "
                      "the same way; empty where a cell has no interval (e.g. a record without one).")
     return notes
+def shown_metrics(table_metrics: Iterable[str], records: list[Record], references: Iterable[Reference]) -> list[str]:
+    """The suite's table metrics, then the dataset protocol's own (LOCO's AU-sPRO, ...): each one that some
+    record measured, explains as empty (``metric_notes``), or the suite has a reference number for."""
+    candidates = list(table_metrics)
+    for record in records:
+        own = record.get("dataset_protocol", {}).get("metrics", [])
+        candidates += [m for m in own if m not in candidates]
+    referenced = {ref.metric for ref in references}
+    return [m for m in candidates if metric_info(m) is not None and (
+        m in referenced or any(r["metrics"].get(m) is not None or m in r.get("metric_notes", {})
+                               for r in records))]
+
+
+def unavailable_notes(records: list[Record], metric_names: list[str]) -> list[str]:
+    """Why shown columns are empty: one line per reason, naming the metrics (column order) and classes; a mean
+    over classes or seeds leaves such cells out."""
+    by_reason: dict[str, tuple[set[str], set[str]]] = {}
+    for record in records:
+        for metric, reason in record.get("metric_notes", {}).items():
+            if metric in metric_names:
+                metrics, classes = by_reason.setdefault(reason, (set(), set()))
+                metrics.add(metric)
+                classes.add(record["config"]["class"])
+    return [f"Empty {', '.join(metric_display(m) for m in metric_names if m in metrics)} "
+            f"({', '.join(sorted(classes))}): {reason}." for reason, (metrics, classes) in by_reason.items()]
+
+
+def protocol_notes(records: list[Record]) -> list[str]:
+    """The dataset protocols' notes (how their metrics were computed), each once."""
+    return list(dict.fromkeys(note for r in records
+                              for note in r.get("dataset_protocol", {}).get("notes", [])))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -351,9 +380,8 @@ def accuracy_tables(run: RunData) -> list[Table]:
         rows_by_key: dict[tuple, list[Record]] = defaultdict(list)
         for record in records:
             rows_by_key[row_key(record)].append(record)
-        mean_refs = [ref for ref in references if ref.class_name == "mean" and ref.metric in ACCURACY_METRICS]
-        metric_names = [m for m in run.table_metrics if any(m in r["metrics"] for r in records)
-                        or any(ref.metric == m for ref in mean_refs)]
+        metric_names = shown_metrics(run.table_metrics, records, [ref for ref in references if ref.class_name == "mean"])
+        mean_refs = [ref for ref in references if ref.class_name == "mean" and ref.metric in metric_names]
         with_reference = {ref.metric for ref in mean_refs}
         with_seeds = any(seed_count(group) > 1 for group in rows_by_key.values())
         columns = ["Model", "Input", "Classes"] + (["n"] if with_seeds else [])
@@ -391,8 +419,8 @@ def accuracy_tables(run: RunData) -> list[Table]:
                     ref = find_reference(mean_refs, method, encoder, m)
                     row += [ref.value if ref else None, None]
             table.rows.append(row)
-        table.footnotes = footnotes_for(records) + uncertainty_notes(records, with_seeds) + empty_notes(records,
-                                                                                                     metric_names)
+        table.footnotes = (footnotes_for(records) + uncertainty_notes(records, with_seeds)
+                           + unavailable_notes(records, metric_names) + protocol_notes(records))
         if with_reference:
             sources = sorted({ref.source for ref in references if ref.metric in with_reference})
             table.footnotes.append("Paper numbers as published (" + "; ".join(sources) + "), not measured here.")
@@ -419,8 +447,8 @@ def per_class_table(run: RunData, dataset: str, records: list[Record], rows_by_k
             row += [seed_count(members)] if with_seeds else []
             row += [metric_estimate(run, members, m) for m in metric_names]
             table.rows.append(row)
-    table.footnotes = footnotes_for(records) + uncertainty_notes(records, with_seeds) + empty_notes(records,
-                                                                                                 metric_names)
+    table.footnotes = (footnotes_for(records) + uncertainty_notes(records, with_seeds)
+                       + unavailable_notes(records, metric_names))
     return table
 
 

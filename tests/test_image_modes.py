@@ -168,7 +168,7 @@ def pixel_metrics(root: Path, prediction: Prediction) -> dict:
     """The pixel metrics of one prediction against the masks under ``root``, read as a run reads them."""
     test = AnomalyDataset(create_dataset("folder", root).samples(CLASS, "test"), Geometry(64, 64))
     masks = np.stack([test[i]["mask"].numpy() for i in range(len(test))])
-    metrics, _ = compute_metrics(test.labels(), masks, prediction, prediction.maps)
+    metrics, _, _ = compute_metrics(test.labels(), masks, prediction.image_scores, prediction.maps)
     return {m: metrics[m] for m in PIXEL_METRICS}
 
 
