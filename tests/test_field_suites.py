@@ -116,7 +116,8 @@ def test_field_table_on_a_classes_subset_of_another_folder(tmp_path, tiny_data):
 def test_patchcore_and_fastflow_on_real_ball_screw_photos():
     """PatchCore-R18 (1% coreset, 224 of 256) and FastFlow-R18 (256, 1 epoch, labelled short), random weights, on
     every 4th training image and every 3rd test image of BSData (a deterministic subset, to keep this test
-    short). Floors just below what this configuration measured: see the numbers in the assertions' comments."""
+    short). Floors just below what this configuration measured on the project's CPU machine (in the comments);
+    the full class with the field-real suite is in the README's "PatchCore and FastFlow" section."""
     source = create_dataset("folder", shared_dataset("bsdata"))
     train_refs = source.samples("ball_screw", "train")[::4]
     test_refs = source.samples("ball_screw", "test")[::3]
@@ -131,5 +132,6 @@ def test_patchcore_and_fastflow_on_real_ball_screw_photos():
         found[name] = (metrics.image_auroc(test.labels(), prediction.image_scores),
                        metrics.pixel_auroc(masks, prediction.maps))
     print(found)
-    assert found["patchcore"][0] > 0.0 and found["patchcore"][1] > 0.0
-    assert found["fastflow"][0] > 0.0 and found["fastflow"][1] > 0.0
+    assert found["patchcore"][0] > 0.85 and found["patchcore"][1] > 0.71  # measured 0.869, 0.734
+    # measured 0.070 (image: inverted after 1 epoch on this subset; 71.4% with 3 epochs on the full class), 0.822
+    assert found["fastflow"][0] > 0.05 and found["fastflow"][1] > 0.80
