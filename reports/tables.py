@@ -824,10 +824,11 @@ def complexity_table(run: RunData) -> Table | None:
                      "end-to-end region (network + post-processing, no data loading) at the largest batch "
                      "measured; encoder fps times the encoder alone in the same cells at the levels the "
                      "method taps; fps / encoder fps is the row's fps over its encoder fps. Encoder-only "
-                     "rows time the encoder of the CFLOW cells (every level up to the last). GFLOPs: one "
-                     "image at the row's input (counter, or formula for distance computations; see each "
-                     "record's 'flops'); achieved GFLOP/s: each cell's GFLOPs × fps. Size counts "
-                     "everything needed to score (MB = 10^6 bytes); the paper's size column is "
+                     "rows time the encoder of the CFLOW cells (every level up to the last). "
+                     + ("GFLOPs: one image at the row's input (counter, or formula for distance computations; "
+                        "see each record's 'flops'); achieved GFLOP/s: each cell's GFLOPs × fps. "
+                        if any(row.gflops() is not None for row in measured) else "")
+                     + "Size counts everything needed to score (MB = 10^6 bytes); the paper's size column is "
                      f"{paper_size}.")
     notes = footnotes_for(records)
     if any(r["device"]["requested"] == "cpu" for r in records):
