@@ -6,6 +6,7 @@ Fields that cannot be measured on this machine are None with a reason, never 0.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -30,8 +31,34 @@ class _NvmlSampler:
         pynvml.nvmlShutdown()
 
 
+PROC_SELF = Path("/proc/self")
+
+
+def _reset_rss_high_water_mark() -> bool:
+    """Linux keeps the process's peak RSS (VmHWM) exactly; writing 5 to clear_refs restarts it from the current
+    RSS. False where that is not possible (another OS, a restricted /proc): polling alone then."""
+    try:
+        (PROC_SELF / "clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_high_water_mark() -> int | None:
+    """VmHWM in bytes, or None where /proc does not say."""
+    try:
+        for line in (PROC_SELF / "status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class PeakMemory:
-    """Context manager measuring peak memory of the enclosed work on ``device``."""
+    """Context manager measuring peak memory of the enclosed work on ``device``. Host RSS is polled, and on
+    Linux also read from the kernel's exact high-water mark (restarted on entry), so that a short peak between
+    two polls of a busy machine is not missed."""
 
     def __init__(self, device: str, interval_s: float = 0.02):
         self.device = device
@@ -60,6 +87,7 @@ class PeakMemory:
                 self._nvml = _NvmlSampler(torch.device(self.device).index or 0)
             except Exception as exc:
                 self._nvml_reason = f"NVML unavailable ({type(exc).__name__}: {exc})"
+        self._exact_peak = _reset_rss_high_water_mark()
         self._rss_start = self._rss_peak = self._process.memory_info().rss
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -71,6 +99,9 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self._sample()
+        high_water_mark = _rss_high_water_mark() if self._exact_peak else None
+        if high_water_mark is not None:
+            self._rss_peak = max(self._rss_peak, high_water_mark)
         result: dict[str, Any] = {"host_rss_start_mb": self._rss_start / MB, "host_peak_rss_mb": self._rss_peak / MB,
                                   "host_peak_rss_increase_mb": (self._rss_peak - self._rss_start) / MB}
         if self._cuda:
