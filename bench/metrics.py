@@ -83,11 +83,11 @@ def metric_info(name: str) -> MetricInfo | None:
         return None
     return MetricInfo(f"AUPRO@{limit:g}", True, "%", percent=True, level="pixel")
 
+
 # Metrics of particular datasets' protocols (computed in anobench.metrics_datasets, by anobench.protocols).
 LOCO_FPR_LIMITS = (0.01, 0.05, 0.1, 0.3, 1.0)  # MVTec LOCO's evaluation integrates AU-sPRO up to each
 LOCO_SUBSETS = ("logical", "structural")
 METRIC_INFO.update({
-    "aupro@0.05": MetricInfo("AU-PRO@0.05", True, "%", percent=True),
     "seg_f1": MetricInfo("SegF1", True, "%", percent=True),
     "sample_auroc": MetricInfo("Sample AUROC", True, "%", percent=True),
     **{f"image_auroc_{subset}": MetricInfo(f"Image AUROC {subset}", True, "%", percent=True)

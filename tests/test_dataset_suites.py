@@ -46,8 +46,8 @@ COLUMNS = {
         "AU-sPRO@0.05 structural",
         "AU-sPRO@0.05",
     ],
-    "mvtec-ad2": ["Image AUROC", "Pixel AUROC", "AUPRO@0.3", "AU-PRO@0.05", "SegF1"],
-    "mvtec-ad2-private": ["AU-PRO@0.05", "SegF1"],
+    "mvtec-ad2": ["Image AUROC", "Pixel AUROC", "AUPRO@0.3", "AUPRO@0.05", "SegF1"],
+    "mvtec-ad2-private": ["AUPRO@0.05", "SegF1"],
     "realiad": ["Image AUROC", "Sample AUROC", "Pixel AUROC", "AUPRO@0.3"],
 }
 
