@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -99,5 +98,8 @@ def test_table6_gflops_are_the_median_of_the_cells_counts_and_achieved_is_each_c
 def test_table6_drops_the_flops_columns_when_no_record_counted_them(tmp_path):
     run = tmp_path / "smoke"
     run.mkdir()
-    shutil.copy(BASELINES_DIR / "smoke-cpu.jsonl", run / "records.jsonl")
+    records = [json.loads(line) for line in (BASELINES_DIR / "smoke-cpu.jsonl").read_text().splitlines()]
+    for record in records:  # as records written before FLOPs were counted
+        record.pop("flops", None)
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert not {"GFLOPs", "GFLOP/s achieved"} & set(table6(run)[0])

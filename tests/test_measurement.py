@@ -1,5 +1,6 @@
 """Speed and memory measurement: what is timed, what is excluded, and empty-with-a-reason GPU fields."""
 
+import mmap
 import time
 from pathlib import Path
 
@@ -60,11 +61,19 @@ def test_a_real_method_has_every_region(tiny_data):
     assert set(timings) >= {"encoder", "network", "end_to_end", "ratio_end_to_end_to_encoder"}
 
 
+def fresh_pages(size: int) -> mmap.mmap:
+    """``size`` bytes of newly mapped, touched memory: RSS must grow by it (a malloc'ed block may reuse
+    pages the process already holds, as it did in a long test run)."""
+    block = mmap.mmap(-1, size)
+    np.frombuffer(block, dtype=np.uint8)[:] = 1
+    return block
+
+
 def test_host_peak_memory_sees_an_allocation():
     with PeakMemory("cpu") as memory:
-        block = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+        block = fresh_pages(200 * 2**20)
         time.sleep(0.1)
-        del block
+        block.close()
     assert memory.result["host_peak_rss_mb"] - memory.result["host_rss_start_mb"] > 150
 
 
@@ -72,8 +81,7 @@ def test_host_peak_memory_sees_an_allocation():
 def test_a_peak_between_two_polls_is_seen_through_the_kernels_high_water_mark():
     """A busy machine can delay the polling thread past a short peak; the kernel's VmHWM cannot miss it."""
     with PeakMemory("cpu", interval_s=60) as memory:  # the poller never wakes inside the block
-        block = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
-        del block
+        fresh_pages(200 * 2**20).close()
     assert memory.result["host_peak_rss_mb"] - memory.result["host_rss_start_mb"] > 150
 
 
