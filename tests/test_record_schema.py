@@ -6,8 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args, get_origin, get_type_hints, is_typeddict
 
 import pytest
+
+from anobench.records import Record, read_records
+from tests.conftest import REPO, run_bench, write_suite
 
 try:
     import tomllib
@@ -65,3 +69,34 @@ def test_a_misspelt_record_key_fails_the_check(tree):
     assert result.returncode == 1
     assert '"resolutoin"' in result.stdout and '"confidance"' in result.stdout, result.stdout
 
+
+
+def undeclared_keys(value, schema, where: str = "") -> list[str]:
+    """Keys of ``value`` that the TypedDict ``schema`` (recursively) does not declare."""
+    if not (isinstance(value, dict) and is_typeddict(schema)):
+        if get_origin(schema) is dict and isinstance(value, dict):  # dict[str, Block]: check each block
+            block = get_args(schema)[1]
+            return [k for name, item in value.items() for k in undeclared_keys(item, block, f"{where}{name}.")]
+        return []
+    fields = get_type_hints(schema)
+    found = [f"{where}{key}" for key in value if key not in fields]
+    for key, item in value.items():
+        if key in fields:
+            found += undeclared_keys(item, fields[key], f"{where}{key}.")
+    return found
+
+
+def test_written_records_hold_only_declared_keys(tiny_data, tmp_path):
+    """The runtime side of the schema: what a run writes today, and the published run, match it."""
+    assert undeclared_keys({"config": {"resolutoin": 64}, "per_defect": {"crack": {"n_image": 2}}}, Record) == [
+        "config.resolutoin", "per_defect.crack.n_image"]
+    suite = write_suite(tmp_path / "schema.toml", tiny_data, classes=("disc",),
+                        extra="[bootstrap]\nresamples = 100\n[measure]\nspeed = true\nbatch_sizes = [1]\nwarmup = 1\n"
+                        "iterations = 2\n")
+    result = run_bench("run", "--suite", str(suite), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    fresh = read_records(tmp_path / "run")
+    assert fresh and fresh[0]["status"] == "ok" and fresh[0].get("bootstrap") and fresh[0].get("speed")
+    published = read_records(REPO / "reports" / "published" / "paper-table6-cpu-2core")
+    for record in fresh + published:
+        assert undeclared_keys(record, Record) == [], record["cell_id"]
