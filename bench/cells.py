@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 from anobench.core import BenchError
+from anobench.records import CellConfig
 from anobench.suites import DEFAULT_TABLE_METRICS, BootstrapSpec, MeasureSpec, Suite
 
 
@@ -45,7 +46,7 @@ class Cell:
     def dataset_options(self) -> dict[str, Any]:
         return json.loads(self.dataset_options_json)
 
-    def config(self) -> dict[str, Any]:
+    def config(self) -> CellConfig:
         """What determines the result (no suite name, no machine): cells with equal configs are comparable."""
         config = asdict(self)
         for key in ("suite", "params_json", "dataset_options_json", "measure", "metrics", "bootstrap"):
@@ -57,7 +58,7 @@ class Cell:
             del config["setting"], config["train_classes"]
         else:
             config["train_classes"] = list(self.train_classes)
-        return config
+        return cast(CellConfig, config)  # the keys: tests/test_record_schema.py
 
     @property
     def model_key(self) -> str:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -179,9 +180,16 @@ def _seeds_check(group: str, metric: str, old: list[float], new: list[float], li
                  "seeds", detail)
 
 
-def _cell_check(cid: str, metric: str, old: Record, new: Record, limit: float, tolerance_only: bool) -> Check:
+def _both(old: Record, new: Record, metric: str) -> tuple[float, float] | None:
+    """The metric in both records; None where either lacks it."""
+    a, b = old.get("metrics", {}).get(metric), new.get("metrics", {}).get(metric)
+    return None if a is None or b is None else (a, b)
+
+
+def _cell_check(cid: str, metric: str, old: Record, values: tuple[float, float], limit: float,
+                tolerance_only: bool) -> Check:
     sign = 1 if METRIC_INFO[metric].higher_is_better else -1
-    old_value, new_value = 100 * old["metrics"][metric], 100 * new["metrics"][metric]
+    old_value, new_value = 100 * values[0], 100 * values[1]
     delta = new_value - old_value
     beyond_tolerance = sign * delta < -limit
     interval = old.get("intervals", {}).get(metric)
@@ -203,17 +211,16 @@ def accuracy_checks(new: dict[str, Record], baseline: dict[str, Record], common:
     checks = []
     for config_key, cids in _seed_groups(common, new).items():
         for metric in ACCURACY_METRICS:
-            present = [c for c in cids if baseline[c].get("metrics", {}).get(metric) is not None
-                       and new[c].get("metrics", {}).get(metric) is not None]
+            values = {c: pair for c in cids if (pair := _both(baseline[c], new[c], metric)) is not None}
+            present = list(values)
             # a baseline saved with kernel variants allows the drop that other kernels alone caused
             limits = {c: max(tolerances.get(metric, tolerance_pp), variation_pp(baseline[c], metric)) for c in present}
             if len(present) > 1 and not tolerance_only:
                 checks.append(_seeds_check(_group_id(present, new, config_key), metric,
-                                           [baseline[c]["metrics"][metric] for c in present],
-                                           [new[c]["metrics"][metric] for c in present],
+                                           [values[c][0] for c in present], [values[c][1] for c in present],
                                            max(limits.values()), alpha))
             else:
-                checks += [_cell_check(c, metric, baseline[c], new[c], limits[c], tolerance_only) for c in present]
+                checks += [_cell_check(c, metric, baseline[c], values[c], limits[c], tolerance_only) for c in present]
     return checks
 
 
@@ -390,13 +397,13 @@ def add_variation(cells: dict[str, Record], variants: list[dict[str, Record]]) -
         runs = [record] + [variant[cid] for variant in variants if cid in variant]
         if len(runs) < 2:
             continue
-        metrics = {m: [r["metrics"][m] for r in runs if r.get("metrics", {}).get(m) is not None]
+        metrics = {m: [v for r in runs if (v := r.get("metrics", {}).get(m)) is not None]
                    for m in ACCURACY_METRICS if record.get("metrics", {}).get(m) is not None}
         record["variation"] = {"runs": [kernel_setting(r) for r in runs], "metrics": metrics}
 
 
 def save_baseline(run_dir: str | Path, name: str, folder: Path = BASELINES_DIR,
-                  variants: list[str | Path] = ()) -> Path:
+                  variants: Sequence[str | Path] = ()) -> Path:
     """Store a run's successful records without artifacts or bulky fields, as ``<folder>/<name>.jsonl``
     (``name`` is a plain file name: it cannot leave the folder). ``variants`` are run folders of the same
     suite under other kernel settings: each cell then carries the accuracy it had in each (``variation``),

@@ -15,7 +15,10 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
@@ -170,7 +173,7 @@ class Registry(Generic[T]):
 # progress
 
 
-def progress(iterable: Iterable[T], desc: str, total: int | None = None, leave: bool = False) -> Iterable[T]:
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, leave: bool = False) -> tqdm[T]:
     """Wrap ``iterable`` in a bar on stderr (records and reports stay clean on stdout);
     ``ANOBENCH_PROGRESS=0`` turns bars off (logs of long CI runs)."""
     from tqdm.auto import tqdm  # only where a bar is drawn: keeps `import anobench.core` light

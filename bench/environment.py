@@ -10,12 +10,12 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import pynvml
 import torch
 
 from anobench.core import BenchError
+from anobench.records import CommitInfo, GpuInfo, MachineInfo
 
 UNKNOWN = "unknown"
 # Environment variables that choose CPU kernels, and so the float rounding of results (see bench compare).
@@ -41,7 +41,7 @@ def cpu_model() -> str:
     return platform.processor() or UNKNOWN
 
 
-def gpu_info() -> dict[str, Any]:
+def gpu_info() -> GpuInfo:
     """GPU name, driver and memory from NVML; empty fields with a reason where there is none."""
     try:
         pynvml.nvmlInit()
@@ -64,7 +64,7 @@ def gpu_info() -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=1)
-def machine_info() -> dict[str, Any]:
+def machine_info() -> MachineInfo:
     """Hardware and software versions; cached per process."""
     cuda = torch.cuda.is_available()
     return {
@@ -95,7 +95,7 @@ def _git(*args: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def commit_info() -> dict[str, Any]:
+def commit_info() -> CommitInfo:
     """The git commit of the harness's source, and whether the tree had uncommitted changes."""
     try:
         return {"id": _git("rev-parse", "HEAD"), "short": _git("rev-parse", "--short", "HEAD"),

@@ -16,7 +16,7 @@ import traceback
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from anobench.methods import encoder_short_name
 from anobench.methods.base import AnomalyMethod, Prediction
 from anobench.methods.feature_cache import FeatureCache
 from anobench.protocols import ProtocolInput, run_protocols
-from anobench.records import SCHEMA_VERSION, Record
+from anobench.records import SCHEMA_VERSION, DefectResult, Labels, Record, Size
 from anobench.speed import measure_speed
 from anobench.suites import DatasetSpec
 
@@ -103,7 +103,10 @@ def _metric(name: str, labels: np.ndarray, image_scores: np.ndarray, masks, maps
         return metrics.f1_max(masks, maps)
     if name == "aupimo":
         return metrics.aupimo(masks, maps), None
-    return metrics.aupro(masks, maps, fpr_limit=metrics.aupro_limit(name)), None
+    limit = metrics.aupro_limit(name)
+    if limit is None:
+        raise BenchError(f"Unknown metric '{name}'; valid metrics: {', '.join(STANDARD_METRICS)}, aupro@<limit>.")
+    return metrics.aupro(masks, maps, fpr_limit=limit), None
 
 
 def computable(name: str) -> bool:
@@ -121,7 +124,8 @@ def compute_metrics(labels: np.ndarray, masks: list[np.ndarray] | np.ndarray, im
     notes: dict[str, str] = {}
     thresholds: dict[str, float] = {}
     for name in dict.fromkeys(names):
-        if not computable(name) or (metrics.metric_info(name).level == "pixel" and not has_pixels):
+        info = metrics.metric_info(name)
+        if info is None or not computable(name) or (info.level == "pixel" and not has_pixels):
             continue
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -130,7 +134,7 @@ def compute_metrics(labels: np.ndarray, masks: list[np.ndarray] | np.ndarray, im
         if values[name] is None:
             notes[name] = str(caught[-1].message).removesuffix("; returning nan") if caught else "undefined here"
         elif threshold is not None:
-            thresholds[metrics.metric_info(name).level] = threshold
+            thresholds[info.level] = threshold
     return values, notes, thresholds
 
 
@@ -142,9 +146,9 @@ def fingerprint_test_set(cell: Cell, test: AnomalyDataset) -> str:
 
 
 def per_defect_metrics(labels: np.ndarray, defect_types: list[str], masks, image_scores: np.ndarray,
-                       maps) -> dict[str, dict[str, Any]]:
+                       maps) -> dict[str, DefectResult]:
     """``DEFECT_METRICS`` of each defect type on its images and the good ones."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, DefectResult] = {}
     types = np.asarray(defect_types)
     for defect in sorted({d for d, label in zip(defect_types, labels, strict=True) if label}):
         rows = np.flatnonzero((labels == 0) | (types == defect))
@@ -157,7 +161,7 @@ def per_defect_metrics(labels: np.ndarray, defect_types: list[str], masks, image
 
 
 def bootstrap_intervals(cell: Cell, fingerprint: str, labels: np.ndarray, defect_types: list[str], masks,
-                        image_scores: np.ndarray, maps, result: dict[str, Any]) -> dict[str, np.ndarray]:
+                        image_scores: np.ndarray, maps, result: Record) -> dict[str, np.ndarray]:
     """Add intervals to ``result``'s metrics and per-defect metrics; return the resampled values for the
     artifacts (what paired comparisons and means over classes or seeds resample from)."""
     spec = cell.bootstrap
@@ -197,7 +201,7 @@ def original_resolution(source: DatasetSource, test: AnomalyDataset, maps: np.nd
     return masks, resized
 
 
-def size_record(method: AnomalyMethod) -> dict[str, Any]:
+def size_record(method: AnomalyMethod) -> Size:
     breakdown = method.size_breakdown()
     total = sum(breakdown.values())
     return {"total_bytes": total, "total_mb": total / MB, "total_mib": total / MIB, "breakdown_bytes": breakdown,
@@ -249,7 +253,7 @@ _SHARED_MODEL: dict[str, tuple[str, AnomalyMethod]] = {}
 
 
 def _fit(cell: Cell, source: DatasetSource, device: str, cache: FeatureCache, geometry: Geometry,
-         result: dict[str, Any]) -> AnomalyMethod:
+         result: Record) -> AnomalyMethod:
     """Fit the cell's method on its training images, or reuse the multi-class model another cell fitted."""
     train_refs = cell.training_samples(source)
     result["n_images"] = {"train": len(train_refs)}
@@ -275,11 +279,11 @@ def _fit(cell: Cell, source: DatasetSource, device: str, cache: FeatureCache, ge
 
 
 def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCache,
-              output_dir: Path | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+              output_dir: Path | None = None) -> tuple[Record, dict[str, np.ndarray]]:
     seed_everything(cell.seed)
     geometry = Geometry(cell.resize, cell.resolution)
     arrays: dict[str, np.ndarray] = {}
-    result: dict[str, Any] = {"memory": {}, "feature_cache": {}, "timings": {
+    result: Record = {"memory": {}, "feature_cache": {}, "timings": {
         "note": "wall clock of fit() and of predict over the test set, data loading included; "
                 "see 'speed' for the timed network/end-to-end regions"}}
     method = _fit(cell, source, device, cache, geometry, result)
@@ -294,16 +298,19 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
             prediction, result["feature_cache"]["predict"] = _counted(cache, lambda: predict(test))
             predict_s = time.perf_counter() - start
         result["memory"]["predict"] = memory.result
-        result["timings"].update(predict_s=predict_s, predict_wall_images_per_s=len(test) / predict_s)
+        result["timings"]["predict_s"] = predict_s
+        result["timings"]["predict_wall_images_per_s"] = len(test) / predict_s
         labels = test.labels()
         truth, reason = source.ground_truth(cell.class_name)
-        result["n_images"].update(test=len(test), test_anomalous=int((labels == 1).sum()))
+        result["n_images"]["test"], result["n_images"]["test_anomalous"] = len(test), int((labels == 1).sum())
         unavailable: dict[str, str] = {}
         names = (*STANDARD_METRICS, *cell.metrics)
         scores, defect_types = prediction.image_scores, [r.defect_type for r in test.refs]
-        masks, maps = [], prediction.maps
+        masks: list[np.ndarray] | np.ndarray = []
+        maps: list[np.ndarray] | np.ndarray = prediction.maps
+        thresholds: dict[str, float] = {}
         if truth == "none":  # no labels at all: nothing to score against
-            result["metrics"], thresholds = {}, {}
+            result["metrics"] = {}
             unavailable.update(dict.fromkeys(names, reason))
         else:
             if cell.metrics_resolution == "original":
@@ -313,7 +320,7 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
             result["metrics"], notes, thresholds = compute_metrics(labels, masks, scores, maps, names)
             unavailable.update(notes)
             if truth == "image":  # image labels only: no pixel metric is defined
-                pixel = [n for n in names if metrics.metric_info(n).level == "pixel"]
+                pixel = [n for n in names if (info := metrics.metric_info(n)) and info.level == "pixel"]
                 result["metrics"].update(dict.fromkeys(pixel))
                 unavailable.update(dict.fromkeys(pixel, reason))
             result["per_defect"] = per_defect_metrics(labels, defect_types, masks, scores, maps)
@@ -348,9 +355,10 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
         result["memory"]["speed"] = memory.result
 
     result.update({
-        "labels": {"random_weights": cell.weights == "random", "protocol": cell.protocol,
-                   "setting": cell.setting, "test_set_dependent": method.test_set_dependent,
-                   "encoder_padding": method.encoder_.padding, **method.labels()},
+        "labels": cast(Labels, {"random_weights": cell.weights == "random", "protocol": cell.protocol,
+                                "setting": cell.setting, "test_set_dependent": method.test_set_dependent,
+                                "encoder_padding": method.encoder_.padding,
+                                **method.labels()}),  # a method's labels are its own (plugins' too)
         "precision": {"inference": "bf16 autocast" if method.labels().get("inference_autocast_bf16") else "float32",
                       "compiled": bool(method.labels().get("inference_compiled"))},
         "display": {"method": method.display_name or method.name, "encoder": encoder_short_name(cell.encoder)},
@@ -367,7 +375,7 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
 def failed_record(cell: Cell, device: str, reason: str, details: str = "") -> Record:
     """The record of a cell that failed outside ``run_cell`` (refused up front, or its worker died)."""
     record = base_record(cell, device)
-    record.update(status="failed", error=reason, finished_at=now())
+    record["status"], record["error"], record["finished_at"] = "failed", reason, now()
     if details:
         record["traceback"] = details
     return record

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from anobench.records import Flops, FlopsComponent
+
 COUNTER = "torch.utils.flop_counter"
 COUNTER_SCOPE = ("matrix products and convolutions only, 2 FLOPs per multiply-add; elementwise operations, "
                  "interpolation and reductions are not counted")
@@ -29,7 +31,7 @@ def counted_flops(work: Callable[[], Any]) -> int:
 
 
 @torch.no_grad()  # not inference_mode: the counter's module tracking hooks tensors that require grad
-def count_flops(method, input_size: int, device: str, seed: int = 0) -> dict[str, Any]:
+def count_flops(method, input_size: int, device: str, seed: int = 0) -> Flops:
     """FLOPs per image at ``input_size`` by component, each with how it was obtained (plain data)."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(1, 3, input_size, input_size, generator=generator).to(device)
@@ -37,19 +39,19 @@ def count_flops(method, input_size: int, device: str, seed: int = 0) -> dict[str
     outputs = []
     network = counted_flops(lambda: outputs.append(method.forward_scores(images)))
     post = counted_flops(lambda: method.postprocess(outputs[0], (input_size, input_size)))
-    head: dict[str, Any] = {"flops": network - encoder, "counted_by": COUNTER}
+    head: FlopsComponent = {"flops": network - encoder, "counted_by": COUNTER}
     formula = method.head_flop_formula(input_size)
     if formula is not None:
         head = {"flops": int(sum(formula.values())), "counted_by": "formula", "terms": formula,
                 "counter_flops": network - encoder}
-    components = {"encoder": {"flops": encoder, "counted_by": COUNTER}, method.head_component: head,
+    components: dict[str, FlopsComponent] = {"encoder": {"flops": encoder, "counted_by": COUNTER}, method.head_component: head,
                   "postprocess": {"flops": post, "counted_by": COUNTER}}
     return {"input_size": input_size, "batch": 1, "unit": "FLOPs per image (a multiply-add is 2 FLOPs)",
             "counter_scope": COUNTER_SCOPE, "components": components,
             "total_flops": sum(c["flops"] for c in components.values())}
 
 
-def flops_record(method, input_size: int, device: str, seed: int = 0) -> dict[str, Any]:
+def flops_record(method, input_size: int, device: str, seed: int = 0) -> Flops:
     """``count_flops``, or an empty figure with the reason where it cannot be counted."""
     try:
         return count_flops(method, input_size, device, seed)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pynvml
 import torch
+
+from anobench.records import PeakMemoryResult
 
 MB = 1e6
 
@@ -67,7 +68,8 @@ class PeakMemory:
         self._stop = threading.Event()
         self._nvml: _NvmlSampler | None = None
         self._nvml_reason = ""
-        self.result: dict[str, Any] = {}
+        self.result: PeakMemoryResult = {}
+        self._rss_start = self._rss_peak = 0
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -102,7 +104,7 @@ class PeakMemory:
         high_water_mark = _rss_high_water_mark() if self._exact_peak else None
         if high_water_mark is not None:
             self._rss_peak = max(self._rss_peak, high_water_mark)
-        result: dict[str, Any] = {"host_rss_start_mb": self._rss_start / MB, "host_peak_rss_mb": self._rss_peak / MB,
+        result: PeakMemoryResult = {"host_rss_start_mb": self._rss_start / MB, "host_peak_rss_mb": self._rss_peak / MB,
                                   "host_peak_rss_increase_mb": (self._rss_peak - self._rss_start) / MB}
         if self._cuda:
             result["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / MB

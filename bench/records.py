@@ -12,10 +12,10 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 from anobench.core import BenchError
 
@@ -29,41 +29,283 @@ RECORDS_FILE = "records.jsonl"
 RUN_FILE = "run.json"  # beside the records: the suite as resolved, the plan, the command
 
 
+# ----------------------------------------------------------------------------------------------------------
+# The schema of a record, block by block. Every block is total=False: records of older schema versions lack
+# later fields, and a failed cell has only the blocks written before it failed. Metric names are data
+# (dict[str, float | None]); every other key is declared here, so a type checker (mypy, see
+# tests/test_record_schema.py) catches a reader or writer that misspells one. The JSON on disk is these
+# dicts as they are.
+
+
+class SuiteInfo(TypedDict, total=False):
+    name: str
+    version: str
+
+
+# "class" is a Python keyword, hence the functional form.
+CellConfig = TypedDict("CellConfig", {
+    "dataset": str, "class": str, "method": str, "encoder": str, "resolution": int, "resize": int, "seed": int,
+    "weights": str,  # "imagenet", "random" or a weights file
+    "protocol": str,  # "strict" or "paper"
+    "metrics_resolution": str,  # "input" or "original"
+    "batch_size": int, "measure_only": bool,
+    "params": dict[str, Any],  # the method's parameters from the suite (names are the method's)
+    "dataset_options": dict[str, Any],
+    "setting": str,  # only in multi-class cells: "multi-class"
+    "train_classes": list[str],  # only in multi-class cells
+}, total=False)
+
+
+class Labels(TypedDict, total=False):
+    """Facts a report must show beside a cell's numbers; a method's ``labels()`` adds its own (schedule, ...)."""
+
+    random_weights: bool
+    protocol: str
+    setting: str
+    test_set_dependent: bool
+    encoder_padding: str
+    schedule: str  # CFLOW-AD: "short" marks a shortened training schedule
+    permutation: str  # CFLOW-AD: "hard" marks hard channel permutations
+    flow_steps: int
+    hidden_ratio: float
+    image_score: str
+    inference_autocast_bf16: bool
+    inference_compiled: bool
+
+
+class Display(TypedDict, total=False):
+    """The names a report prints."""
+
+    method: str  # the method class's display_name
+    encoder: str  # the encoder's short name
+
+
+class TestSet(TypedDict, total=False):
+    """Which images were scored: equal fingerprints make paired comparisons valid."""
+
+    fingerprint: str
+    good: int
+    defective: int
+
+
+class ImageCounts(TypedDict, total=False):
+    train: int
+    test: int
+    test_anomalous: int
+
+
+class Timings(TypedDict, total=False):
+    note: str
+    fit_s: float
+    predict_s: float
+    predict_wall_images_per_s: float
+
+
+class Size(TypedDict, total=False):
+    total_bytes: int
+    total_mb: float
+    total_mib: float
+    breakdown_bytes: dict[str, int]  # component ("encoder", the fitted state, ...) → bytes
+    counts: str  # what the total counts
+
+
+class PeakMemoryResult(TypedDict, total=False):
+    """Peak memory of one phase (bench/memory.py); None with a reason where it cannot be measured."""
+
+    host_rss_start_mb: float
+    host_peak_rss_mb: float
+    host_peak_rss_increase_mb: float
+    gpu_peak_allocated_mb: float | None
+    gpu_peak_reserved_mb: float | None
+    gpu_device_used_peak_mb: float | None
+    gpu_device_reason: str
+    gpu_reason: str
+
+
+class Memory(TypedDict, total=False):
+    fit: PeakMemoryResult
+    predict: PeakMemoryResult
+    speed: PeakMemoryResult
+
+
+class Speed(TypedDict, total=False):
+    """What bench/speed.py measured; ``SpeedRecord`` below is its typed view for readers."""
+
+    input_size: int
+    device: str
+    warmup: int
+    iterations: int
+    torch_threads: int
+    timer: str
+    regions: dict[str, str]  # region → what it times
+    # batch size (a string: JSON keys) → region name → {fps, fps_best, latency_ms, times_s, ...}, and the
+    # paired ratios (ratio_end_to_end_to_encoder, ratio_network_to_encoder) as numbers
+    batches: dict[str, dict[str, Any]]
+    ratio: str
+
+
+class WeightsInfo(TypedDict, total=False):
+    source: str  # "imagenet", "random" or "file"
+    tag: str | None
+    hf_hub_id: str | None
+    url: str | None
+    path: str
+    sha256: str
+
+
+class DeviceInfo(TypedDict, total=False):
+    requested: str
+    name: str
+    torch_threads: int
+
+
+class Precision(TypedDict, total=False):
+    inference: str  # "float32" or "bf16 autocast"
+    compiled: bool
+
+
+class Bootstrap(TypedDict, total=False):
+    """How the intervals were resampled; the resamples' values are in the artifacts."""
+
+    resamples: int
+    seed: int
+    confidence: float
+    interval: str
+    strata: str
+    pixel_grid_bins: int
+    undefined_resamples: dict[str, int]
+    seconds: float
+    replicates: str
+
+
+class DefectResult(TypedDict, total=False):
+    """One defect type's images against the good images of the class."""
+
+    n_images: int
+    metrics: dict[str, float | None]
+    metric_notes: dict[str, str]
+    intervals: dict[str, Sequence[float] | None]
+
+
+class FlopsComponent(TypedDict, total=False):
+    flops: int
+    counted_by: str
+    terms: dict[str, float]  # a formula's terms, where the method gives one
+    counter_flops: int
+
+
+class Flops(TypedDict, total=False):
+    input_size: int
+    batch: int
+    unit: str
+    counter_scope: str
+    components: dict[str, FlopsComponent]  # encoder, the method's head, postprocess
+    total_flops: int | None
+    reason: str  # why total_flops is None
+
+
+class GpuInfo(TypedDict, total=False):
+    nvml: bool
+    reason: str
+    name: str
+    driver: str
+    memory_total_mb: float
+    index: int
+
+
+class MachineInfo(TypedDict, total=False):
+    hostname: str
+    python: str
+    platform: str
+    cpu: str
+    cpu_count: int | None
+    torch: str
+    torchvision: str
+    timm: str
+    freia: str
+    numpy: str
+    scikit_learn: str
+    anobench: str
+    cpu_capability: str
+    kernel_env: dict[str, str]
+    cuda_available: bool
+    cuda: str | None
+    cudnn: int | None
+    gpu: GpuInfo
+
+
+class CommitInfo(TypedDict, total=False):
+    id: str
+    short: str
+    dirty: bool
+    branch: str
+    time: str
+    error: str
+
+
+class MultiClass(TypedDict, total=False):
+    train_classes: list[str]
+    fitted_in: str  # the cell that fitted the shared model
+
+
+class DatasetProtocol(TypedDict, total=False):
+    """A dataset's own protocol (MVTec LOCO, MVTec AD 2, ...): its headline metrics and notes."""
+
+    metrics: list[str]
+    notes: list[str]
+    outputs: dict[str, Any]
+
+
+class FeatureCacheUse(TypedDict, total=False):
+    fit: dict[str, int]  # hits, misses
+    predict: dict[str, int]
+
+
+class Variation(TypedDict, total=False):
+    """Baselines only: the cell's accuracy under other kernel settings (compare)."""
+
+    runs: list[str]
+    metrics: dict[str, list[float]]
+
+
 class Record(TypedDict, total=False):
     """The schema of a record (all plain data)."""
 
     schema_version: int
     bench_version: str
     cell_id: str
-    suite: dict[str, Any]  # name, version
-    config: dict[str, Any]  # dataset, class, method, params, encoder, resolution, seed, weights, protocol
-    labels: dict[str, Any]  # facts reports must show: random weights, protocol, schedule, test-set dependence
-    display: dict[str, str]  # the names a report prints: method (its class's display_name), encoder (short)
+    suite: SuiteInfo
+    config: CellConfig
+    labels: Labels
+    display: Display
     status: str  # "ok" or "failed"
     error: str
     traceback: str
     metrics: dict[str, float | None]
     metric_notes: dict[str, str]  # why a metric is None (undefined on this test set)
-    intervals: dict[str, list[float] | None]  # bootstrap interval [lo, hi] of each metric
-    bootstrap: dict[str, Any]  # resamples, seed, confidence, method; the resamples' values are in the artifacts
-    per_defect: dict[str, dict[str, Any]]  # defect type → n_images, metrics, intervals (against the good images)
-    test_set: dict[str, Any]  # fingerprint of the images scored (equal → paired comparisons), good/defective counts
-    n_images: dict[str, int]
-    timings: dict[str, Any]
-    size: dict[str, Any]
-    memory: dict[str, Any]
-    speed: dict[str, Any]
-    weights: dict[str, Any]
-    dataset: dict[str, Any]  # the source as opened on this machine (root path, generator parameters)
+    intervals: dict[str, Sequence[float] | None]  # bootstrap interval [lo, hi] of each metric
+    bootstrap: Bootstrap
+    per_defect: dict[str, DefectResult]  # defect type → its result against the good images
+    test_set: TestSet
+    n_images: ImageCounts
+    timings: Timings
+    size: Size
+    memory: Memory
+    speed: Speed
+    flops: Flops
+    weights: WeightsInfo
+    dataset: dict[str, Any]  # the source as opened on this machine (name, root, ...: each source its own)
+    dataset_protocol: DatasetProtocol
+    multi_class: MultiClass
     method_params: dict[str, Any]  # get_params() of the fitted method, defaults included
-    fit_stats: dict[str, Any]  # what training did (steps, fibers/s, losses)
-    feature_cache: dict[str, Any]  # encoder batches served from the run's feature cache (hits) or computed
-    device: dict[str, Any]
-    precision: dict[str, Any]  # inference precision (float32 or bf16 autocast) and torch.compile on/off
+    fit_stats: dict[str, Any]  # what training did (steps, fibers/s, losses): each method its own
+    feature_cache: FeatureCacheUse  # encoder batches served from the run's feature cache (hits) or computed
+    device: DeviceInfo
+    precision: Precision  # inference precision (float32 or bf16 autocast) and torch.compile on/off
     artifacts: dict[str, str]
-    machine_info: dict[str, Any]
-    commit_info: dict[str, Any]
-    variation: dict[str, Any]  # baselines only: the cell's accuracy under other kernel settings (compare)
+    machine_info: MachineInfo
+    commit_info: CommitInfo
+    variation: Variation
     started_at: str
     finished_at: str
 
@@ -199,7 +441,8 @@ def read_records(location: str | Path) -> list[Record]:
     path = records_path(location)
     if not path.is_file():
         return []
-    records, damaged = [], []
+    records: list[Record] = []
+    damaged: list[str] = []
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if not line.endswith(b"\n"):
@@ -214,7 +457,7 @@ def read_records(location: str | Path) -> list[Record]:
                 continue
             if isinstance(record, dict) and isinstance(record.get("cell_id"), str):
                 check_schema_version(record, path, number)
-                records.append(record)
+                records.append(cast(Record, record))  # JSON as written; older versions lack later fields
             else:
                 damaged.append(f"line {number} (not a record)")
     if damaged:

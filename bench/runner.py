@@ -113,7 +113,8 @@ def _check_resolutions(method: str, encoder: str, block: GridBlock, place: str) 
     """The smallest useful input of an encoder for a method is the stride of the deepest level the method
     taps: below it, that level's feature map covers less than one cell of real pixels (the rest is padding)."""
     try:
-        instance = methods.METHODS.get(method)(encoder=encoder, **block.params)
+        # every method takes an encoder (the contract; the base class declares no constructor)
+        instance = methods.METHODS.get(method)(encoder=encoder, **block.params)  # type: ignore[call-arg]
         levels = tuple(instance.encoder_levels())
         padding = instance.encoder_padding_mode()
     except (TypeError, ValueError) as exc:

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from anobench.records import Speed
+
 REGIONS = ("encoder", "network", "end_to_end")
 REGION_NOTES = {
     "encoder": "encoder forward only (the method's tapped levels), input already on the device",
@@ -53,7 +55,7 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], device: str, warmup: i
     return times
 
 
-def summarize(times: Sequence[float], images: int) -> dict[str, float | int]:
+def summarize(times: Sequence[float], images: int) -> dict[str, Any]:
     """fps from the median time; ``fps_best`` from the fastest iteration (the steadier one on a shared machine);
     every iteration's time, to the microsecond (``bench compare`` tests whether two distributions differ)."""
     median, best = float(np.median(times)), float(np.min(times))
@@ -91,7 +93,7 @@ def torch_threads(threads: int | None):
 
 
 def measure_speed(method, input_size: int, batch_sizes: Sequence[int], device: str, warmup: int,
-                  iterations: int, seed: int = 0, threads: int | None = None) -> dict[str, Any]:
+                  iterations: int, seed: int = 0, threads: int | None = None) -> Speed:
     """Time the three regions at each batch size; fps = images / median time. Returns plain data.
 
     ``threads`` fixes the torch threads on the CPU while timing: one thread makes the method/encoder ratio
@@ -102,9 +104,9 @@ def measure_speed(method, input_size: int, batch_sizes: Sequence[int], device: s
 
 @torch.inference_mode()
 def _measure(method, input_size: int, batch_sizes: Sequence[int], device: str, warmup: int, iterations: int,
-             seed: int) -> dict[str, Any]:
+             seed: int) -> Speed:
     generator = torch.Generator().manual_seed(seed)
-    result: dict[str, Any] = {
+    result: Speed = {
         "input_size": input_size, "device": device, "warmup": warmup, "iterations": iterations,
         "torch_threads": torch.get_num_threads(),
         "timer": "cuda synchronize + perf_counter" if device.startswith("cuda") else "perf_counter",

@@ -330,7 +330,7 @@ def welch_drop_p(new: Sequence[float], baseline: Sequence[float]) -> float:
     return float(stats.ttest_ind(new, baseline, equal_var=False, alternative="less").pvalue)
 
 
-def slower_p(new: Sequence[float], baseline: Sequence[float]) -> float:
+def slower_p(new: Sequence[float] | np.ndarray, baseline: Sequence[float] | np.ndarray) -> float:
     """One-sided Mann–Whitney U p-value that the new values are stochastically smaller than the baseline's
     (e.g. per-iteration throughput)."""
     from scipy import stats

@@ -31,6 +31,7 @@ from torch import nn
 from anobench.core import BenchError, unknown_name
 from anobench.methods import ENCODERS
 from anobench.methods.feature_cache import active_cache
+from anobench.records import WeightsInfo
 
 Level = int | str
 
@@ -261,7 +262,7 @@ class Encoder(nn.Module):
         """Bytes of parameters and buffers up to the last tapped level (what scoring needs)."""
         return sum(t.nbytes for t in [*self.body.parameters(), *self.body.buffers()])
 
-    def weights_info(self) -> dict:
+    def weights_info(self) -> WeightsInfo:
         """How the weights were obtained, for the record."""
         if self.weights == "random":
             return {"source": "random"}

@@ -104,7 +104,7 @@ def _legend_outside(fig: Figure, ax, ncols: int = 3) -> None:
 
 def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Points no other point beats on both axes (higher is better on both), by increasing x."""
-    front = []
+    front: list[tuple[float, float]] = []
     for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
         if not front or y > front[-1][1]:
             front.append((x, y))

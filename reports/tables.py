@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,7 +257,7 @@ class Sample:
     class_name: str
     seed: int
     value: float
-    interval: list[float] | None  # the record's, when this sample stands alone
+    interval: Sequence[float] | None  # the record's, when this sample stands alone
     replicates: Callable[[], np.ndarray | None]  # its bootstrap resamples (from the artifacts), read on demand
     confidence: float | None
 
@@ -275,15 +275,16 @@ def combine(samples: list[Sample], scale: float = 100.0, mark_excluding_zero: bo
     by_seed: dict[int, dict[str, float]] = defaultdict(dict)
     for sample in samples:
         by_seed[sample.seed][sample.class_name] = sample.value
-    complete = [np.mean(list(v.values())) for v in by_seed.values() if len(v) == len(by_class)]
+    complete = [float(np.mean(list(v.values()))) for v in by_seed.values() if len(v) == len(by_class)]
     std = statistics.mean_std(complete)[1] if len(complete) > 1 else None
-    interval = samples[0].interval if len(samples) == 1 else None
+    interval: Sequence[float] | None = samples[0].interval if len(samples) == 1 else None
     confidences = {s.confidence for s in samples}
-    if interval is None and len(confidences) == 1 and None not in confidences:
-        vectors = {c: [s.replicates() for s in group] for c, group in by_class.items()}
-        if all(v is not None for group in vectors.values() for v in group):
+    confidence = confidences.pop() if len(confidences) == 1 else None
+    if interval is None and confidence is not None:
+        vectors = {c: [v for s in group if (v := s.replicates()) is not None] for c, group in by_class.items()}
+        if all(len(vectors[c]) == len(group) for c, group in by_class.items()):
             mean = np.mean([np.mean(group, axis=0) for group in vectors.values()], axis=0)
-            interval = statistics.percentile_interval(mean, confidences.pop())
+            interval = statistics.percentile_interval(mean, confidence)
     lo, hi = (scale * interval[0], scale * interval[1]) if interval else (None, None)
     mark = "*" if mark_excluding_zero and interval and (interval[0] > 0 or interval[1] < 0) else ""
     return Estimate(scale * value, None if std is None else scale * std, lo, hi, mark)
@@ -298,9 +299,12 @@ def metric_samples(run: RunData, records: list[Record], metric: str, defect: str
         if value is None:
             continue
         key = statistics.defect_key(defect, metric) if defect else metric
+
+        def replicates(r: Record = record, k: str = key) -> np.ndarray | None:
+            return run.replicates(r).get(k)
+
         samples.append(Sample(record["config"]["class"], record["config"]["seed"], value,
-                              holder.get("intervals", {}).get(metric),
-                              lambda r=record, k=key: run.replicates(r).get(k),
+                              holder.get("intervals", {}).get(metric), replicates,
                               record.get("bootstrap", {}).get("confidence")))
     return samples
 
@@ -396,7 +400,7 @@ def accuracy_tables(run: RunData) -> list[Table]:
         n_classes = len({r["config"]["class"] for r in records})
         ambiguous = ambiguous_rows(rows_by_key)
         for key, group in rows_by_key.items():
-            row = [row_name(group, key in ambiguous), resolutions(group), f"{len({r['config']['class'] for r in group})}/{n_classes}"]
+            row: list[Any] = [row_name(group, key in ambiguous), resolutions(group), f"{len({r['config']['class'] for r in group})}/{n_classes}"]
             row += [seed_count(group)] if with_seeds else []
             for m in metric_names:
                 ours = metric_estimate(run, group, m)
@@ -443,7 +447,7 @@ def per_class_table(run: RunData, dataset: str, records: list[Record], rows_by_k
             members = [r for r in group if r["config"]["class"] == class_name]
             if not members:
                 continue
-            row = [class_name, row_name(group, key in ambiguous), resolutions(members)]
+            row: list[Any] = [class_name, row_name(group, key in ambiguous), resolutions(members)]
             row += [seed_count(members)] if with_seeds else []
             row += [metric_estimate(run, members, m) for m in metric_names]
             table.rows.append(row)
@@ -494,7 +498,7 @@ def _reference_partner(record: Record, candidates: list[Record]) -> Record | Non
                 == {k: record.get("bootstrap", {}).get(k) for k in ("resamples", "seed")})
     matches = [r for r in candidates if same(r) and "test_set" in r]
     preferred = [r for r in matches if row_key(r)[2:4] == row_key(record)[2:4]]  # same protocol and weights
-    return (preferred or matches or [None])[0]
+    return next(iter(preferred or matches), None)
 
 
 def paired_difference(run: RunData, pairs: list[tuple[Record, Record]], metric: str) -> Estimate | None:
@@ -557,7 +561,7 @@ def paired_tables(run: RunData) -> list[Table]:
                 chosen = [p for p in pairs if class_name is None or p[0]["config"]["class"] == class_name]
                 if not chosen:
                     continue
-                row = ["mean over classes" if class_name is None else class_name,
+                row: list[Any] = ["mean over classes" if class_name is None else class_name,
                        row_name(rows_by_key[key], key in ambiguous)]
                 row += [seed_count([p[0] for p in chosen])] if with_seeds else []
                 row += [paired_difference(run, chosen, m) for m in metric_names]
@@ -833,8 +837,8 @@ def complexity_table(run: RunData) -> Table | None:
     notes = footnotes_for(records)
     if any(r["device"]["requested"] == "cpu" for r in records):
         speeds = [speed for speed in map(SpeedRecord.of, records) if speed]
-        threads = sorted({speed.torch_threads for speed in speeds})
-        iterations = sorted({speed.iterations for speed in speeds})
+        threads = sorted({speed.torch_threads for speed in speeds if speed.torch_threads is not None})
+        iterations = sorted({speed.iterations for speed in speeds if speed.iterations is not None})
         notes.append(f"CPU timings ({', '.join(map(str, threads))} torch threads, "
                      f"{', '.join(map(str, iterations))} timed iterations after "
                      "warm-up): not comparable with the paper's GPU figures; the fps / encoder fps ratio is.")
@@ -867,7 +871,7 @@ def per_class_paper_tables(run: RunData) -> list[Table]:
                       "paper (Table 3 layout, %)", columns, decimals={c: 2 for c in columns[1:]})
         averages: list[list[float]] = [[] for _ in columns[1:]]
         for class_name in classes:
-            row = [class_name]
+            row: list[Any] = [class_name]
             for method, encoder, metric in pairs:
                 ours = percent(mean_or_none([r["metrics"].get(metric) for r in members
                                              if r["config"]["class"] == class_name and r["config"]["method"] == method
@@ -947,8 +951,7 @@ def definitions(tables: Iterable[Table]) -> list[tuple[str, str]]:
     known = {**{METRIC_INFO[m].display: text for m, text in METRIC_DEFINITIONS.items() if m in METRIC_INFO},
              **COLUMN_DEFINITIONS}
     terms = dict.fromkeys(c.removesuffix(" (paper)") for t in tables for c in t.columns)
-    found = [(term, known.get(term) or _aupro_definition(term)) for term in terms
-             if term in known or _aupro_definition(term)]
+    found = [(term, meaning) for term in terms if (meaning := known.get(term) or _aupro_definition(term))]
     if any(c.endswith(" (paper)") for t in tables for c in t.columns):
         found.append(("(paper)", "the number the paper publishes, printed beside ours, never measured here."))
     return found
