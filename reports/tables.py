@@ -704,20 +704,22 @@ class ModelRow:
 def model_rows(records: list[Record]) -> list[ModelRow]:
     """Rows as the accuracy tables group records (``row_key``), split by input size, then one encoder-only
     row per encoder and input from the CFLOW cells of those rows (their encoder runs every level up to the
-    last); an encoder row carries only the random-weights mark, the only one of its marks that applies."""
+    last); an encoder row carries the marks that apply to an encoder (random weights, reflection padding), and
+    cells whose encoders were padded differently make different encoder rows."""
     groups: dict[tuple, list[Record]] = defaultdict(list)
     encoder_cells: dict[tuple, list[Record]] = defaultdict(list)
     for record in records:
         c = record["config"]
         groups[(row_key(record), c["resolution"])].append(record)
         if c["method"] == "cflow":
-            encoder_cells[(base_encoder(c["encoder"]), c["resolution"], c["weights"])].append(record)
+            padding = record.get("labels", {}).get("encoder_padding")
+            encoder_cells[(base_encoder(c["encoder"]), c["resolution"], c["weights"], padding)].append(record)
     ambiguous = ambiguous_rows(dict.fromkeys(key for key, _ in groups))
     rows = [ModelRow(key[0], base_encoder(key[1]), resolution, row_name(members, key in ambiguous), members)
             for (key, resolution), members in groups.items()]
-    for (encoder, resolution, weights), members in encoder_cells.items():
-        mark = MARKS["random"] if weights == "random" else ""
-        name = f"{short_name(encoder)} encoder only{mark}"
+    for (encoder, resolution, weights, padding), members in encoder_cells.items():
+        marks = (MARKS["random"] if weights == "random" else "") + (MARKS["reflect"] if padding == "reflect" else "")
+        name = f"{short_name(encoder)} encoder only{marks}"
         rows.append(ModelRow(ENCODER_ROW, encoder, resolution, name, members))
     return rows
 

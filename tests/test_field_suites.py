@@ -69,7 +69,7 @@ def test_field_speed_table6_has_gflops_and_achieved_gflops(tmp_path):
     assert records["fastflow"]["flops"]["components"]["decoders"]["counted_by"] == "torch.utils.flop_counter"
     header, rows = md_rows((tmp_path / "run/report.md").read_text(),
                            "Complexity: inference speed and model size (Table 6 layout)")
-    table = {row[0].rstrip("†§"): dict(zip(header, row, strict=True)) for row in rows}
+    table = {row[0].rstrip("†§¶"): dict(zip(header, row, strict=True)) for row in rows}
     for name, method in (("PatchCore-R18", "patchcore"), ("FastFlow-R18", "fastflow"), ("PaDiM-R18", "padim")):
         row = table[name]
         gflops = records[method]["flops"]["total_flops"] / 1e9

@@ -85,7 +85,7 @@ def test_table6_gflops_are_the_median_of_the_cells_counts_and_achieved_is_each_c
             out.write(json.dumps(record) + "\n")
     rows = {r["Model"]: r for r in table6(run)}
     for model, method, region, key in [("PaDiM-R18†", "padim", "end_to_end", "total_flops"),
-                                      ("R18 encoder only†", "cflow", "encoder", None)]:
+                                      ("R18 encoder only†¶", "cflow", "encoder", None)]:
         cells = [r for r in records if r["config"]["method"] == method]
         gflops = [(r["flops"][key] if key else r["flops"]["components"]["encoder"]["flops"]) / 1e9 for r in cells]
         achieved = [g * cell_fps(r, region) for g, r in zip(gflops, cells, strict=True)]

@@ -57,9 +57,24 @@ def test_table6_ratios_are_recomputed_from_its_own_columns(smoke_run):
         assert row["Encoder fps"] == f"{np.median([cell_fps(r, 'encoder') for r in cells]):.2f}"
     cflow = next(r for r in method_rows if r["Model"].startswith("CFLOW"))
     encoder = next(r for r in rows if "encoder only" in r["Model"])
-    assert encoder["Model"] == "R18 encoder only†"  # no §: the schedule does not apply to the encoder
+    # no §: the schedule does not apply to the encoder; ¶: the encoder timed is the CFLOW cells', padded by reflection
+    assert encoder["Model"] == "R18 encoder only†¶"
     assert encoder["fps"] == cflow["Encoder fps"] and encoder["Cells"] == cflow["Cells"]  # the same cells
     assert all(any(r[column] for r in rows) for column in rows[0])  # no column empty for the whole table
+
+
+def test_encoders_padded_differently_make_different_encoder_rows(smoke_run):
+    records = read_records(smoke_run)
+    zero_padded = [json.loads(json.dumps(r)) for r in records if r["config"]["method"] == "cflow"]
+    for record in zero_padded:
+        record["labels"]["encoder_padding"] = "zeros"
+        record["config"]["params"] = {**record["config"].get("params", {}), "encoder_padding": "zeros"}
+        record["cell_id"] += "-zeros"
+    with (smoke_run / "records.jsonl").open("a") as out:
+        out.writelines(json.dumps(r) + "\n" for r in zero_padded)
+    encoder_rows = {r["Model"]: r for r in table6(smoke_run) if "encoder only" in r["Model"]}
+    assert set(encoder_rows) == {"R18 encoder only†¶", "R18 encoder only†"}
+    assert encoder_rows["R18 encoder only†"]["Cells"] == str(len(zero_padded))
 
 
 def test_every_column_a_table_names_is_defined_once_in_the_report(smoke_run):
