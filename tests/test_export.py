@@ -10,6 +10,8 @@ from anobench.records import SCHEMA_VERSION
 from tests.conftest import REPO, run_bench
 
 PUBLISHED = REPO / "reports" / "published" / "paper-table6-cpu-2core"
+# the run published before it, kept as it was written (schema version 1, CFLOW-AD's earlier defaults)
+PUBLISHED_V1 = REPO / "reports" / "published" / "paper-table6-cpu-2core-2026-11-28"
 
 
 def leaf(record: dict, dotted: str):
@@ -59,16 +61,16 @@ def test_parquet_without_pyarrow_is_one_sentence(tmp_path):
 
 
 def test_records_of_a_newer_schema_are_refused_in_one_sentence_and_older_ones_read(tmp_path):
-    """Schema version 1 (the published run) still reads in every reader; a version this anobench does not
+    """Schema version 1 (the run published first) still reads in every reader; a version this anobench does not
     know is refused by report, compare and export alike, naming the file and line, exit 2."""
-    records = [json.loads(line) for line in (PUBLISHED / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (PUBLISHED_V1 / "records.jsonl").read_text().splitlines()]
     assert {r["schema_version"] for r in records} == {1}
-    assert len(anobench.load_records(PUBLISHED)) == len(records)
+    assert len(anobench.load_records(PUBLISHED_V1)) == len(records)
     newer = tmp_path / "newer"
     newer.mkdir()
     future = dict(records[0], schema_version=SCHEMA_VERSION + 1)
     (newer / "records.jsonl").write_text(json.dumps(records[1]) + "\n" + json.dumps(future) + "\n")
-    for command in (["export", str(newer)], ["report", str(newer)], ["compare", str(newer), str(PUBLISHED)]):
+    for command in (["export", str(newer)], ["report", str(newer)], ["compare", str(newer), str(PUBLISHED_V1)]):
         result = run_bench(*command)
         assert result.returncode == 2, command
         assert (f"records.jsonl, line 2: record schema version {future['schema_version']} is newer than this "
