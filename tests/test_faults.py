@@ -370,9 +370,15 @@ def test_a_locked_run_folder_is_read_by_report_and_compare(cli, world):
 # a second writer, kill -9, Ctrl-C and SIGTERM (other processes)
 
 
+def default_sigint() -> None:
+    """In the child before it runs Python: Ctrl-C's default disposition. A shell without job control starts
+    background jobs with SIGINT ignored, Python then keeps it ignored, and the test's Ctrl-C would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_bench(*args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "bench", *map(str, args)], env={**os.environ, "ANOBENCH_PROGRESS": "0"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 300) -> None:
