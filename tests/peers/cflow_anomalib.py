@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 IMAGE_BATCH = 32
-SEEDS_PREPARED = 5
+SEEDS_PREPARED = 10
 MAX_EPOCHS = 6
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SCHEDULES = {
