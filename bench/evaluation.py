@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from anobench import __version__, artifacts, datasets, methods, metrics, statistics
 from anobench.cells import Cell
-from anobench.core import BenchError
+from anobench.core import BenchError, unknown_name
 from anobench.datasets.base import AnomalyDataset, DatasetSource, Geometry
 from anobench.environment import commit_info, device_name, machine_info
 from anobench.flops import flops_record
@@ -105,7 +105,7 @@ def _metric(name: str, labels: np.ndarray, image_scores: np.ndarray, masks, maps
         return metrics.aupimo(masks, maps), None
     limit = metrics.aupro_limit(name)
     if limit is None:
-        raise BenchError(f"Unknown metric '{name}'; valid metrics: {', '.join(STANDARD_METRICS)}, aupro@<limit>.")
+        raise unknown_name("metric", name, metrics.cell_metric_names())
     return metrics.aupro(masks, maps, fpr_limit=limit), None
 
 

@@ -89,8 +89,7 @@ def check_suite(suite: Suite) -> None:
     for name in suite.metrics:
         info = metrics.metric_info(name)
         if info is None or not info.level:
-            valid = [n for n, i in metrics.METRIC_INFO.items() if i.level] + ["aupro@<limit in (0, 1]>"]
-            raise unknown_name("metric", name, valid, f"{where} (metrics)")
+            raise unknown_name("metric", name, metrics.cell_metric_names(), f"{where} (metrics)")
 
 
 def _check_params(method: str, params: dict[str, Any], place: str) -> None:
