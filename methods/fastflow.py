@@ -15,7 +15,10 @@ higher is more anomalous); image score = the map's maximum (anomalib's; the refe
 
 The coupling steps are written here with exactly the ``AllInOneBlock`` arithmetic (a test checks them
 against FrEIA's block); the fixed permutation is applied by indexing rather than as a 1×1 convolution with
-a permutation matrix, which computes the same values without C² multiply-adds per position.
+a permutation matrix, which computes the same values without C² multiply-adds per position. Scoring takes a
+leaner path through the same arithmetic (``Flow.latent``): the elementwise steps work in place, the subnet's
+0.1 output scale is folded into its last convolution, and the last permutation is left out, since
+mean_c z² does not depend on the order of the channels; a test holds it to the training path.
 """
 
 from __future__ import annotations
@@ -70,17 +73,28 @@ class CouplingStep(nn.Module):
         a = self.subnet(passive).mul_(0.1)  # in place, as AllInOneBlock does (no backward needs the conv output)
         return self.clamp * torch.tanh(a[:, : self.active]), a[:, self.active:]
 
-    def forward(self, x: torch.Tensor, with_log_det: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(y, log|det J| per sample, or None when not asked for: scoring needs only y)."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y, log|det J| per sample)."""
         passive, active = x[:, : self.passive], x[:, self.passive:]
         log_scale, shift = self._coefficients(passive)
         active = torch.addcmul(shift, active, torch.exp(log_scale))
         scale = self.scale()
         y = permute_channels(torch.addcmul(self.global_offset, torch.cat([passive, active], dim=1), scale),
                              self.permutation)
-        if not with_log_det:
-            return y, None
         return y, log_scale.sum(dim=(1, 2, 3)) + x[0, 0].numel() * torch.log(scale).sum()
+
+    def score_step(self, x: torch.Tensor, permute: bool = True) -> torch.Tensor:
+        """``forward(x)[0]`` without gradients, overwriting ``x``: every elementwise step writes in place and
+        the subnet's 0.1 scale rides on its last convolution's weights, so a step allocates only the subnet's
+        outputs and the permuted copy. ``permute=False`` leaves the channels unpermuted."""
+        first, _, last = self.subnet
+        hidden = first(x[:, : self.passive]).relu_()
+        a = F.conv2d(hidden, 0.1 * last.weight, 0.1 * last.bias, padding=last.padding)
+        scale_active = a[:, : self.active].tanh_().mul_(self.clamp).exp_()
+        active = x[:, self.passive:]
+        torch.addcmul(a[:, self.active:], active, scale_active, out=active)
+        torch.addcmul(self.global_offset, x, self.scale(), out=x)
+        return permute_channels(x, self.permutation) if permute else x
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         x = (permute_channels(y, self.inverse_permutation) - self.global_offset) / self.scale()
@@ -101,13 +115,20 @@ class Flow(nn.Module):
         super().__init__()
         self.steps = nn.ModuleList(steps)
 
-    def forward(self, x: torch.Tensor, with_log_det: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        log_det = torch.zeros(len(x), device=x.device, dtype=x.dtype) if with_log_det else None
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_det = torch.zeros(len(x), device=x.device, dtype=x.dtype)
         for step in self.steps:
-            x, step_log_det = step(x, with_log_det)
-            if with_log_det:
-                log_det = log_det + step_log_det
+            x, step_log_det = step(x)
+            log_det = log_det + step_log_det
         return x, log_det
+
+    @torch.no_grad()
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """z up to the order of its channels (the last step's permutation is left out), for scores that do
+        not depend on it; overwrites ``x``."""
+        for i, step in enumerate(self.steps):
+            x = step.score_step(x, permute=i < len(self.steps) - 1)
+        return x
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         for step in reversed(self.steps):
@@ -206,8 +227,8 @@ class FastFlow(AnomalyMethod):
         self.flows_.to(self.device)
         self.shapes_ = [tuple(s) for s in shapes]
 
-    def _flows(self, images: torch.Tensor, with_log_det: bool) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Per level (z, log|det J| or None) of a batch."""
+    def _normalized_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Per level the layer-normalized encoder features of a batch (new tensors: the flows may overwrite them)."""
         with torch.no_grad():
             feats = self.encoder_(images)
         shapes = [tuple(f.shape[1:]) for f in feats]
@@ -216,7 +237,7 @@ class FastFlow(AnomalyMethod):
         elif shapes != self.shapes_:
             raise ValueError(f"FastFlow's layer norms are fitted to feature maps {self.shapes_} (the training "
                              f"images' size); these images give {shapes}. Score images of the training size.")
-        return [flow(norm(f), with_log_det) for f, norm, flow in zip(feats, self.norms_, self.flows_, strict=True)]
+        return [norm(f) for f, norm in zip(feats, self.norms_, strict=True)]
 
     # -- training ----------------------------------------------------------------------------------------
 
@@ -235,7 +256,8 @@ class FastFlow(AnomalyMethod):
                 if len(images) < full_batch:
                     continue
                 start = time.perf_counter()
-                levels = self._flows(images.to(self.device), with_log_det=True)
+                levels = [flow(f) for f, flow in zip(self._normalized_features(images.to(self.device)),
+                                                     self.flows_, strict=True)]
                 if optimizer is None:
                     parameters = [*self.norms_.parameters(), *self.flows_.parameters()]
                     optimizer = torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
@@ -265,7 +287,8 @@ class FastFlow(AnomalyMethod):
 
     def forward_scores(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Per level, log p = −½·mean over channels of z², (B, h, w)."""
-        return [-0.5 * z.pow(2).mean(dim=1) for z, _ in self._flows(images, with_log_det=False)]
+        return [-0.5 * flow.latent(f).pow(2).mean(dim=1)
+                for f, flow in zip(self._normalized_features(images), self.flows_, strict=True)]
 
     def postprocess(self, raw: list[torch.Tensor], input_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         maps = -torch.stack([F.interpolate(torch.exp(log_p).unsqueeze(1), size=input_size, mode="bilinear",
