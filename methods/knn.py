@@ -2,10 +2,14 @@
 
 Neighbours are ranked by chunked matrix products (‖b‖² − 2ab: ‖a − b‖² = ‖a‖² + ‖b‖² − 2ab without the term
 that is constant per query), with chunk sizes derived from a memory budget, keeping the running top-k per
-query; no Python loop over queries or gallery rows, only over chunks. The gallery may live in host memory:
-its chunks are moved to the device one at a time. The chosen neighbours' distances are then recomputed from
-the differences, so that identical vectors are at distance exactly 0 and the float32 cancellation of the
-product formula never reaches a score.
+query; no Python loop over queries or gallery rows, only over chunks. Each gallery chunk is visited once,
+against every query chunk in turn, so a gallery in host memory is moved to the device once, chunk by chunk,
+and its norms are computed once. On the CPU a distance block is at most ``CPU_BLOCK`` (8 MiB), which stays
+in cache between the product that writes it and the minimum that reads it (on a 2-core EPYC with a 32 MiB
+L3, PatchCore-WR50's 6,272 queries of a batch of 8 against a bank of 18,972 × 1024: 2.09 s with blocks
+from the 1 GiB budget, 1.54 s with these; SPADE's pixel search of the micro-benchmark: 0.83 → 0.60 s). The
+chosen neighbours' distances are then recomputed from the differences, so that identical vectors are at
+distance exactly 0 and the float32 cancellation of the product formula never reaches a score.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ FLOAT_BYTES = 4
 BUDGET_FRACTION = 0.25  # of free device memory or available RAM, when no budget is given
 MIN_BUDGET = 16 * 2**20
 MAX_DEFAULT_BUDGET = 2**30  # blocks beyond ~1 GiB buy no speed, only peak memory
+CPU_BLOCK = (1024, 2048)  # (queries, gallery rows) of one distance block at most, on the CPU
 
 
 def default_budget(device: torch.device | str) -> int:
@@ -68,26 +73,31 @@ def knn(queries: torch.Tensor, gallery: torch.Tensor, k: int, budget_bytes: int 
     queries = queries.to(device)
     budget = budget_bytes if budget_bytes is not None else default_budget(device)
     query_chunk, gallery_chunk = chunk_sizes(len(queries), n, k, gallery.shape[1], budget)
-    all_dist, all_index = [], []
-    for q0 in range(0, len(queries), query_chunk):
-        q = queries[q0:q0 + query_chunk]
-        best_dist = torch.empty(len(q), 0, device=device)
-        best_index = torch.empty(len(q), 0, dtype=torch.long, device=device)
-        for g0 in range(0, n, gallery_chunk):
-            g = gallery[g0:g0 + gallery_chunk].to(device, non_blocking=True)
+    if device.type == "cpu":
+        query_chunk, gallery_chunk = min(query_chunk, CPU_BLOCK[0]), min(gallery_chunk, CPU_BLOCK[1])
+    query_starts = range(0, len(queries), query_chunk)
+    # the running top-k of every query chunk: together no larger than the result returned
+    best = [(torch.empty(min(query_chunk, len(queries) - q0), 0, device=device),
+             torch.empty(min(query_chunk, len(queries) - q0), 0, dtype=torch.long, device=device))
+            for q0 in query_starts]
+    for g0 in range(0, n, gallery_chunk):
+        g = gallery[g0:g0 + gallery_chunk].to(device, non_blocking=True)
+        g_norms = g.pow(2).sum(dim=1)[None, :]
+        for chunk, q0 in enumerate(query_starts):
             # ‖g‖² − 2qg ranks the rows as ‖q − g‖² does (‖q‖² is constant per query); distances are exact below
-            rank = torch.addmm(g.pow(2).sum(dim=1)[None, :], q, g.T, alpha=-2)
+            rank = torch.addmm(g_norms, queries[q0:q0 + query_chunk], g.T, alpha=-2)
             if k == 1:  # a plain min is about twice as fast as topk(1)
-                dist, index = (t[:, None] for t in rank.min(dim=1))
+                dist, index = rank.min(dim=1, keepdim=True)
             else:
                 dist, index = rank.topk(min(k, rank.shape[1]), dim=1, largest=False)
+            best_dist, best_index = best[chunk]
             merged_dist = torch.cat([best_dist, dist], dim=1)
             merged_index = torch.cat([best_index, index + g0], dim=1)
-            keep = min(k, merged_dist.shape[1])
-            best_dist, order = merged_dist.topk(keep, dim=1, largest=False)
-            best_index = merged_index.gather(1, order)
-        exact = _exact(q, gallery, best_index)
-        exact, order = exact.sort(dim=1)
+            merged_dist, order = merged_dist.topk(min(k, merged_dist.shape[1]), dim=1, largest=False)
+            best[chunk] = merged_dist, merged_index.gather(1, order)
+    all_dist, all_index = [], []
+    for (_, best_index), q0 in zip(best, query_starts, strict=True):
+        exact, order = _exact(queries[q0:q0 + query_chunk], gallery, best_index).sort(dim=1)
         all_dist.append(exact)
         all_index.append(best_index.gather(1, order))
     return torch.cat(all_dist), torch.cat(all_index)

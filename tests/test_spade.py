@@ -8,7 +8,7 @@ from anobench import metrics
 from anobench.datasets import create_dataset
 from anobench.datasets.base import AnomalyDataset, Geometry
 from anobench.methods import create_method
-from anobench.methods.knn import chunk_sizes, knn
+from anobench.methods.knn import CPU_BLOCK, chunk_sizes, knn
 from tests.test_method_contract import batches
 
 
@@ -26,6 +26,17 @@ def test_chunked_knn_equals_brute_force(k, budget):
     if budget is not None:
         query_chunk, gallery_chunk = chunk_sizes(120, 400, k, 16, budget)
         assert query_chunk * gallery_chunk < 120 * 400  # the distance matrix really was split
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_cpu_blocks_split_a_large_budget_search_and_still_find_every_neighbour(k):
+    queries, gallery = torch.randn(2 * CPU_BLOCK[0] + 5, 8), torch.randn(2 * CPU_BLOCK[1] + 7, 8)
+    query_chunk, gallery_chunk = chunk_sizes(len(queries), len(gallery), k, 8, 2**30)
+    assert query_chunk == len(queries) and gallery_chunk == len(gallery)  # the budget alone would take one block
+    dist, index = knn(queries, gallery, k, 2**30)
+    expected = torch.cdist(queries.double(), gallery.double()).topk(k, largest=False)
+    torch.testing.assert_close(dist.double(), expected.values, atol=1e-5, rtol=1e-5)
+    assert (index == expected.indices).float().mean() > 0.999  # ties and float rounding aside
 
 
 def test_k_larger_than_a_chunk_and_equal_to_the_gallery():
