@@ -7,7 +7,7 @@ iteration by iteration after one untimed call each, on one ready batch (medians)
 padded with zeros and by reflection (the encoder-only rows of Table 6), FastFlow's own encoder (layers 1–3),
 FastFlow end to end, its flows alone on ready features, and the flows' subnet convolutions alone (every one
 at its shape, nothing else). The last gives a ceiling: the ratio the method would reach if the coupling's
-elementwise work (tanh, exp, the affine and the channel permutation) cost nothing.
+elementwise work (sigmoid, exp, the affine and the channel permutation) cost nothing.
 """
 
 from __future__ import annotations
