@@ -84,10 +84,10 @@ def metric_info(name: str) -> MetricInfo | None:
     return MetricInfo(f"AUPRO@{limit:g}", True, "%", percent=True, level="pixel")
 
 
-
 def cell_metric_names() -> list[str]:
     """The metric names a suite may ask every cell for (what the error for an unknown one lists)."""
     return [n for n, i in METRIC_INFO.items() if i.level] + ["aupro@<limit in (0, 1]>"]
+
 
 # Metrics of particular datasets' protocols (computed in anobench.metrics_datasets, by anobench.protocols).
 LOCO_FPR_LIMITS = (0.01, 0.05, 0.1, 0.3, 1.0)  # MVTec LOCO's evaluation integrates AU-sPRO up to each
