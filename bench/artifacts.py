@@ -45,29 +45,28 @@ def qualitative_indices(labels: np.ndarray, count: int = QUALITATIVE) -> list[in
     return picks
 
 
-def collect(images: list[np.ndarray], labels: np.ndarray, defect_types: list[str], masks, maps,
-            image_scores: np.ndarray, pixel_threshold: float | None) -> dict[str, np.ndarray]:
-    """Plain arrays for the plots; ``images`` are the chosen samples' (H, W, 3) uint8 images."""
+def collect(images: list[np.ndarray], labels: np.ndarray, defect_types: list[str],
+            chosen_pixels: list[tuple[np.ndarray, np.ndarray]], image_scores: np.ndarray,
+            pixel_curves: dict[str, np.ndarray], pixel_threshold: float | None) -> dict[str, np.ndarray]:
+    """Plain arrays for the plots. ``images`` and ``chosen_pixels`` (mask, map) are those of the images
+    ``qualitative_indices(labels)`` chooses; ``pixel_curves`` the pixel ROC and PRO curves as (2, points)
+    arrays (``anobench.pixel_metrics``), empty where the test set has no defect pixels."""
     out: dict[str, np.ndarray] = {"image_scores": image_scores.astype(np.float32), "labels": labels.astype(np.int8),
                                   "defect_types": np.array(defect_types)}
     if labels.any() and not labels.all():
         fpr, tpr, _ = metrics.roc_curve(labels, image_scores)
         out["image_roc"] = np.stack(metrics.downsample_curve(fpr, tpr, CURVE_POINTS)).astype(np.float32)
-    if any(m.any() for m in masks):
-        flat_masks = np.concatenate([m.ravel() for m in masks])
-        flat_maps = np.concatenate([m.ravel() for m in maps])
-        fpr, tpr, _ = metrics.roc_curve(flat_masks, flat_maps)
-        out["pixel_roc"] = np.stack(metrics.downsample_curve(fpr, tpr, CURVE_POINTS)).astype(np.float32)
-        fpr, pro = metrics.pro_curve(masks, maps, fpr_limit=0.3)
-        out["pro_curve"] = np.stack(metrics.downsample_curve(fpr, pro, CURVE_POINTS)).astype(np.float32)
+    for name, curve in pixel_curves.items():
+        out[name] = np.stack(metrics.downsample_curve(curve[0], curve[1], CURVE_POINTS)).astype(np.float32)
     chosen = qualitative_indices(labels)
-    if chosen:
+    if chosen and chosen_pixels:
         out["qualitative_index"] = np.array(chosen)
         out["qualitative_image"] = np.stack([_resize(images[k], THUMBNAIL, "bilinear").round().astype(np.uint8)
                                              for k in range(len(chosen))])
-        out["qualitative_mask"] = np.stack([_resize(masks[i].astype(np.float32), THUMBNAIL, "nearest") > 0.5
-                                            for i in chosen])
-        out["qualitative_map"] = np.stack([_resize(maps[i], THUMBNAIL, "bilinear") for i in chosen]).astype(np.float32)
+        out["qualitative_mask"] = np.stack([_resize(mask.astype(np.float32), THUMBNAIL, "nearest") > 0.5
+                                            for mask, _ in chosen_pixels])
+        out["qualitative_map"] = np.stack([_resize(amap, THUMBNAIL, "bilinear")
+                                           for _, amap in chosen_pixels]).astype(np.float32)
         if pixel_threshold is not None:
             out["pixel_threshold"] = np.array(pixel_threshold, dtype=np.float32)
     return out

@@ -14,7 +14,7 @@ import random
 import time
 import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anobench import __version__, artifacts, datasets, methods, metrics, statistics
+from anobench import __version__, artifacts, datasets, methods, metrics, pixel_metrics, statistics
 from anobench.cells import Cell
-from anobench.core import BenchError, unknown_name
+from anobench.core import BenchError
 from anobench.datasets.base import AnomalyDataset, DatasetSource, Geometry
 from anobench.environment import commit_info, device_name, machine_info
 from anobench.flops import flops_record
@@ -32,6 +32,7 @@ from anobench.memory import PeakMemory
 from anobench.methods import encoder_short_name
 from anobench.methods.base import AnomalyMethod, Prediction
 from anobench.methods.feature_cache import FeatureCache
+from anobench.pixelstream import PixelStream
 from anobench.protocols import ProtocolInput, run_protocols
 from anobench.records import SCHEMA_VERSION, DefectResult, Labels, Record, Size
 from anobench.speed import measure_speed
@@ -87,26 +88,8 @@ STANDARD_METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "p
 DEFECT_METRICS = ("image_auroc", "pixel_auroc", "aupro")  # per defect type, against the good images
 
 
-def _metric(name: str, labels: np.ndarray, image_scores: np.ndarray, masks, maps) -> tuple[float, float | None]:
-    """The metric's value, and the threshold that attains it for F1-max (for the figures)."""
-    if name == "image_auroc":
-        return metrics.image_auroc(labels, image_scores), None
-    if name == "image_ap":
-        return metrics.average_precision(labels, image_scores), None
-    if name == "image_f1_max":
-        return metrics.f1_max(labels, image_scores)
-    if name == "pixel_auroc":
-        return metrics.pixel_auroc(masks, maps), None
-    if name == "pixel_ap":
-        return metrics.average_precision(masks, maps), None
-    if name == "pixel_f1_max":
-        return metrics.f1_max(masks, maps)
-    if name == "aupimo":
-        return metrics.aupimo(masks, maps), None
-    limit = metrics.aupro_limit(name)
-    if limit is None:
-        raise unknown_name("metric", name, metrics.cell_metric_names())
-    return metrics.aupro(masks, maps, fpr_limit=limit), None
+IMAGE_METRIC_FUNCTIONS = {"image_auroc": metrics.image_auroc, "image_ap": metrics.average_precision,
+                          "image_f1_max": metrics.f1_max}
 
 
 def computable(name: str) -> bool:
@@ -114,27 +97,65 @@ def computable(name: str) -> bool:
     return name in STANDARD_METRICS or metrics.aupro_limit(name) is not None
 
 
-def compute_metrics(labels: np.ndarray, masks: list[np.ndarray] | np.ndarray, image_scores: np.ndarray,
-                    maps: list[np.ndarray] | np.ndarray, names: Sequence[str] = STANDARD_METRICS
-                    ) -> tuple[dict[str, float | None], dict[str, str], dict[str, float]]:
-    """Each metric of ``names`` (pixel ones only where the test set has defect pixels), the reason for each
-    one that is undefined here (its value is None), and the F1-max thresholds (for figures, never metrics)."""
-    has_pixels = any(np.asarray(m).any() for m in masks)
+def image_metrics(labels: np.ndarray, image_scores: np.ndarray, names: Sequence[str]
+                  ) -> tuple[dict[str, float | None], dict[str, str], float | None]:
+    """The image-level metrics of ``names``, the reason for each undefined one, and the F1-max threshold."""
     values: dict[str, float | None] = {}
     notes: dict[str, str] = {}
-    thresholds: dict[str, float] = {}
-    for name in dict.fromkeys(names):
-        info = metrics.metric_info(name)
-        if info is None or not computable(name) or (info.level == "pixel" and not has_pixels):
-            continue
+    threshold = None
+    for name in dict.fromkeys(n for n in names if n in IMAGE_METRIC_FUNCTIONS):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            value, threshold = _metric(name, labels, image_scores, masks, maps)
+            value = IMAGE_METRIC_FUNCTIONS[name](labels, image_scores)
+        if isinstance(value, tuple):
+            value, threshold = value
         values[name] = value if np.isfinite(value) else None
         if values[name] is None:
             notes[name] = str(caught[-1].message).removesuffix("; returning nan") if caught else "undefined here"
-        elif threshold is not None:
-            thresholds[info.level] = threshold
+    return values, notes, threshold if values.get("image_f1_max") is not None else None
+
+
+def pixel_stream(pairs: Iterable[tuple[np.ndarray, np.ndarray]], folder: Path | None = None) -> PixelStream:
+    """Every (mask, map) pair's pixels, checked image by image, in a stream on disk (``folder``: where its
+    temporary files go; the system's temporary folder by default)."""
+    stream = PixelStream(folder)
+    try:
+        for i, (mask, amap) in enumerate(pairs):
+            mask, amap = metrics.checked_pair(i, mask, amap)
+            if amap.dtype != np.float32:
+                single = amap.astype(np.float32)
+                if not np.array_equal(single, amap):
+                    raise ValueError("maps must hold float32 values (pixel scores are compared as float32)")
+                amap = single
+            stream.add(mask, amap)
+    except BaseException:
+        stream.close()
+        raise
+    return stream
+
+
+def evaluate_pixels(stream: PixelStream, labels: np.ndarray, defect_types: Sequence[str], names: Sequence[str],
+                  *, per_defect: bool = False, bootstrap: bool = False) -> pixel_metrics.PixelResult:
+    """The pixel metrics of ``names`` (and per defect type, ``DEFECT_METRICS``) from the stream."""
+    return pixel_metrics.evaluate(
+        stream, labels, defect_types, [n for n in dict.fromkeys(names) if computable(n) and n not in
+                                       IMAGE_METRIC_FUNCTIONS],
+        per_defect=per_defect, aupro_limit=metrics.aupro_limit, aupimo_bounds=metrics.AUPIMO_FPR_BOUNDS,
+        bootstrap=bootstrap)
+
+
+def compute_metrics(labels: np.ndarray, masks: Sequence[np.ndarray] | np.ndarray, image_scores: np.ndarray,
+                    maps: Sequence[np.ndarray] | np.ndarray, names: Sequence[str] = STANDARD_METRICS
+                    ) -> tuple[dict[str, float | None], dict[str, str], dict[str, float]]:
+    """Each metric of ``names`` (pixel ones only where the test set has defect pixels), the reason for each
+    one that is undefined here (its value is None), and the F1-max thresholds (for figures, never metrics).
+    ``masks`` and ``maps`` may be any sequence, made one image at a time: only one is held at once."""
+    values, notes, image_threshold = image_metrics(labels, image_scores, names)
+    with pixel_stream(zip(masks, maps, strict=True)) as stream:
+        pixels = evaluate_pixels(stream, labels, [""] * len(labels), names)
+    values.update(pixels.values)
+    notes.update(pixels.notes)
+    thresholds = {level: t for level, t in (("image", image_threshold), ("pixel", pixels.threshold)) if t is not None}
     return values, notes, thresholds
 
 
@@ -145,29 +166,35 @@ def fingerprint_test_set(cell: Cell, test: AnomalyDataset) -> str:
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
-def per_defect_metrics(labels: np.ndarray, defect_types: list[str], masks, image_scores: np.ndarray,
-                       maps) -> dict[str, DefectResult]:
-    """``DEFECT_METRICS`` of each defect type on its images and the good ones."""
+def per_defect_metrics(labels: np.ndarray, defect_types: list[str], image_scores: np.ndarray,
+                       pixels: pixel_metrics.PixelResult) -> dict[str, DefectResult]:
+    """``DEFECT_METRICS`` of each defect type on its images and the good ones (the pixel ones from the
+    stream's per-type accumulators, where the type has defect pixels)."""
     out: dict[str, DefectResult] = {}
     types = np.asarray(defect_types)
     for defect in sorted({d for d, label in zip(defect_types, labels, strict=True) if label}):
         rows = np.flatnonzero((labels == 0) | (types == defect))
-        values, notes, _ = compute_metrics(labels[rows], [masks[i] for i in rows], image_scores[rows],
-                                           [maps[i] for i in rows], DEFECT_METRICS)
+        values, notes, _ = image_metrics(labels[rows], image_scores[rows], DEFECT_METRICS)
+        for name, value in pixels.per_defect.get(defect, {}).items():
+            values[name] = value
+            if value is None:
+                notes[name] = "undefined for this defect type's images"
         out[defect] = {"n_images": int((types == defect).sum()), "metrics": values}
         if notes:
             out[defect]["metric_notes"] = notes
     return out
 
 
-def bootstrap_intervals(cell: Cell, fingerprint: str, labels: np.ndarray, defect_types: list[str], masks,
-                        image_scores: np.ndarray, maps, result: Record) -> dict[str, np.ndarray]:
+def bootstrap_intervals(cell: Cell, fingerprint: str, labels: np.ndarray, defect_types: list[str],
+                        image_scores: np.ndarray, pixel_counts: statistics.BinnedCounts | None,
+                        result: Record) -> dict[str, np.ndarray]:
     """Add intervals to ``result``'s metrics and per-defect metrics; return the resampled values for the
-    artifacts (what paired comparisons and means over classes or seeds resample from)."""
+    artifacts (what paired comparisons and means over classes or seeds resample from). ``pixel_counts``:
+    each image's pixels in the bootstrap grid (``evaluate_pixels(..., bootstrap=True)``)."""
     spec = cell.bootstrap
     start = time.perf_counter()
     names = [m for m, v in result["metrics"].items() if v is not None and statistics.has_bootstrap(m)]
-    boot = statistics.bootstrap_cell(labels, image_scores, masks, maps, defect_types, names, DEFECT_METRICS,
+    boot = statistics.bootstrap_cell(labels, image_scores, pixel_counts, defect_types, names, DEFECT_METRICS,
                                      resamples=spec.resamples, seed=spec.seed, fingerprint=fingerprint,
                                      confidence=spec.confidence)
     result["intervals"] = {m: boot.intervals[m] for m in names}
@@ -187,18 +214,45 @@ def bootstrap_intervals(cell: Cell, fingerprint: str, labels: np.ndarray, defect
                                                                               axis=1).astype(np.float32)}
 
 
-def original_resolution(source: DatasetSource, test: AnomalyDataset, maps: np.ndarray):
-    """Masks at each image's original size, and the maps bilinearly resized to them."""
-    if test.geometry.crop != test.geometry.resize:
-        raise BenchError("Metrics at the original resolution need maps that cover the whole image; set the "
-                         "grid's resize equal to its resolution (no centre crop).")
-    masks, resized = [], []
-    for ref, amap in zip(test.refs, maps, strict=True):
-        mask = source.original_mask(ref)
-        masks.append(mask)
-        resized.append(F.interpolate(torch.from_numpy(amap)[None, None], size=mask.shape, mode="bilinear",
-                                     align_corners=False)[0, 0].numpy())
-    return masks, resized
+class EvaluatedPixels(Sequence):
+    """The test set's masks and maps at the resolution its metrics are computed at, made one image at a
+    time when asked for (at the original resolution: the image's mask as stored, and its map resized to it
+    bilinearly), so that no more than one full-size map is held at once. The last image asked for is kept,
+    so that masks and maps read in step (``zip(p.masks(), p.evaluated_maps())``) are made once."""
+
+    def __init__(self, source: DatasetSource, test: AnomalyDataset, maps: np.ndarray, original: bool):
+        if original and test.geometry.crop != test.geometry.resize:
+            raise BenchError("Metrics at the original resolution need maps that cover the whole image; set the "
+                             "grid's resize equal to its resolution (no centre crop).")
+        self.source, self.test, self.maps, self.original = source, test, maps, original
+        self._last: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.test)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if self._last is None or self._last[0] != index:
+            if self.original:
+                mask = self.source.original_mask(self.test.refs[index])
+            else:
+                mask = self.test[index]["mask"].numpy().astype(bool)
+            self._last = index, (mask, self.evaluated_map(index, mask.shape))
+        return self._last[1]
+
+    def evaluated_map(self, index: int, shape: tuple[int, ...]) -> np.ndarray:
+        """The map of image ``index`` at the evaluated resolution (``shape``: the image's, when original)."""
+        if not self.original:
+            return self.maps[index]
+        return F.interpolate(torch.from_numpy(self.maps[index])[None, None], size=tuple(shape), mode="bilinear",
+                             align_corners=False)[0, 0].numpy()
+
+    def masks(self) -> Iterator[np.ndarray]:
+        return (self[i][0] for i in range(len(self)))
+
+    def evaluated_maps(self) -> Iterator[np.ndarray]:
+        return (self[i][1] for i in range(len(self)))
 
 
 def size_record(method: AnomalyMethod) -> Size:
@@ -278,6 +332,56 @@ def _fit(cell: Cell, source: DatasetSource, device: str, cache: FeatureCache, ge
     return method
 
 
+def _metrics(cell: Cell, source: DatasetSource, test: AnomalyDataset, prediction: Prediction, labels: np.ndarray,
+             truth: str, reason: str, output_dir: Path | None, predict, result: Record) -> dict[str, np.ndarray]:
+    """Metrics, per-defect metrics, the dataset's protocol, intervals and figures' arrays of a scored test set;
+    pixels are streamed through disk, so host memory does not grow with the number of test images."""
+    unavailable: dict[str, str] = {}
+    names = (*STANDARD_METRICS, *cell.metrics)
+    scores, defect_types = prediction.image_scores, [r.defect_type for r in test.refs]
+    pixels = EvaluatedPixels(source, test, prediction.maps, cell.metrics_resolution == "original")
+    evaluated = None
+    if truth == "none":  # no labels at all: nothing to score against
+        result["metrics"] = {}
+        unavailable.update(dict.fromkeys(names, reason))
+    else:
+        result["metrics"], notes, image_threshold = image_metrics(labels, scores, names)
+        with pixel_stream(pixels, output_dir) as stream:
+            evaluated = evaluate_pixels(stream, labels, defect_types, names, per_defect=True,
+                                        bootstrap=bool(cell.bootstrap.resamples))
+        result["metrics"].update(evaluated.values)
+        unavailable.update(notes)
+        unavailable.update(evaluated.notes)
+        if truth == "image":  # image labels only: no pixel metric is defined
+            pixel = [n for n in names if (info := metrics.metric_info(n)) and info.level == "pixel"]
+            result["metrics"].update(dict.fromkeys(pixel))
+            unavailable.update(dict.fromkeys(pixel, reason))
+        result["per_defect"] = per_defect_metrics(labels, defect_types, scores, evaluated)
+    if source.protocol_metrics:
+        protocol = run_protocols(ProtocolInput(
+            cell=cell, source=source, geometry=test.geometry, refs=test.refs, labels=labels, image_scores=scores,
+            pixels=pixels, original=pixels.original, input_maps=prediction.maps,
+            predict_maps=lambda refs: predict(AnomalyDataset(refs, test.geometry, source.read_mask)).maps,
+            output_dir=output_dir))
+        result["metrics"].update(protocol.metrics)
+        unavailable.update(protocol.unavailable)
+        result["dataset_protocol"] = {"metrics": protocol.headline, "notes": protocol.notes,
+                                      "outputs": protocol.outputs}
+    if unavailable:  # a value that cannot be computed stays empty, with its reason
+        result["metrics"].update(dict.fromkeys(unavailable))
+        result["metric_notes"] = unavailable
+    fingerprint = fingerprint_test_set(cell, test)
+    result["test_set"] = {"fingerprint": fingerprint, "good": int((labels == 0).sum()),
+                          "defective": int((labels == 1).sum())}
+    chosen = artifacts.qualitative_indices(labels)
+    arrays = artifacts.collect([test.image_u8(i) for i in chosen], labels, defect_types,
+                               [pixels[i] for i in chosen] if evaluated else [], scores,
+                               evaluated.curves if evaluated else {}, evaluated.threshold if evaluated else None)
+    if cell.bootstrap.resamples and evaluated is not None:
+        arrays.update(bootstrap_intervals(cell, fingerprint, labels, defect_types, scores, evaluated.counts, result))
+    return arrays
+
+
 def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCache,
               output_dir: Path | None = None) -> tuple[Record, dict[str, np.ndarray]]:
     seed_everything(cell.seed)
@@ -303,49 +407,11 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
         labels = test.labels()
         truth, reason = source.ground_truth(cell.class_name)
         result["n_images"]["test"], result["n_images"]["test_anomalous"] = len(test), int((labels == 1).sum())
-        unavailable: dict[str, str] = {}
-        names = (*STANDARD_METRICS, *cell.metrics)
-        scores, defect_types = prediction.image_scores, [r.defect_type for r in test.refs]
-        masks: list[np.ndarray] | np.ndarray = []
-        maps: list[np.ndarray] | np.ndarray = prediction.maps
-        thresholds: dict[str, float] = {}
-        if truth == "none":  # no labels at all: nothing to score against
-            result["metrics"] = {}
-            unavailable.update(dict.fromkeys(names, reason))
-        else:
-            if cell.metrics_resolution == "original":
-                masks, maps = original_resolution(source, test, prediction.maps)
-            else:
-                masks, maps = np.stack([test[i]["mask"].numpy() for i in range(len(test))]), prediction.maps
-            result["metrics"], notes, thresholds = compute_metrics(labels, masks, scores, maps, names)
-            unavailable.update(notes)
-            if truth == "image":  # image labels only: no pixel metric is defined
-                pixel = [n for n in names if (info := metrics.metric_info(n)) and info.level == "pixel"]
-                result["metrics"].update(dict.fromkeys(pixel))
-                unavailable.update(dict.fromkeys(pixel, reason))
-            result["per_defect"] = per_defect_metrics(labels, defect_types, masks, scores, maps)
-        if source.protocol_metrics:
-            protocol = run_protocols(ProtocolInput(
-                cell=cell, source=source, geometry=geometry, refs=test.refs, labels=labels,
-                image_scores=scores, masks=list(masks), maps=list(maps),
-                original=cell.metrics_resolution == "original", input_maps=prediction.maps,
-                predict_maps=lambda refs: predict(AnomalyDataset(refs, geometry, source.read_mask)).maps,
-                output_dir=output_dir))
-            result["metrics"].update(protocol.metrics)
-            unavailable.update(protocol.unavailable)
-            result["dataset_protocol"] = {"metrics": protocol.headline, "notes": protocol.notes,
-                                          "outputs": protocol.outputs}
-        if unavailable:  # a value that cannot be computed stays empty, with its reason
-            result["metrics"].update(dict.fromkeys(unavailable))
-            result["metric_notes"] = unavailable
-        fingerprint = fingerprint_test_set(cell, test)
-        result["test_set"] = {"fingerprint": fingerprint, "good": int((labels == 0).sum()),
-                              "defective": int((labels == 1).sum())}
-        chosen = artifacts.qualitative_indices(labels)
-        arrays = artifacts.collect([test.image_u8(i) for i in chosen], labels, defect_types, masks, maps, scores,
-                                   thresholds.get("pixel"))
-        if cell.bootstrap.resamples and truth != "none":
-            arrays.update(bootstrap_intervals(cell, fingerprint, labels, defect_types, masks, scores, maps, result))
+        with PeakMemory(device) as memory:
+            start = time.perf_counter()
+            arrays = _metrics(cell, source, test, prediction, labels, truth, reason, output_dir, predict, result)
+            result["timings"]["evaluate_s"] = time.perf_counter() - start
+        result["memory"]["evaluate"] = memory.result
 
     if cell.measure.speed:
         batch_sizes, warmup, iterations = cell.measure.on(device)

@@ -1,6 +1,11 @@
 """Executors: where cells run. The driver (the runner) stays the only writer of records and artifacts.
 
-- ``local``: one cell after another in this process, sharing one feature cache.
+- ``local``: one cell after another in a child process of this one (a worker that keeps its feature cache
+  from cell to cell). When the kernel kills the worker (out of memory, ``kill -9``) the cell it was running
+  is recorded as failed with the signal and the worker's peak memory so far, a new worker takes the next
+  cell, and the run goes on. Workers are forked from a server process that has imported the harness but
+  run nothing (a process that has run OpenMP-parallel torch code cannot be forked safely), so a worker
+  starts in milliseconds; it dies with the driver.
 - ``ray``: each cell is a Ray task asking for one GPU when the device is CUDA (CPUs otherwise), so Ray
   places cells on free GPUs across nodes; each worker process keeps its own feature cache. Data paths
   are resolved on the worker: the dataset must be on a shared filesystem or at the same path on every
@@ -10,8 +15,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import multiprocessing
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -20,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 
 from anobench.cells import Cell
@@ -64,22 +74,90 @@ def execute(task: Task) -> tuple[Record, dict[str, np.ndarray]]:
                     Path(task.output_dir) if task.output_dir else None)
 
 
+def _worker_loop(connection) -> None:
+    """A local worker: run the tasks the driver sends, one at a time, until it sends None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole terminal group: the driver decides
+    if sys.platform.startswith("linux"):  # die with the process that forked this one (PR_SET_PDEATHSIG, SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    while (task := connection.recv()) is not None:
+        try:
+            connection.send(execute(task))
+        except Exception as exc:  # outside the cell (opening the dataset, say): the driver raises it as before
+            connection.send(exc)
+
+
+def death_reason(exit_code: int | None, peak_rss: int) -> str:
+    """One sentence for a worker that ended without returning its cell's result."""
+    peak = f"; peak RSS so far {peak_rss / 2**20:,.0f} MiB" if peak_rss else ""
+    if exit_code is not None and exit_code < 0:
+        signal_number = -exit_code
+        name = signal.Signals(signal_number).name if signal_number in signal.Signals._value2member_map_ else "?"
+        likely = ", most likely out of memory (the kernel's OOM killer sends it)" if signal_number == signal.SIGKILL else ""
+        return f"worker killed by signal {signal_number} ({name}){likely}{peak}"
+    return f"worker exited with code {exit_code} before returning its result{peak}"
+
+
 @dataclass
 class LocalExecutor:
-    """Cells one after another in this process."""
+    """Cells one after another in a child process; a worker that dies fails its cell, not the run."""
 
     name: str = "local"
     running: int = 0
+    poll_s: float = 0.2  # how often the driver samples the worker's memory while it waits
+    _process: Any = field(default=None, repr=False)
+    _connection: Any = field(default=None, repr=False)
+
+    def _worker(self):
+        if self._process is None or not self._process.is_alive():
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["anobench.evaluation"])
+            self._connection, child = context.Pipe()
+            self._process = context.Process(target=_worker_loop, args=(child,), daemon=True, name="anobench-cell")
+            self._process.start()
+            child.close()
+        return self._process, self._connection
+
+    def _result(self, task: Task) -> tuple[Record, dict[str, np.ndarray]]:
+        process, connection = self._worker()
+        connection.send(task)
+        peak = 0
+        watched = psutil.Process(process.pid)
+        while not connection.poll(self.poll_s):
+            try:
+                peak = max(peak, watched.memory_info().rss)
+            except psutil.Error:  # gone between two samples
+                continue
+            if not process.is_alive():
+                break
+        try:
+            result = connection.recv()
+        except (EOFError, OSError):  # the worker died: nothing (or only part of a message) came back
+            process.join()
+            self.close()
+            return failed_record(task.cell, task.device, death_reason(process.exitcode, peak)), {}
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def run(self, tasks: list[Task]) -> Iterator[Outcome]:
         for task in tasks:
             self.running = 1
-            record, arrays = execute(task)
+            record, arrays = self._result(task)
             self.running = 0
             yield task.cell, record, arrays
 
     def close(self) -> None:
-        pass
+        """Stop the worker: asked to at the end of a run, killed when the run is interrupted or it died."""
+        if self._process is not None:
+            if self._process.is_alive():
+                with contextlib.suppress(OSError):
+                    self._connection.send(None)
+                self._process.join(timeout=5 if self.running == 0 else 0)
+                if self._process.is_alive():
+                    self._process.kill()
+                    self._process.join()
+            self._connection.close()
+        self._process = self._connection = None
 
 
 @dataclass

@@ -10,11 +10,11 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from anobench.metrics import _area_to, _as_binary, _as_scores, _pixel_pairs, image_auroc
+from anobench.metrics import _area_to, _as_binary, _as_scores, checked_pair, image_auroc
 
 # ----------------------------------------------------------------------------------------------------------
 # sPRO (MVTec LOCO AD)
@@ -102,14 +102,15 @@ def mean_plus_std_threshold(maps: Sequence[np.ndarray], k: float = 3.0) -> float
     return float(mean + k * np.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
-def seg_f1(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], threshold: float) -> float:
+def seg_f1(masks: Iterable[np.ndarray], maps: Iterable[np.ndarray], threshold: float) -> float:
     """F1 of the binary maps (anomalous where the score exceeds ``threshold``) against the masks, counting
-    true/false positives and false negatives over all pixels of all images together.
+    true/false positives and false negatives over all pixels of all images together; the images are read
+    one at a time (``masks`` and ``maps`` may be made on demand).
 
     Returns nan (with a warning) when there is neither a defect pixel nor a predicted one."""
-    mask_list, map_list = _pixel_pairs(masks, maps)
     tp = fp = fn = 0
-    for mask, amap in zip(mask_list, map_list, strict=True):
+    for i, (mask, amap) in enumerate(zip(masks, maps, strict=True)):
+        mask, amap = checked_pair(i, mask, amap)
         predicted = amap > threshold
         tp += int(np.count_nonzero(predicted & mask))
         fp += int(np.count_nonzero(predicted & ~mask))

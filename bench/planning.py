@@ -2,8 +2,11 @@
 
 Estimates come from the encoder's shapes (built on PyTorch's meta device: no weights, no compute), the
 method's own accounting of its learned state and working buffers (PaDiM's covariances, SPADE's gallery,
-CFLOW's decoders), and the harness's own buffers (decoded images, the test set's maps and the metrics'
-sort). They are plans, not measurements; records carry the measured peaks.
+CFLOW's decoders), and the harness's own buffers: decoded images and the test set's maps at the input
+resolution, and the evaluation's pixel stream, whose peak is set by the largest image at the resolution
+the metrics are computed at (each test image's size read from its header when that is the original) and
+not by the number of images (the pixels go through disk: 8 bytes each). They are plans, not measurements;
+records carry the measured peaks.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import psutil
 import torch
 
 from anobench.cells import Cell
-from anobench.datasets.base import DatasetSource
+from anobench.datasets.base import DatasetSource, image_header
 from anobench.methods import METHODS
 from anobench.methods.encoders import encoder_geometry
+from anobench.pixelstream import memory_bound
+from anobench.statistics import NORMAL_TAIL_MAX
 
 GB = 1e9
 HOST_HEADROOM = 0.9  # refuse a cell whose estimate exceeds this share of what is available
@@ -30,6 +35,7 @@ class CellPlan:
     method_parts: dict[str, int] = field(default_factory=dict)
     host_bytes: int = 0
     device_bytes: int = 0
+    disk_bytes: int = 0  # the evaluation's pixel stream, in the run folder while a cell is evaluated
     refusal: str | None = None
     note: str = ""
 
@@ -46,7 +52,8 @@ def estimate(cell: Cell, source: DatasetSource, device: str) -> CellPlan:
     """The cell's memory plan; a cell whose shapes cannot be worked out gets a note (and will fail on its
     own, with its reason, if it cannot run)."""
     n_train = len(cell.training_samples(source))
-    n_test = 0 if cell.measure_only else len(source.samples(cell.class_name, "test"))
+    test = [] if cell.measure_only else source.samples(cell.class_name, "test")
+    n_test = len(test)
     try:
         method = METHODS.get(cell.method)(encoder=cell.encoder, weights=cell.weights, seed=cell.seed,
                                           device=device, **cell.params)
@@ -56,8 +63,13 @@ def estimate(cell: Cell, source: DatasetSource, device: str) -> CellPlan:
         return CellPlan(cell, n_train, n_test, note=f"no estimate ({type(exc).__name__}: {exc})")
     pixels = cell.resolution * cell.resolution
     harness = (n_train + n_test) * 3 * pixels  # decoded images kept as uint8
-    harness += n_test * pixels * (4 + 1 + 8 + 4 + 4)  # maps, masks, and the metrics' sort and copies
-    plan = CellPlan(cell, n_train, n_test, parts)
+    harness += n_test * pixels * (4 + 1)  # maps and masks at the input resolution
+    evaluated = [pixels] * bool(test)
+    if test and cell.metrics_resolution == "original":
+        evaluated = [width * height for width, height in (image_header(ref.image_path) for ref in test)]
+    if evaluated:
+        harness += memory_bound(max(evaluated)) + n_test * 3 * 4 * 2 * NORMAL_TAIL_MAX  # + bootstrap's counts
+    plan = CellPlan(cell, n_train, n_test, parts, disk_bytes=8 * sum(evaluated))
     method_total = sum(parts.values())
     if device.startswith("cuda"):
         plan.device_bytes = method_total
@@ -87,11 +99,12 @@ def format_plan(plans: list[CellPlan], device: str) -> str:
     host, device_total = available_memory(device)
     header = (f"{len(plans)} cells on {device}; host memory available {host / GB:.1f} GB"
               + (f", device memory {device_total / GB:.1f} GB" if device_total else ""))
-    rows = [("cell", "train", "test", "host GB", "device GB", "largest parts", "verdict")]
+    rows = [("cell", "train", "test", "host GB", "device GB", "disk GB", "largest parts", "verdict")]
     for plan in plans:
         largest = sorted(plan.method_parts.items(), key=lambda kv: -kv[1])[:2]
         rows.append((plan.cell.label, str(plan.n_train), str(plan.n_test), f"{plan.host_bytes / GB:.2f}",
                      f"{plan.device_bytes / GB:.2f}" if device.startswith("cuda") else "-",
+                     f"{plan.disk_bytes / GB:.2f}",
                      ", ".join(f"{k} {v / GB:.2f}" for k, v in largest),
                      f"REFUSED: {plan.refusal}" if plan.refusal else plan.note or "ok"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

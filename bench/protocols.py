@@ -32,7 +32,9 @@ from anobench import metrics, metrics_datasets
 from anobench.cells import Cell
 from anobench.core import BenchError
 from anobench.datasets.base import DatasetSource, Geometry, SampleRef, geometry_mask, image_header
-from anobench.metrics import LOCO_FPR_LIMITS, LOCO_SUBSETS
+from anobench.metrics import LOCO_FPR_LIMITS, LOCO_SUBSETS, checked_pair
+from anobench.pixel_metrics import OverlapAccumulator
+from anobench.pixelstream import PixelStream
 
 HEADLINE_LOCO_LIMIT = 0.05
 AD2_PRO_LIMIT = 0.05
@@ -49,8 +51,7 @@ class ProtocolInput:
     refs: list[SampleRef]
     labels: np.ndarray
     image_scores: np.ndarray
-    masks: list[np.ndarray]  # at the evaluated resolution (input, or each image's original)
-    maps: list[np.ndarray]  # same shapes
+    pixels: Any  # evaluation.EvaluatedPixels: (mask, map) per image at the evaluated resolution, made on demand
     original: bool  # evaluated at each image's original resolution
     input_maps: np.ndarray  # the method's maps at the input resolution
     predict_maps: Callable[[list[SampleRef]], np.ndarray]  # more images, scored by the same fitted model
@@ -81,40 +82,67 @@ def original_hw(ref: SampleRef) -> tuple[int, int]:
 # MVTec LOCO AD
 
 
+def _loco_defects(inp: ProtocolInput, index: int) -> tuple[list[tuple[np.ndarray, int]], int]:
+    """One image's scored defects as (mask at the evaluated resolution, saturation area), and how many of its
+    annotated defects the centre crop removed."""
+    ref, g = inp.refs[index], inp.geometry
+    if ref.mask_path is None:
+        return [], 0
+    scale = 1.0
+    if not inp.original:
+        height, width = original_hw(ref)
+        scale = g.resize * g.resize / (height * width)
+    defects, cropped_away = [], 0
+    for channel in inp.source.defect_channels(inp.cell.class_name, ref):
+        mask = channel.mask if inp.original else geometry_mask(channel.mask, g)
+        area = int(mask.sum())
+        if area == 0:
+            cropped_away += 1
+            continue
+        defects.append((mask, channel.config.saturation_area(area, scale)))
+    return defects, cropped_away
+
+
 def loco(inp: ProtocolInput) -> ProtocolResult:
+    """AU-sPRO (as ``metrics_datasets.au_spro`` defines it) streamed image by image: within each defect its
+    ``saturation`` highest-scoring pixels weigh 1/saturation, every pixel outside the image's defects is a
+    possible false positive, and the curve is accumulated over the merged pixels of the chosen images."""
     result = ProtocolResult(headline=[*(f"image_auroc_{s}" for s in LOCO_SUBSETS),
                                       *(f"au_spro_{s}@{HEADLINE_LOCO_LIMIT:g}" for s in LOCO_SUBSETS),
                                       f"au_spro@{HEADLINE_LOCO_LIMIT:g}"])
-    g = inp.geometry
-    defects: list[list[tuple[np.ndarray, int]]] = []
-    cropped_away = 0
-    for ref in inp.refs:
-        image_defects = []
-        if ref.mask_path is not None:
-            scale = 1.0
-            if not inp.original:
-                height, width = original_hw(ref)
-                scale = g.resize * g.resize / (height * width)
-            for channel in inp.source.defect_channels(inp.cell.class_name, ref):
-                mask = channel.mask if inp.original else geometry_mask(channel.mask, g)
-                area = int(mask.sum())
-                if area == 0:
-                    cropped_away += 1
-                    continue
-                image_defects.append((mask, channel.config.saturation_area(area, scale)))
-        defects.append(image_defects)
-    for subset in LOCO_SUBSETS:
-        chosen = [i for i, ref in enumerate(inp.refs)
-                  if ref.label == 0 or ref.defect_type == f"{subset}_anomalies"]
-        names = [f"image_auroc_{subset}", *(f"au_spro_{subset}@{limit:g}" for limit in LOCO_FPR_LIMITS)]
-        if not any(defects[i] for i in chosen) or all(inp.labels[i] for i in chosen):
-            result.unavailable.update({n: f"no {subset} anomalies with ground truth in this test "
-                                          "set" for n in names})
-            continue
-        result.metrics[names[0]] = metrics.image_auroc(inp.labels[chosen], inp.image_scores[chosen])
-        areas = metrics_datasets.au_spro([defects[i] for i in chosen], [inp.maps[i] for i in chosen],
-                                         LOCO_FPR_LIMITS)
-        result.metrics.update({f"au_spro_{subset}@{limit:g}": value for limit, value in areas.items()})
+    n_defects, cropped_away = [], 0
+    with PixelStream(inp.output_dir) as stream:
+        for i, ref in enumerate(inp.refs):
+            defects, removed = _loco_defects(inp, i)
+            cropped_away += removed
+            shape = defects[0][0].shape if defects else (original_hw(ref) if inp.original else inp.input_maps[i].shape)
+            _, amap = checked_pair(i, np.zeros(shape, dtype=bool), inp.pixels.evaluated_map(i, shape))
+            union, weight = np.zeros(shape, dtype=bool), np.zeros(amap.size)
+            for mask, saturation in defects:
+                union |= mask
+                inside = np.flatnonzero(mask)
+                weight[inside[np.argsort(amap.ravel()[inside], kind="stable")[::-1][:saturation]]] += 1.0 / saturation
+            stream.add(union, amap.astype(np.float32), {"spro": weight.reshape(shape)})
+            n_defects.append(len(defects))
+        image, outside = stream.column("image"), (~stream.column("defect")).astype(np.float64)
+        accumulators = {}
+        for subset in LOCO_SUBSETS:
+            chosen = np.array([ref.label == 0 or ref.defect_type == f"{subset}_anomalies" for ref in inp.refs])
+            names = [f"image_auroc_{subset}", *(f"au_spro_{subset}@{limit:g}" for limit in LOCO_FPR_LIMITS)]
+            defects_in = int(np.asarray(n_defects)[chosen].sum())
+            if not defects_in or inp.labels[chosen].all():
+                result.unavailable.update({n: f"no {subset} anomalies with ground truth in this test "
+                                              "set" for n in names})
+                continue
+            result.metrics[names[0]] = metrics.image_auroc(inp.labels[chosen], inp.image_scores[chosen])
+            accumulators[subset] = OverlapAccumulator(stream, outside * chosen[image],
+                                                      stream.column("spro") * chosen[image], defects_in,
+                                                      LOCO_FPR_LIMITS)
+        for r in stream.ranges() if accumulators else ():
+            for accumulator in accumulators.values():
+                accumulator.update(r)
+    for subset, accumulator in accumulators.items():
+        result.metrics.update({f"au_spro_{subset}@{limit:g}": accumulator.area(limit) for limit in LOCO_FPR_LIMITS})
     for limit in LOCO_FPR_LIMITS:
         values = [result.metrics.get(f"au_spro_{s}@{limit:g}") for s in LOCO_SUBSETS]
         if all(v is not None for v in values):
@@ -198,7 +226,7 @@ def mvtec_ad2(inp: ProtocolInput) -> ProtocolResult:
     result.notes.append(f"SegF1: F1 over all test pixels together of the maps thresholded at {rule}.")
     # AU-PRO@0.05 is one of the metrics every cell computes on these same masks and maps (evaluation's
     # STANDARD_METRICS): the headline names it, nothing computes it twice
-    result.metrics["seg_f1"] = metrics_datasets.seg_f1(inp.masks, inp.maps, threshold)
+    result.metrics["seg_f1"] = metrics_datasets.seg_f1(inp.pixels.masks(), inp.pixels.evaluated_maps(), threshold)
     return result
 
 

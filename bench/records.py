@@ -99,6 +99,7 @@ class Timings(TypedDict, total=False):
     fit_s: float
     predict_s: float
     predict_wall_images_per_s: float
+    evaluate_s: float  # metrics, per-defect metrics, protocols, artifacts and bootstrap, after scoring
 
 
 class Size(TypedDict, total=False):
@@ -125,6 +126,7 @@ class PeakMemoryResult(TypedDict, total=False):
 class Memory(TypedDict, total=False):
     fit: PeakMemoryResult
     predict: PeakMemoryResult
+    evaluate: PeakMemoryResult
     speed: PeakMemoryResult
 
 

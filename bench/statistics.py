@@ -11,18 +11,18 @@ of count-weighted sums of per-image quantities:
 
 - image metrics: images with tied scores form one bin; the weighted counts of defective and good images
   per bin give the exact ROC, precision-recall and F1 points, so these are exact;
-- pixel metrics: each image's pixels are counted in bins of one shared grid of thresholds (defect pixels,
+- pixel metrics: each image's pixels are counted in bins of one shared grid of thresholds
+  (``anobench.pixel_metrics.PixelGrid``, from the merged pixel stream: defect pixels,
   defect-free pixels, defect pixels weighted by 1/region size for PRO, and each image's pixel total for
   AUPIMO's per-image FPR); a resample's curves are the weighted sums of these histograms at the grid
   thresholds, joined by straight segments. The grid is dense where the curves are integrated: quantiles of
   the defect-free pixels (finer below an FPR of 0.4), quantiles of the defect pixels, and every score of
   the normal images above a shared FPR of 1e-3. Only the resamples use the grid: point estimates are
-  computed exactly from all pixels (``anobench.metrics``).
+  computed exactly from all pixels (``anobench.pixel_metrics``).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 import zlib
 from collections.abc import Iterable, Sequence
@@ -114,47 +114,6 @@ def image_counts(labels: np.ndarray, scores: np.ndarray) -> BinnedCounts:
     rows = np.arange(labels.size)
     return BinnedCounts(*(sparse.csr_array((np.ones(int(part.sum())), (rows[part], column[part])), shape=shape)
                           for part in (labels, ~labels)))
-
-
-def pixel_grid(mask_list: Sequence[np.ndarray], map_list: Sequence[np.ndarray]) -> np.ndarray:
-    """Ascending thresholds shared by every image: dense where ROC, PRO, AP/F1 and AUPIMO are integrated."""
-    normal = np.sort(np.concatenate([a[~m] for m, a in zip(mask_list, map_list, strict=True)]))
-    defect = np.sort(np.concatenate([a[m] for m, a in zip(mask_list, map_list, strict=True)]))
-    exceedance = np.unique(np.r_[np.linspace(0, 1, 513), np.linspace(0, 0.4, 1025), np.geomspace(1e-7, 1e-2, 128)])
-    edges = [pixels[(levels * (pixels.size - 1)).round().astype(int)]
-             for pixels, levels in ((normal, 1 - exceedance), (defect, np.linspace(0, 1, 257))) if pixels.size]
-    normal_images = [a.ravel() for m, a in zip(mask_list, map_list, strict=True) if not m.any()]
-    if normal_images:
-        pooled = np.concatenate(normal_images)
-        tail = min(NORMAL_TAIL_MAX, math.ceil(NORMAL_TAIL_FPR * pooled.size))
-        top = np.partition(pooled, pooled.size - tail)[pooled.size - tail:]
-        if tail < NORMAL_TAIL_FPR * pooled.size:  # too many to take them all: log-spaced quantiles of the tail
-            top = np.quantile(pooled, 1 - np.geomspace(0.1 / pooled.size, NORMAL_TAIL_FPR, NORMAL_TAIL_MAX))
-        edges.append(top)
-    lowest = min(pixels[0] for pixels in (normal, defect) if pixels.size)
-    return np.unique(np.concatenate([[lowest], *edges]).astype(np.float64))
-
-
-def pixel_counts(masks, maps, edges: np.ndarray | None = None) -> BinnedCounts:
-    """Each image's pixels counted in the bins of ``edges`` (default ``pixel_grid``); bin k is
-    [edges[k], edges[k + 1]), so the counts at or above a grid threshold are exact."""
-    mask_list, map_list = metrics._pixel_pairs(masks, maps)
-    edges = pixel_grid(mask_list, map_list) if edges is None else np.asarray(edges, dtype=np.float64)
-    k = edges.size
-    n = len(mask_list)
-    positive, negative, overlap = (np.zeros((n, k), np.float32) for _ in range(3))
-    regions, pixels = np.zeros(n), np.zeros(n)
-    for i, (mask, amap) in enumerate(zip(mask_list, map_list, strict=True)):
-        column = k - np.searchsorted(edges, amap.ravel().astype(np.float64), side="right")  # 0 = highest bin
-        flat_mask = mask.ravel()
-        labelled, regions[i] = metrics.label_regions(mask)
-        sizes = np.bincount(labelled.ravel())
-        inverse_size = np.r_[0.0, 1.0 / np.maximum(sizes[1:], 1)]
-        positive[i] = np.bincount(column[flat_mask], minlength=k)
-        negative[i] = np.bincount(column[~flat_mask], minlength=k)
-        overlap[i] = np.bincount(column[flat_mask], weights=inverse_size[labelled.ravel()[flat_mask]], minlength=k)
-        pixels[i] = flat_mask.size
-    return BinnedCounts(positive, negative, overlap, regions, pixels, np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -277,16 +236,15 @@ def defect_key(defect_type: str, metric: str) -> str:
     return f"defect/{defect_type}/{metric}"
 
 
-def bootstrap_cell(labels: np.ndarray, image_scores: np.ndarray, masks, maps, defect_types: Sequence[str],
-                   names: Sequence[str], defect_names: Sequence[str], *, resamples: int, seed: int,
-                   fingerprint: str, confidence: float) -> Bootstrap:
+def bootstrap_cell(labels: np.ndarray, image_scores: np.ndarray, pixel_counts: BinnedCounts | None,
+                   defect_types: Sequence[str], names: Sequence[str], defect_names: Sequence[str], *,
+                   resamples: int, seed: int, fingerprint: str, confidence: float) -> Bootstrap:
     """Resample the test set for ``names`` and, per defect type (that type's images and the good ones,
-    resampled within each), for ``defect_names``."""
+    resampled within each), for ``defect_names``. ``pixel_counts``: each image's pixels in the grid
+    (``anobench.pixel_metrics.binned_counts``), or None where the images have no defect pixel."""
     labels = np.asarray(labels).astype(int)
     image = image_counts(labels, image_scores)
-    has_pixels = any(np.asarray(m).any() for m in masks)
-    needs_pixels = any(n not in IMAGE_METRICS for n in (*names, *defect_names))
-    pixel = pixel_counts(masks, maps) if has_pixels and needs_pixels else None
+    pixel = pixel_counts if pixel_counts is not None and pixel_counts.positive.sum() > 0 else None
 
     def run(chosen: Sequence[str], rows: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         weights = stratified_counts(labels[rows], resamples, rng)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 from anobench.methods.padim import PaDiM
 
 
@@ -24,4 +27,12 @@ class UnstableParamsPaDiM(PaDiM):
         super().__init__(encoder=encoder, weights=weights, d_reduced=d_reduced + 10, seed=seed, device=device)
 
 
-__all__ = ["BatchDependentPaDiM", "UnstableParamsPaDiM"]
+class SelfKillingPaDiM(PaDiM):
+    """Kills its own process with SIGKILL in the middle of scoring, as the kernel's out-of-memory killer
+    would: the harness must still record the cell, with the reason, and go on with the next."""
+
+    def predict(self, images):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+__all__ = ["BatchDependentPaDiM", "SelfKillingPaDiM", "UnstableParamsPaDiM"]

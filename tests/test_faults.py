@@ -86,6 +86,23 @@ def cli(capsys, monkeypatch) -> Callable[..., Outcome]:
     return call
 
 
+def test_a_cell_killed_by_the_kernel_is_recorded_as_failed_and_the_run_goes_on(cli, small_data, tmp_path):
+    """The worker scoring a cell is killed with SIGKILL (as by the out-of-memory killer): that cell gets a
+    failed record with the signal and the worker's peak memory, the next cells run, the run exits 1."""
+    suite = write_suite(tmp_path / "killed.toml", small_data, classes=("disc",),
+                        methods=("tests.broken_methods:SelfKillingPaDiM", "padim"))
+    suite.write_text(suite.read_text().replace("resolutions = [64]", f"resolutions = [{SIZE}]"))
+    outcome = cli("run", "--suite", suite, "--out", tmp_path / "run", "--no-report")
+    assert outcome.code == 1, outcome.err
+    records = {r["config"]["method"]: r for r in read_records(tmp_path / "run")}
+    killed = records["tests.broken_methods:SelfKillingPaDiM"]
+    assert killed["status"] == "failed"
+    assert re.fullmatch(r"worker killed by signal 9 \(SIGKILL\), most likely out of memory \(the kernel's OOM "
+                        r"killer sends it\); peak RSS so far [\d,]+ MiB", killed["error"]), killed["error"]
+    assert records["padim"]["status"] == "ok"
+    assert "1 ok, 1 failed" in outcome.out
+
+
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory, small_data) -> Path:
     """A finished run of the small suite (data, suite file and run folder), copied by every case."""

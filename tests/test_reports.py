@@ -60,13 +60,24 @@ def run_dir(tmp_path):
         masks = [np.zeros((16, 16), bool) for _ in labels]
         for m in masks[2:]:
             m[4:8, 4:8] = True
-        maps = [rng.random((16, 16)) + 0.5 * m for m in masks]
+        maps = [(rng.random((16, 16)) + 0.5 * m).astype(np.float32) for m in masks]
         images = [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in artifacts.qualitative_indices(labels)]
-        arrays = artifacts.collect(images, labels, ["good", "good", "x", "x", "x"], masks, maps,
-                                   np.array([0.1, 0.2, 0.5, 0.6, 0.7]), 0.9)
+        arrays, _ = figure_arrays(images, labels, ["good", "good", "x", "x", "x"], masks, maps,
+                                  np.array([0.1, 0.2, 0.5, 0.6, 0.7]))
         path = artifacts.write(run, f"synthetic/{class_name}/{method}", arrays)
         append_record(run, fake_record(method, class_name, metrics, path))
     return run
+
+
+def figure_arrays(images, labels, defect_types, masks, maps, scores):
+    """The arrays a cell keeps for its figures, and its pixel metrics, through the evaluation's own code."""
+    from anobench import evaluation
+
+    with evaluation.pixel_stream(zip(masks, maps, strict=True)) as stream:
+        pixels = evaluation.evaluate_pixels(stream, labels, defect_types, evaluation.STANDARD_METRICS,
+                                            per_defect=True, bootstrap=True)
+    chosen = [(masks[i], maps[i]) for i in artifacts.qualitative_indices(labels)]
+    return artifacts.collect(images, labels, defect_types, chosen, scores, pixels.curves, pixels.threshold), pixels
 
 
 def md_rows(text, title):
@@ -227,12 +238,11 @@ def seeded_record(run, method, class_name, seed, test_seed):
                 batch_size=8, bootstrap=BootstrapSpec(resamples=200))
     record = fake_record(method, class_name, {})
     record.update(cell_id=cell.cell_id, config=cell.config(), test_set={"fingerprint": f"{test_seed:016x}"})
-    record["metrics"], _, thresholds = evaluation.compute_metrics(labels, masks, scores, maps)
-    record["per_defect"] = evaluation.per_defect_metrics(labels, defect_types, list(masks), scores, list(maps))
-    arrays = artifacts.collect([np.zeros((48, 48, 3), np.uint8)] * 4, labels, defect_types, masks, maps, scores,
-                               thresholds["pixel"])
+    record["metrics"], _, _ = evaluation.compute_metrics(labels, masks, scores, maps)
+    arrays, pixels = figure_arrays([np.zeros((48, 48, 3), np.uint8)] * 4, labels, defect_types, masks, maps, scores)
+    record["per_defect"] = evaluation.per_defect_metrics(labels, defect_types, scores, pixels)
     arrays.update(evaluation.bootstrap_intervals(cell, record["test_set"]["fingerprint"], labels, defect_types,
-                                                 list(masks), scores, list(maps), record))
+                                                 scores, pixels.counts, record))
     record["artifacts"] = {"file": artifacts.write(run, cell.cell_id, arrays)}
     return record
 

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from anobench import metrics, statistics
+from anobench import evaluation, metrics, pixel_metrics, statistics
 from tests import brute_force
 from tests.test_metrics import random_case
 
@@ -40,6 +40,12 @@ def generated_test_set(seed, n_good=10, n_defective=10, size=48, separation=1.0,
     return labels, maps.reshape(len(maps), -1).max(axis=1), masks, maps
 
 
+def pixel_counts(masks, maps, edges=None) -> statistics.BinnedCounts:
+    """Each image's pixels in the bootstrap's grid (or in ``edges``), through the pixel stream."""
+    with evaluation.pixel_stream(zip(masks, maps, strict=True)) as stream:
+        return pixel_metrics.binned_counts(stream, edges)
+
+
 def aupimo_bounds(monkeypatch):
     """AUPIMO's bounds widened so that small generated test sets resolve them."""
     monkeypatch.setattr(metrics, "AUPIMO_FPR_BOUNDS", (1e-3, 1e-2))
@@ -49,10 +55,11 @@ def aupimo_bounds(monkeypatch):
 def test_binned_metrics_equal_the_exact_ones_when_every_distinct_score_is_a_bin(seed, monkeypatch):
     aupimo_bounds(monkeypatch)
     masks, maps = random_case(seed, n_images=9, size=14)
+    maps = maps.astype(np.float32)
     labels = masks.reshape(9, -1).any(axis=1).astype(int)
     scores = np.round(maps.reshape(9, -1).mean(axis=1), 1)  # ties between images
     weights = statistics.stratified_counts(labels, 20, np.random.default_rng(seed))
-    exact_counts = statistics.pixel_counts(masks, maps, edges=np.unique(maps))
+    exact_counts = pixel_counts(masks, maps, edges=np.unique(maps))
     fast = statistics.resampled_metrics(PIXEL_METRICS, exact_counts, weights)
     fast.update(statistics.resampled_metrics(IMAGE_METRICS, statistics.image_counts(labels, scores), weights))
     with warnings.catch_warnings():
@@ -68,7 +75,7 @@ def test_fast_path_on_its_default_grid_stays_within_a_hundredth_of_a_point_of_ex
     aupimo_bounds(monkeypatch)
     labels, scores, masks, maps = generated_test_set(0, n_good=8, n_defective=8, size=64)
     weights = statistics.stratified_counts(labels, 15, np.random.default_rng(1))
-    counts = statistics.pixel_counts(masks, maps)
+    counts = pixel_counts(masks, maps)
     assert counts.bins < np.unique(maps).size  # a real grid, not every distinct score
     fast = statistics.resampled_metrics(PIXEL_METRICS, counts, weights)
     for name, metric in PIXEL_METRICS.items():
@@ -89,7 +96,8 @@ def test_resamples_are_stratified_and_fixed_by_seed_and_test_set():
 
 
 def bootstrap(labels, scores, masks, maps, names=("image_auroc", "pixel_auroc", "aupro"), fingerprint="ab" * 8):
-    return statistics.bootstrap_cell(labels, scores, masks, maps, ["good" if x == 0 else "d" for x in labels],
+    return statistics.bootstrap_cell(labels, scores, pixel_counts(masks, maps),
+                                     ["good" if x == 0 else "d" for x in labels],
                                      list(names), [], resamples=1000, seed=0, fingerprint=fingerprint,
                                      confidence=0.95)
 
@@ -137,7 +145,7 @@ def test_paired_interval_excludes_zero_for_a_clearly_better_method_and_includes_
 def test_per_defect_intervals_resample_within_each_defect_type():
     labels, scores, masks, maps = generated_test_set(5, n_good=10, n_defective=10)
     types = ["good"] * 10 + ["a"] * 4 + ["b"] * 6
-    result = statistics.bootstrap_cell(labels, scores, masks, maps, types, ["image_auroc"],
+    result = statistics.bootstrap_cell(labels, scores, pixel_counts(masks, maps), types, ["image_auroc"],
                                        ["image_auroc", "pixel_auroc", "aupro"], resamples=200, seed=0,
                                        fingerprint="ab" * 8, confidence=0.95)
     assert set(result.intervals) == {"image_auroc"} | {statistics.defect_key(d, m) for d in "ab"
@@ -155,7 +163,6 @@ def test_undefined_resamples_leave_no_interval():
 
 
 def test_a_test_set_of_good_images_only_gets_no_interval_and_no_failure():
-    from anobench import evaluation
     from anobench.cells import Cell
 
     labels, scores, masks, maps = generated_test_set(6, n_good=6, n_defective=0)
@@ -164,5 +171,6 @@ def test_a_test_set_of_good_images_only_gets_no_interval_and_no_failure():
     result = {"per_defect": {}}
     result["metrics"], notes, _ = evaluation.compute_metrics(labels, masks, scores, maps)
     assert result["metrics"]["image_auroc"] is None and "one class" in notes["image_auroc"]
-    assert evaluation.bootstrap_intervals(cell, "ab" * 8, labels, ["good"] * 6, masks, scores, maps, result) == {}
+    assert evaluation.bootstrap_intervals(cell, "ab" * 8, labels, ["good"] * 6, scores, pixel_counts(masks, maps),
+                                          result) == {}
     assert result["intervals"] == {}

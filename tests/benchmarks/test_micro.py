@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from anobench import metrics, statistics
+from anobench import evaluation, metrics, pixel_metrics, statistics
 from anobench.methods import create_method
 from anobench.methods.cflow import conditional_flow, positional_encoding_2d
 from anobench.methods.knn import knn
@@ -99,7 +99,9 @@ def test_spade_chunked_knn(benchmark):
 
 
 def bootstrap_of(names, labels, masks, maps, resamples=1000):
-    return statistics.bootstrap_cell(labels, maps.reshape(len(maps), -1).max(axis=1), masks, maps,
+    with evaluation.pixel_stream(zip(masks, maps, strict=True)) as stream:
+        counts = pixel_metrics.binned_counts(stream)
+    return statistics.bootstrap_cell(labels, maps.reshape(len(maps), -1).max(axis=1), counts,
                                      ["good" if x == 0 else "defect" for x in labels], names, [],
                                      resamples=resamples, seed=0, fingerprint="0" * 16, confidence=0.95)
 
