@@ -115,33 +115,42 @@ def image_metrics(labels: np.ndarray, image_scores: np.ndarray, names: Sequence[
     return values, notes, threshold if values.get("image_f1_max") is not None else None
 
 
-def pixel_stream(pairs: Iterable[tuple[np.ndarray, np.ndarray]], folder: Path | None = None) -> PixelStream:
+def image_groups(labels: np.ndarray, defect_types: Sequence[str]) -> tuple[list[int], dict[str, list[int]]]:
+    """Each image's group for the pixel stream (good images one group, each defect type one), and for each
+    defect type the groups its per-defect metrics take (its images and the good ones)."""
+    names = sorted({"good" if label == 0 else t for label, t in zip(labels, defect_types, strict=True)})
+    index = {name: i for i, name in enumerate(names)}
+    groups = [index["good" if label == 0 else t] for label, t in zip(labels, defect_types, strict=True)]
+    good = [index["good"]] if "good" in index else []
+    return groups, {t: PixelStream.groups_of([index[t], *good]) for t in names if t != "good"}
+
+
+def pixel_stream(pairs: Iterable[tuple[np.ndarray, np.ndarray]], groups: Sequence[int], folder: Path | None = None
+                 ) -> PixelStream:
     """Every (mask, map) pair's pixels, checked image by image, in a stream on disk (``folder``: where its
     temporary files go; the system's temporary folder by default)."""
     stream = PixelStream(folder)
     try:
-        for i, (mask, amap) in enumerate(pairs):
+        for i, ((mask, amap), group) in enumerate(zip(pairs, groups, strict=True)):
             mask, amap = metrics.checked_pair(i, mask, amap)
             if amap.dtype != np.float32:
                 single = amap.astype(np.float32)
                 if not np.array_equal(single, amap):
                     raise ValueError("maps must hold float32 values (pixel scores are compared as float32)")
                 amap = single
-            stream.add(mask, amap)
+            stream.add(mask, amap, group)
     except BaseException:
         stream.close()
         raise
     return stream
 
 
-def evaluate_pixels(stream: PixelStream, labels: np.ndarray, defect_types: Sequence[str], names: Sequence[str],
-                  *, per_defect: bool = False, bootstrap: bool = False) -> pixel_metrics.PixelResult:
-    """The pixel metrics of ``names`` (and per defect type, ``DEFECT_METRICS``) from the stream."""
+def evaluate_pixels(stream: PixelStream, subsets: dict[str, list[int]], names: Sequence[str], *,
+                    bootstrap: bool = False) -> pixel_metrics.PixelResult:
+    """The pixel metrics of ``names`` (and, per subset, ``DEFECT_METRICS``' pixel ones) from the stream."""
     return pixel_metrics.evaluate(
-        stream, labels, defect_types, [n for n in dict.fromkeys(names) if computable(n) and n not in
-                                       IMAGE_METRIC_FUNCTIONS],
-        per_defect=per_defect, aupro_limit=metrics.aupro_limit, aupimo_bounds=metrics.AUPIMO_FPR_BOUNDS,
-        bootstrap=bootstrap)
+        stream, subsets, [n for n in dict.fromkeys(names) if computable(n) and n not in IMAGE_METRIC_FUNCTIONS],
+        aupro_limit=metrics.aupro_limit, aupimo_bounds=metrics.AUPIMO_FPR_BOUNDS, bootstrap=bootstrap)
 
 
 def compute_metrics(labels: np.ndarray, masks: Sequence[np.ndarray] | np.ndarray, image_scores: np.ndarray,
@@ -151,8 +160,8 @@ def compute_metrics(labels: np.ndarray, masks: Sequence[np.ndarray] | np.ndarray
     one that is undefined here (its value is None), and the F1-max thresholds (for figures, never metrics).
     ``masks`` and ``maps`` may be any sequence, made one image at a time: only one is held at once."""
     values, notes, image_threshold = image_metrics(labels, image_scores, names)
-    with pixel_stream(zip(masks, maps, strict=True)) as stream:
-        pixels = evaluate_pixels(stream, labels, [""] * len(labels), names)
+    with pixel_stream(zip(masks, maps, strict=True), [0] * len(labels)) as stream:
+        pixels = evaluate_pixels(stream, {}, names)
     values.update(pixels.values)
     notes.update(pixels.notes)
     thresholds = {level: t for level, t in (("image", image_threshold), ("pixel", pixels.threshold)) if t is not None}
@@ -346,9 +355,9 @@ def _metrics(cell: Cell, source: DatasetSource, test: AnomalyDataset, prediction
         unavailable.update(dict.fromkeys(names, reason))
     else:
         result["metrics"], notes, image_threshold = image_metrics(labels, scores, names)
-        with pixel_stream(pixels, output_dir) as stream:
-            evaluated = evaluate_pixels(stream, labels, defect_types, names, per_defect=True,
-                                        bootstrap=bool(cell.bootstrap.resamples))
+        groups, subsets = image_groups(labels, defect_types)
+        with pixel_stream(pixels, groups, output_dir) as stream:
+            evaluated = evaluate_pixels(stream, subsets, names, bootstrap=bool(cell.bootstrap.resamples))
         result["metrics"].update(evaluated.values)
         unavailable.update(notes)
         unavailable.update(evaluated.notes)

@@ -1,90 +1,106 @@
-"""Pixel metrics of a whole test set, accumulated range by range over a ``PixelStream``.
+"""Pixel metrics of a whole test set from a ``PixelStream``, without holding its pixels.
 
 The definitions are ``anobench.metrics``' (which stays the reference for arrays held in memory): ROC, average
 precision and F1-max over all pixels; PRO over 8-connected defect regions; AUPIMO over the normal images'
-shared FPR. Each accumulator sees the distinct scores from the highest down, with exact cumulative sums at
-each, and carries its last point from one range to the next, so the value is the one a single sort of every
-pixel would give (up to float rounding of the sums). A subset of images (one defect type with the good
-images, say) is a choice of per-class weights: scores where none of its pixels lie add points at which its
-curve does not move, which change no area, precision sum or maximum.
+shared FPR. A curve's y (true positives, region overlap) only moves at scores that special pixels have, so
+each accumulator walks, range by range from the highest score down, the points just before and at those
+scores, with x (false positives) counted in the sorted ordinary keys by binary search: every other score's
+point lies on a flat segment between them, adding no area, precision term or F1 maximum. Values equal a
+single sort of every pixel's (up to float rounding of the sums). A subset of images (one defect type with
+the good ones) is a choice of image groups and class weights.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from anobench.metrics import polyline_area
-from anobench.pixelstream import PixelStream, Range, ceil_key, key_floats
+from anobench.pixelstream import KEY_END, PixelStream, Range, ceil_key, key_floats, keys_at_ranks
 from anobench.statistics import NORMAL_TAIL_FPR, NORMAL_TAIL_MAX, BinnedCounts
 
 CURVE_SAMPLES = 4096  # points kept of a curve for figures (downsampled again when written)
 
 
+class CurveSample:
+    """At most about ``2 × CURVE_SAMPLES`` points of a curve, whatever its length (thinned as it grows)."""
+
+    def __init__(self):
+        self.points = np.zeros((2, 1))
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.points = np.hstack([self.points, np.stack([x, y])])
+        while self.points.shape[1] > 2 * CURVE_SAMPLES:
+            self.points = np.hstack([self.points[:, :-1:2], self.points[:, -1:]])
+
+
 @dataclass
 class Vertices:
-    """A range's part of a curve: its vertices after the curve's last point, and which are a score's point."""
+    """A range's part of a curve: its vertices after the curve's last point, and which close a score."""
 
     x: np.ndarray
     y: np.ndarray
-    at_score: np.ndarray  # indices of the vertices that close a score where y moved
+    at_score: np.ndarray  # indices of the vertices at a score where y moved
     keys: np.ndarray  # those scores' keys
 
 
 class CountCurve:
-    """A curve from the highest score down: x counts the pixels of ``x_member`` classes, y sums ``y_weight``,
-    which only special pixels carry. Its vertices are, for each score where y moves, the point before that
-    score (y not yet moved) and the point after it, then the range's end: every other score adds a point on
-    the straight line between them, so areas and maxima need only these, and a range costs in proportion
-    to its special pixels."""
+    """A curve from the highest score down: x counts the ordinary pixels of ``x_groups`` (and the special
+    pixels of ``x_special`` classes), y sums ``y_weight`` over special pixels. Its vertices are, for each
+    score where y moves, the point before that score and the point at it, then the range's end."""
 
-    def __init__(self, stream: PixelStream, x_member: np.ndarray, y_weight: np.ndarray):
-        self.x_member, self.y_weight = x_member.astype(bool), y_weight.astype(np.float64)
-        self.x_total, self.y_total = stream.total(self.x_member.astype(np.float64)), stream.total(self.y_weight)
+    def __init__(self, stream: PixelStream, x_groups: list[int], x_special: np.ndarray, y_weight: np.ndarray):
+        self.x_groups, self.x_special = x_groups, x_special.astype(np.float64)
+        self.y_weight = y_weight.astype(np.float64)
+        ordinary = stream.ordinary_pixels()
+        self.x_total = float(sum(ordinary[i] for i, g in enumerate(stream.groups) if g in set(x_groups)))
+        self.x_total += stream.special_total(self.x_special)
+        self.y_total = stream.special_total(self.y_weight)
         self.x = self.y = 0.0
 
     def vertices(self, r: Range) -> Vertices:
-        if r.counts is not None:  # one score: one point
-            x = self.x + r.total(self.x_member.astype(np.float64))
-            y = self.y + r.total(self.y_weight)
-            moved = np.array([0]) if y != self.y else np.array([], dtype=np.int64)
-            return Vertices(np.array([x]), np.array([y]), moved, r.keys[:1][moved])
-        positions, weights = r.weighted(self.y_weight)
-        key_index = r.key_index(positions)
-        last = np.r_[key_index[1:] != key_index[:-1], True] if positions.size else np.zeros(0, dtype=bool)
-        scores = key_index[last]
-        y_after = self.y + np.cumsum(weights)[last]
-        y_before = np.r_[self.y, y_after[:-1]]
-        starts = np.where(scores > 0, r.ends[scores - 1], 0)
-        bounds = r.count_before(np.r_[starts, r.ends[scores], r.size], self.x_member) + self.x
+        if r.single:  # one score: one point
+            x = self.x + r.ordinary_total(self.x_groups) + r.special_total(self.x_special)
+            y = self.y + r.special_total(self.y_weight)
+            moved = np.flatnonzero([y != self.y])
+            return Vertices(np.array([x]), np.array([y]), moved, np.full(moved.size, r.low, dtype=np.uint32))
+        keys = r.special_keys
+        last = np.r_[keys[1:] != keys[:-1], True] if keys.size else np.zeros(0, dtype=bool)
+        distinct = keys[last]
+        y_at = self.y + np.cumsum(self.y_weight[r.special_classes])[last]
+        special_x_at = np.cumsum(self.x_special[r.special_classes])[last]
+        moved = np.flatnonzero(np.diff(np.r_[self.y, y_at]) != 0)
+        scores = distinct[moved]
+        y_after, y_before = y_at[moved], np.r_[self.y, y_at][moved]
+        special_x_before = np.r_[0.0, special_x_at][moved]
+        x_after = self.x + r.ordinary_at_or_above(self.x_groups, scores) + special_x_at[moved]
+        x_before = self.x + r.ordinary_at_or_above(self.x_groups, scores, strictly=True) + special_x_before
+        x_end = self.x + r.ordinary_total(self.x_groups) + (special_x_at[-1] if keys.size else 0.0)
         n = scores.size
-        x = np.empty(2 * n + 1)
-        y = np.empty(2 * n + 1)
-        x[0:2 * n:2], x[1:2 * n:2], x[-1] = bounds[:n], bounds[n:2 * n], bounds[-1]
-        y[0:2 * n:2], y[1:2 * n:2], y[-1] = y_before, y_after, y_after[-1] if n else self.y
-        return Vertices(x, y, np.arange(1, 2 * n, 2), r.keys[scores])
+        x, y = np.empty(2 * n + 1), np.empty(2 * n + 1)
+        x[0:2 * n:2], x[1:2 * n:2], x[-1] = x_before, x_after, x_end
+        y[0:2 * n:2], y[1:2 * n:2], y[-1] = y_before, y_after, (y_at[-1] if keys.size else self.y)
+        return Vertices(x, y, np.arange(1, 2 * n, 2), scores)
 
     def advance(self, v: Vertices) -> tuple[np.ndarray, np.ndarray]:
-        """The segments' starts (the previous point, then each vertex but the last), and moves to the end."""
+        """The segments' starts (the previous point, then each vertex but the last); moves to the end."""
         x0, y0 = np.r_[self.x, v.x[:-1]], np.r_[self.y, v.y[:-1]]
         self.x, self.y = float(v.x[-1]), float(v.y[-1])
         return x0, y0
 
 
 class RocAccumulator:
-    """ROC area and, with ``full``, average precision, F1-max (and its threshold) and a sample of the curve;
-    positives are weighted pixels of special classes, negatives the pixels of ``negative`` classes."""
+    """ROC area and, with ``full``, average precision, F1-max (and its threshold) and a sample of the curve."""
 
-    def __init__(self, stream: PixelStream, positive: np.ndarray, negative: np.ndarray, full: bool = False):
-        self.curve = CountCurve(stream, negative, positive)
-        self.total_positive, self.total_negative = self.curve.y_total, self.curve.x_total
-        self.full = full
+    def __init__(self, curve: CountCurve, full: bool = False):
+        self.curve, self.full = curve, full
+        self.total_positive, self.total_negative = curve.y_total, curve.x_total
         self.area = self.precision_sum = 0.0
         self.best_f1, self.best_key = -1.0, None
-        self.points: list[np.ndarray] = [np.zeros((2, 1))]
+        self.sample = CurveSample()
 
     def update(self, r: Range) -> None:
         v = self.curve.vertices(r)
@@ -99,7 +115,7 @@ class RocAccumulator:
         if f1[best] > self.best_f1:
             self.best_f1, self.best_key = float(f1[best]), v.keys[best]
         step = max(1, v.x.size // CURVE_SAMPLES)
-        self.points.append(np.stack([v.x[::step], v.y[::step]]))
+        self.sample.add(v.x[::step], v.y[::step])
 
     @property
     def defined(self) -> bool:
@@ -118,21 +134,19 @@ class RocAccumulator:
 
     def roc_curve(self) -> np.ndarray:
         """(fpr, tpr) at a sample of the curve's vertices, from (0, 0) to (1, 1)."""
-        fp, tp = np.concatenate(self.points, axis=1)
+        fp, tp = self.sample.points
         return np.stack([np.r_[fp / self.total_negative, 1.0], np.r_[tp / self.total_positive, 1.0]])
 
 
 class OverlapAccumulator:
-    """Area under a per-region overlap curve (PRO, or LOCO's sPRO) up to each FPR limit, divided by it:
-    FPR is the share of ``negative`` pixels counted, overlap the ``overlap`` weight summed over ``regions``."""
+    """Area under a per-region overlap curve (PRO, or LOCO's sPRO) up to each FPR limit, divided by it: the
+    curve's x over its total is the FPR, its y over ``regions`` (at most 1) the overlap."""
 
-    def __init__(self, stream: PixelStream, negative: np.ndarray, overlap: np.ndarray, regions: float,
-                 limits: Sequence[float]):
-        self.curve = CountCurve(stream, negative, overlap)
-        self.regions, self.total_negative = regions, self.curve.x_total
+    def __init__(self, curve: CountCurve, regions: float, limits: Sequence[float]):
+        self.curve, self.regions, self.total_negative = curve, regions, curve.x_total
         self.limits = sorted(set(limits))
         self.areas = dict.fromkeys(self.limits, 0.0)
-        self.points: list[np.ndarray] = [np.zeros((2, 1))]
+        self.sample = CurveSample()
 
     @property
     def defined(self) -> bool:
@@ -149,108 +163,105 @@ class OverlapAccumulator:
             self.areas[limit] += polyline_area(x0, y0, x1, y1, limit)
         kept = x1 <= self.limits[-1]
         step = max(1, int(kept.sum()) // CURVE_SAMPLES)
-        self.points.append(np.stack([x1[kept][::step], y1[kept][::step]]))
+        self.sample.add(x1[kept][::step], y1[kept][::step])
 
     def area(self, limit: float) -> float:
         return self.areas[limit] / limit if self.defined else float("nan")
 
     def curve_points(self) -> np.ndarray:
-        return np.concatenate(self.points, axis=1)
+        return self.sample.points
 
 
-@dataclass
-class SharedFprWindow:
-    """AUPIMO's part of the normal images' shared-FPR curve: the points from the last one at or below the
-    lower bound to the first one at or above the upper bound (a curve point per distinct normal score)."""
-
-    normal: np.ndarray  # per class: True for pixels of normal images
-    weight: np.ndarray  # per class: 1 / (pixels of its image × normal images)
-    bounds: tuple[float, float]
-    fpr: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint32))
-    first_fpr: float | None = None
-    shared: float = 0.0
-    complete: bool = False
-
-    def update(self, r: Range) -> None:
-        if self.complete:
-            return
-        if r.counts is not None:
-            fpr, keys = np.array([self.shared + r.total(self.weight)]), r.keys[:1]
-            if not r.total(self.normal.astype(np.float64)):
-                return
-        else:
-            positions = r.member_positions(self.normal)
-            if not positions.size:
-                return
-            key_index = r.key_index(positions)
-            last = np.r_[key_index[1:] != key_index[:-1], True]
-            fpr = self.shared + np.cumsum(self.weight[r.classes[positions]])[last]
-            keys = r.keys[key_index[last]]
-        if self.first_fpr is None:
-            self.first_fpr = float(fpr[0])
-        self.shared = float(fpr[-1])
-        lower, upper = self.bounds
-        fpr, keys = np.r_[self.fpr, fpr], np.r_[self.keys, keys]
-        from_last_below = max(int(np.searchsorted(fpr, lower, side="right")) - 1, 0)
-        reached = int(np.searchsorted(fpr, upper, side="left"))
-        self.fpr, self.keys = fpr[from_last_below:reached + 1], keys[from_last_below:reached + 1]
-        self.complete = reached < fpr.size
+# ----------------------------------------------------------------------------------------------------------
+# AUPIMO
 
 
-def per_image_aupimo(stream: PixelStream, window: SharedFprWindow, normal_images: np.ndarray,
-                     bounds: tuple[float, float]) -> tuple[np.ndarray, str | None]:
+def shared_fpr_window(stream: PixelStream, normal: np.ndarray, bounds: tuple[float, float]
+                      ) -> tuple[np.ndarray, np.ndarray, float]:
+    """AUPIMO's part of the normal images' shared-FPR curve (a point per distinct score of a normal image,
+    the FPR there the mean over normal images of their share of pixels at or above it): from the top down
+    to the first point at or above the upper bound. Returns the points' FPRs and keys (descending score),
+    and the highest point's FPR. The curve's last point (every pixel) counts as exactly 1."""
+    images = np.flatnonzero(normal)
+    weight = 1.0 / (stream.ordinary_pixels()[images] * images.size)
+    lowest = min(int(stream.run("ordinary", i)[0]) for i in images)
+
+    def fpr_at(keys: np.ndarray) -> np.ndarray:  # image by image: memory of one row of keys
+        return sum(w * stream.ordinary_at_or_above([i], keys)[0] for i, w in zip(images, weight, strict=True))
+
+    # the highest score whose point reaches the upper bound (or the lowest score, where the curve ends)
+    low, high = 0, KEY_END
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if middle <= lowest or fpr_at(np.array([middle]))[0] >= bounds[1] else (low, middle)
+    tops = [run[np.searchsorted(run, np.uint32(low), side="left"):]
+            for run in (stream.run("ordinary", int(i)) for i in images)]
+    keys = np.unique(np.concatenate(tops))[::-1]
+    fpr = fpr_at(keys.astype(np.int64))
+    if keys[-1] == lowest:
+        fpr[-1] = 1.0
+    return fpr, keys, float(fpr[0])
+
+
+def per_image_aupimo(stream: PixelStream, bounds: tuple[float, float]) -> tuple[np.ndarray, str | None]:
     """Each image's AUPIMO (nan for images without defect) as ``metrics.per_image_aupimo`` defines it, and
     the reason where it is undefined for every image."""
+    normal = np.asarray(stream.n_regions) == 0
     result = np.full(stream.n_images, np.nan)
-    if not normal_images.any() or normal_images.all():
+    if not normal.any() or normal.all():
         return result, "AUPIMO is undefined without both normal (empty mask) and anomalous images"
     lower, upper = bounds
-    if window.first_fpr is not None and window.first_fpr > lower:
+    shared_fpr, thresholds, first_fpr = shared_fpr_window(stream, normal, bounds)
+    if first_fpr > lower:
         return result, (f"AUPIMO is undefined here: the normal images have too few pixels to resolve a shared FPR "
-                        f"of {lower:g} (the smallest non-zero one is {window.first_fpr:.3g})")
-    shared_fpr, thresholds = window.fpr.copy(), window.keys
-    if not window.complete:  # the curve's last point: every pixel of every normal image, without rounding
-        shared_fpr[-1] = 1.0
+                        f"of {lower:g} (the smallest non-zero one is {first_fpr:.3g})")
     first = int(np.searchsorted(shared_fpr, lower, side="right"))
     last = int(np.searchsorted(shared_fpr, upper, side="left"))
-    segments = np.arange(max(first, 1), min(last, shared_fpr.size - 1) + 1)
+    segments = np.arange(first, min(last, shared_fpr.size - 1) + 1)
     x0, x1 = np.log(shared_fpr[segments - 1]), np.log(shared_fpr[segments])
     log_lower, log_upper = np.log(lower), np.log(upper)
     start, end = np.maximum(x0, log_lower), np.minimum(x1, log_upper)
     width = np.clip(end - start, 0, None)
     middle = ((start + end) / 2 - x0) / (x1 - x0)
     weight_above, weight_at = width * (1 - middle), width * middle
-    keys = thresholds[segments].astype(np.uint64)
-    edges = np.unique(np.r_[keys, keys + 1])  # at or above a key, and above it (at or above the next key)
+    keys = thresholds[segments].astype(np.int64)
     defect = stream.column("defect").astype(np.float64)
-    at_or_above = stream.counts_at_or_above(edges, {"defect": defect})["defect"]
-    n_defect = np.bincount(stream.column("image"), weights=defect * stream.column("pixels"),
-                           minlength=stream.n_images)
-    anomalous = np.flatnonzero(~normal_images)
-    overlap_at = at_or_above[anomalous][:, np.searchsorted(edges, keys)] / n_defect[anomalous, None]
-    overlap_above = at_or_above[anomalous][:, np.searchsorted(edges, keys + 1)] / n_defect[anomalous, None]
-    result[anomalous] = (overlap_above @ weight_above + overlap_at @ weight_at) / (log_upper - log_lower)
+    for i in np.flatnonzero(~normal):  # image by image: memory of one row of thresholds
+        counts = stream.special_at_or_above(np.r_[keys, keys + 1, 0], defect, np.array([i]))[0]
+        at, above, total = counts[:keys.size], counts[keys.size:2 * keys.size], counts[-1]  # above: at or above the next
+        result[i] = ((above / total) @ weight_above + (at / total) @ weight_at) / (log_upper - log_lower)
     return np.clip(result, 0.0, 1.0), None
 
 
-class OrderStatistics:
-    """Scores at given ascending positions among the pixels of ``member`` classes (quantiles for a grid)."""
+# ----------------------------------------------------------------------------------------------------------
+# the bootstrap's grid and per-image counts
 
-    def __init__(self, stream: PixelStream, member: np.ndarray, positions: np.ndarray):
-        self.member = member.astype(bool)
-        self.size = int(round(stream.total(self.member.astype(np.float64))))
-        self.descending = self.size - 1 - np.asarray(positions, dtype=np.int64)
-        self.values = np.full(self.descending.size, np.nan, dtype=np.float32)
+
+class OrderStatistics:
+    """Scores at given ranks (0: the highest) among the ordinary pixels of ``groups`` and, with ``special``,
+    the special pixels too; collected range by range."""
+
+    def __init__(self, groups: list[int], special: bool, ranks: np.ndarray):
+        self.groups, self.special = groups, special
+        self.ranks = np.asarray(ranks, dtype=np.int64)
+        self.values = np.full(self.ranks.size, np.nan, dtype=np.float32)
         self.seen = 0
 
     def update(self, r: Range) -> None:
-        if self.seen >= self.size or self.descending.min(initial=self.size) >= self.size:
+        if r.single:
+            count = r.ordinary_total(self.groups) + (int(r.special_counts.sum()) if self.special else 0)
+            inside = (self.ranks >= self.seen) & (self.ranks < self.seen + count)
+            self.values[inside] = key_floats(np.array([r.low]))[0]
+            self.seen += count
             return
-        pending = np.flatnonzero(self.descending >= self.seen)
-        keys, count = r.member_ranks(self.member, self.descending[pending] - self.seen)
-        inside = self.descending[pending] - self.seen < count
-        self.values[pending[inside]] = key_floats(keys[inside])
+        special = r.special_keys if self.special else np.empty(0, dtype=np.uint32)
+        count = r.ordinary_total(self.groups) + special.size
+        inside = np.flatnonzero((self.ranks >= self.seen) & (self.ranks < self.seen + count))
+        if inside.size:
+            def at_or_above(keys):
+                return (r.ordinary_at_or_above(self.groups, keys)
+                        + special.size - np.searchsorted(special[::-1], keys.astype(np.uint32), side="left"))
+            self.values[inside] = key_floats(keys_at_ranks(at_or_above, self.ranks[inside] - self.seen))
         self.seen += count
 
 
@@ -268,36 +279,42 @@ def interpolate(lower_values: np.ndarray, upper_values: np.ndarray, gamma: np.nd
 
 
 class PixelGrid:
-    """``statistics.pixel_grid``'s thresholds (see there) from order statistics of the stream."""
+    """The bootstrap's thresholds, dense where the curves are integrated: quantiles of the defect-free pixels
+    (finer below an FPR of 0.4), quantiles of the defect pixels, and the normal images' highest scores
+    (every one above a shared FPR of ``tail_fpr``, up to ``tail_max``; beyond that many, log-spaced
+    quantiles of them)."""
 
-    def __init__(self, stream: PixelStream, normal_images: np.ndarray, tail_fpr: float, tail_max: int):
-        defect = stream.column("defect")
-        of_normal_image = normal_images[stream.column("image")]
+    def __init__(self, stream: PixelStream, all_groups: list[int], normal_groups: list[int],
+                 tail_fpr: float = NORMAL_TAIL_FPR, tail_max: int = NORMAL_TAIL_MAX):
         exceedance = np.unique(np.r_[np.linspace(0, 1, 513), np.linspace(0, 0.4, 1025),
                                      np.geomspace(1e-7, 1e-2, 128)])
+        ordinary = stream.ordinary_pixels()
+        sizes = {"normal": int(ordinary.sum()), "defect": int(round(stream.special_total(
+            stream.column("defect").astype(np.float64))))}
         self.parts: list[tuple[str, OrderStatistics]] = []
-        for member, levels in ((~defect, 1 - exceedance), (defect, np.linspace(0, 1, 257))):
-            size = int(round(stream.total(member.astype(np.float64))))
+        for kind, groups, special, levels in (("normal", all_groups, False, 1 - exceedance),
+                                              ("defect", [], True, np.linspace(0, 1, 257))):
+            size = sizes[kind]
             if size:
-                positions = (levels * (size - 1)).round().astype(np.int64)
-                self.parts.append(("exact", OrderStatistics(stream, member, np.r_[0, positions])))
-        pooled = int(round(stream.total(of_normal_image.astype(np.float64))))
+                ascending = np.r_[0, (levels * (size - 1)).round().astype(np.int64)]
+                self.parts.append(("exact", OrderStatistics(groups, special, size - 1 - ascending)))
+        pooled = int(sum(ordinary[i] for i, g in enumerate(stream.groups) if g in set(normal_groups)))
         self.tail_quantiles = None
         if pooled:
             tail = min(tail_max, math.ceil(tail_fpr * pooled))
             if tail < tail_fpr * pooled:  # too many to take them all: log-spaced quantiles of the tail
                 self.tail_quantiles = quantile_positions(pooled, 1 - np.geomspace(0.1 / pooled, tail_fpr, tail_max))
-                positions = np.r_[self.tail_quantiles[0], self.tail_quantiles[1]]
+                ascending = np.r_[self.tail_quantiles[0], self.tail_quantiles[1]]
             else:
-                positions = np.arange(pooled - tail, pooled)
-            self.parts.append(("tail", OrderStatistics(stream, of_normal_image, positions)))
+                ascending = np.arange(pooled - tail, pooled)
+            self.parts.append(("tail", OrderStatistics(normal_groups, False, pooled - 1 - ascending)))
 
     def update(self, r: Range) -> None:
         for _, part in self.parts:
             part.update(r)
 
     def edges(self) -> np.ndarray:
-        """Ascending thresholds, as ``statistics.pixel_grid`` returns them (float64)."""
+        """Ascending thresholds (float64)."""
         values = []
         for kind, part in self.parts:
             if kind == "tail" and self.tail_quantiles is not None:
@@ -309,28 +326,32 @@ class PixelGrid:
         return np.unique(np.concatenate([[lowest], *values]).astype(np.float64))
 
 
-def binned_counts(stream: PixelStream, edges: np.ndarray | None = None) -> BinnedCounts:
+def binned_counts(stream: PixelStream, edges: np.ndarray) -> BinnedCounts:
     """Each image's pixels counted in the bins of ``edges`` (bin k is [edges[k], edges[k + 1]), columns from
-    the highest bin); by default the bootstrap's grid (``PixelGrid``, from one more merge of the pixels)."""
-    if edges is None:
-        grid = PixelGrid(stream, np.asarray(stream.n_regions) == 0, NORMAL_TAIL_FPR, NORMAL_TAIL_MAX)
-        for r in stream.ranges():
-            grid.update(r)
-        edges = grid.edges()
-    keys = np.array([ceil_key(e) for e in edges], dtype=np.uint64)
-    defect = stream.column("defect")
-    at_or_above = stream.counts_at_or_above(keys, {"positive": defect.astype(np.float64),
-                                                   "negative": (~defect).astype(np.float64),
-                                                   "overlap": stream.column("overlap")})
+    the highest bin): defect pixels, defect-free pixels, and defect pixels weighted by 1 / region size."""
+    keys = np.array([ceil_key(e) for e in edges], dtype=np.int64)
+    defect = stream.column("defect").astype(np.float64)
+    positive = stream.special_at_or_above(keys, defect)
+    overlap = stream.special_at_or_above(keys, stream.column("overlap"))
+    negative = (stream.ordinary_at_or_above(np.arange(stream.n_images), keys)
+                + stream.special_at_or_above(keys, 1.0 - defect))
 
-    def per_bin(cumulative: np.ndarray) -> np.ndarray:
-        bins = cumulative - np.hstack([cumulative[:, 1:], np.zeros((cumulative.shape[0], 1))])
+    def per_bin(at_or_above: np.ndarray) -> np.ndarray:
+        bins = at_or_above - np.hstack([at_or_above[:, 1:], np.zeros((at_or_above.shape[0], 1))])
         return bins[:, ::-1].astype(np.float32)
 
-    pixels = np.bincount(stream.column("image"), weights=stream.column("pixels"), minlength=stream.n_images)
-    return BinnedCounts(per_bin(at_or_above["positive"]), per_bin(at_or_above["negative"]),
-                        per_bin(at_or_above["overlap"]), np.asarray(stream.n_regions, dtype=np.float64), pixels,
-                        np.float32)
+    pixels = stream.ordinary_pixels() + np.bincount(stream.column("image"), weights=stream.column("pixels"),
+                                                    minlength=stream.n_images)
+    return BinnedCounts(per_bin(positive), per_bin(negative), per_bin(overlap),
+                        np.asarray(stream.n_regions, dtype=np.float64), pixels, np.float32)
+
+
+def bootstrap_counts(stream: PixelStream) -> BinnedCounts:
+    """Each image's pixels in the bootstrap's grid (one more merge of the pixels, for the grid)."""
+    grid = PixelGrid(stream, sorted(set(stream.groups)), stream.normal_groups())
+    for r in stream.ranges():
+        grid.update(r)
+    return binned_counts(stream, grid.edges())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -349,88 +370,73 @@ class PixelResult:
     counts: BinnedCounts | None  # each image's pixels in the bootstrap grid, when asked for
 
 
-def _undefined(name: str) -> str:
-    if name == "pixel_auroc":
-        return "pixel AUROC is undefined when only one class is present"
-    if name in ("pixel_ap", "pixel_f1_max"):
-        return "average precision is undefined without positives" if name == "pixel_ap" else \
-            "F1 is undefined without positives"
-    return "AUPRO is undefined without anomalous regions and anomaly-free pixels"
+UNDEFINED = {"pixel_auroc": "pixel AUROC is undefined when only one class is present",
+             "pixel_ap": "average precision is undefined without positives",
+             "pixel_f1_max": "F1 is undefined without positives"}
 
 
-def evaluate(stream: PixelStream, labels: np.ndarray, defect_types: Sequence[str], names: Sequence[str], *,
-             per_defect: bool, aupro_limit, aupimo_bounds: tuple[float, float], bootstrap: bool = False
-             ) -> PixelResult:
-    """The pixel metrics ``names`` of the whole test set (and, with ``per_defect``, pixel AUROC and AUPRO@0.3
-    of each defect type with the good images) from one merge of the stream's pixels. ``aupro_limit(name)``
-    gives an AUPRO name's FPR limit; ``bootstrap`` asks for each image's counts in the bootstrap grid. Pixel
-    metrics are left out where the images have no defect pixel."""
+def evaluate(stream: PixelStream, subsets: dict[str, list[int]], names: Sequence[str], *, aupro_limit,
+             aupimo_bounds: tuple[float, float], bootstrap: bool = False) -> PixelResult:
+    """The pixel metrics ``names`` of the whole test set and pixel AUROC and AUPRO@0.3 of each subset in
+    ``subsets`` (the stream's groups of a defect type's images and the good ones'), from one merge of the
+    stream's pixels.
+    ``aupro_limit(name)`` gives an AUPRO name's FPR limit; ``bootstrap`` asks for each image's counts in the
+    bootstrap grid. Pixel metrics are left out where the images have no defect pixel."""
     defect, overlap = stream.column("defect"), stream.column("overlap")
     image = stream.column("image")
-    positive, negative = defect.astype(np.float64), (~defect).astype(np.float64)
+    groups = sorted(set(stream.groups))
     regions = np.asarray(stream.n_regions, dtype=np.float64)
-    normal_images = regions == 0
+    non_defect = ~defect
     limits = {name: aupro_limit(name) for name in names if aupro_limit(name) is not None}
-    roc = RocAccumulator(stream, positive, negative, full=True)
-    pro = OverlapAccumulator(stream, negative, overlap, float(regions.sum()), [*limits.values(), 0.3])
+    roc = RocAccumulator(CountCurve(stream, groups, non_defect, defect), full=True)
+    pro = OverlapAccumulator(CountCurve(stream, groups, non_defect, overlap), float(regions.sum()),
+                             [*limits.values(), 0.3])
     consumers: list = [roc, pro]
-    window = None
-    if "aupimo" in names and normal_images.any() and not normal_images.all():
-        pixels = np.bincount(image, weights=stream.column("pixels"), minlength=stream.n_images)
-        weight = np.where(normal_images[image], 1.0 / (pixels[image] * normal_images.sum()), 0.0)
-        window = SharedFprWindow(normal_images[image], weight, aupimo_bounds)
-        consumers.append(window)
-    types, labels = np.asarray(defect_types), np.asarray(labels)
-    per_type = {}
-    good = (labels == 0)[image]
-    for defect_type in sorted(set(types[labels == 1])) if per_defect else []:
-        of_type = ((types == defect_type) & (labels == 1))[image]
-        chosen = of_type | good
-        type_roc = RocAccumulator(stream, positive * of_type, negative * chosen)
-        type_regions = float(regions[(types == defect_type) & (labels == 1)].sum())
-        type_pro = OverlapAccumulator(stream, negative * chosen, overlap * of_type, type_regions, [0.3])
-        per_type[defect_type] = (type_roc, type_pro)
-        consumers += [type_roc, type_pro]
-    grid = PixelGrid(stream, normal_images, NORMAL_TAIL_FPR, NORMAL_TAIL_MAX) if bootstrap else None
-    if grid is not None:
+    per_subset = {}
+    for name, subset_groups in subsets.items():
+        of_subset = np.isin(np.asarray(stream.groups), subset_groups)
+        in_subset = of_subset[image]
+        subset_roc = RocAccumulator(CountCurve(stream, subset_groups, non_defect & in_subset, defect & in_subset))
+        subset_pro = OverlapAccumulator(CountCurve(stream, subset_groups, non_defect & in_subset, overlap * in_subset),
+                                        float(regions[of_subset].sum()), [0.3])
+        per_subset[name] = (subset_roc, subset_pro)
+        consumers += [subset_roc, subset_pro]
+    grid = None
+    if bootstrap:
+        grid = PixelGrid(stream, groups, stream.normal_groups())
         consumers.append(grid)
     for r in stream.ranges():
         for consumer in consumers:
             consumer.update(r)
 
-    values: dict[str, float | None] = {}
+    computed: dict[str, float] = {}
     notes: dict[str, str] = {}
-    f1, threshold = roc.f1_max()
-    computed = {"pixel_auroc": roc.auroc(), "pixel_ap": roc.average_precision(), "pixel_f1_max": f1,
-                **{name: pro.area(limit) for name, limit in limits.items()}}
-    if "aupimo" in names:
-        if window is None:
-            aupimo, reason = np.full(stream.n_images, np.nan), ("AUPIMO is undefined without both normal (empty "
-                                                                 "mask) and anomalous images")
-        else:
-            aupimo, reason = per_image_aupimo(stream, window, normal_images, aupimo_bounds)
-        present = aupimo[~np.isnan(aupimo)]
-        computed["aupimo"] = float(present.mean()) if present.size else float("nan")
-        if reason:
-            notes["aupimo"] = reason
-    if roc.total_positive == 0:
-        computed = {}
+    if roc.total_positive > 0:
+        f1, _ = roc.f1_max()
+        computed = {"pixel_auroc": roc.auroc(), "pixel_ap": roc.average_precision(), "pixel_f1_max": f1,
+                    **{name: pro.area(limit) for name, limit in limits.items()}}
+        if "aupimo" in names:
+            aupimo, reason = per_image_aupimo(stream, aupimo_bounds)
+            present = aupimo[~np.isnan(aupimo)]
+            computed["aupimo"] = float(present.mean()) if present.size else float("nan")
+            if reason:
+                notes["aupimo"] = reason
+    values: dict[str, float | None] = {}
     for name in names:
-        if name not in computed:
-            continue
-        value = computed[name]
-        values[name] = value if np.isfinite(value) else None
-        if values[name] is None and name not in notes:
-            notes[name] = _undefined(name)
-    by_type = {t: {"pixel_auroc": _finite(type_roc.auroc()), "aupro": _finite(type_pro.area(0.3))}
-               for t, (type_roc, type_pro) in per_type.items() if type_roc.total_positive > 0}
+        if name in computed:
+            values[name] = computed[name] if np.isfinite(computed[name]) else None
+            if values[name] is None and name not in notes:
+                notes[name] = UNDEFINED.get(name, "AUPRO is undefined without anomalous regions and anomaly-free "
+                                                  "pixels")
+    by_subset = {name: {"pixel_auroc": _finite(subset_roc.auroc()), "aupro": _finite(subset_pro.area(0.3))}
+                 for name, (subset_roc, subset_pro) in per_subset.items() if subset_roc.total_positive > 0}
     curves = {}
     if roc.defined:
         curves["pixel_roc"] = roc.roc_curve()
     if pro.defined:
         curves["pro_curve"] = pro.curve_points()
-    counts = binned_counts(stream, grid.edges()) if grid is not None else None
-    return PixelResult(values, notes, threshold if roc.total_positive > 0 else None, by_type, curves, counts)
+    counts = binned_counts(stream, grid.edges()) if grid is not None and roc.total_positive > 0 else None
+    return PixelResult(values, notes, roc.f1_max()[1], by_subset, curves, counts)
 
 
 def _finite(value: float) -> float | None:

@@ -64,7 +64,7 @@ def estimate(cell: Cell, source: DatasetSource, device: str) -> CellPlan:
     pixels = cell.resolution * cell.resolution
     harness = (n_train + n_test) * 3 * pixels  # decoded images kept as uint8
     harness += n_test * pixels * (4 + 1)  # maps and masks at the input resolution
-    evaluated = [pixels] * bool(test)
+    evaluated = [pixels] * len(test)
     if test and cell.metrics_resolution == "original":
         evaluated = [width * height for width, height in (image_header(ref.image_path) for ref in test)]
     if evaluated:

@@ -33,7 +33,7 @@ from anobench.cells import Cell
 from anobench.core import BenchError
 from anobench.datasets.base import DatasetSource, Geometry, SampleRef, geometry_mask, image_header
 from anobench.metrics import LOCO_FPR_LIMITS, LOCO_SUBSETS, checked_pair
-from anobench.pixel_metrics import OverlapAccumulator
+from anobench.pixel_metrics import CountCurve, OverlapAccumulator
 from anobench.pixelstream import PixelStream
 
 HEADLINE_LOCO_LIMIT = 0.05
@@ -110,6 +110,7 @@ def loco(inp: ProtocolInput) -> ProtocolResult:
     result = ProtocolResult(headline=[*(f"image_auroc_{s}" for s in LOCO_SUBSETS),
                                       *(f"au_spro_{s}@{HEADLINE_LOCO_LIMIT:g}" for s in LOCO_SUBSETS),
                                       f"au_spro@{HEADLINE_LOCO_LIMIT:g}"])
+    subset_of = {"good": 0, **{f"{subset}_anomalies": k for k, subset in enumerate(LOCO_SUBSETS, start=1)}}
     n_defects, cropped_away = [], 0
     with PixelStream(inp.output_dir) as stream:
         for i, ref in enumerate(inp.refs):
@@ -122,11 +123,12 @@ def loco(inp: ProtocolInput) -> ProtocolResult:
                 union |= mask
                 inside = np.flatnonzero(mask)
                 weight[inside[np.argsort(amap.ravel()[inside], kind="stable")[::-1][:saturation]]] += 1.0 / saturation
-            stream.add(union, amap.astype(np.float32), {"spro": weight.reshape(shape)})
+            group = 0 if ref.label == 0 else subset_of.get(ref.defect_type, len(subset_of))
+            stream.add(union, amap.astype(np.float32), group, {"spro": weight.reshape(shape)})
             n_defects.append(len(defects))
-        image, outside = stream.column("image"), (~stream.column("defect")).astype(np.float64)
+        image, outside = stream.column("image"), ~stream.column("defect")
         accumulators = {}
-        for subset in LOCO_SUBSETS:
+        for k, subset in enumerate(LOCO_SUBSETS, start=1):
             chosen = np.array([ref.label == 0 or ref.defect_type == f"{subset}_anomalies" for ref in inp.refs])
             names = [f"image_auroc_{subset}", *(f"au_spro_{subset}@{limit:g}" for limit in LOCO_FPR_LIMITS)]
             defects_in = int(np.asarray(n_defects)[chosen].sum())
@@ -135,9 +137,9 @@ def loco(inp: ProtocolInput) -> ProtocolResult:
                                               "set" for n in names})
                 continue
             result.metrics[names[0]] = metrics.image_auroc(inp.labels[chosen], inp.image_scores[chosen])
-            accumulators[subset] = OverlapAccumulator(stream, outside * chosen[image],
-                                                      stream.column("spro") * chosen[image], defects_in,
-                                                      LOCO_FPR_LIMITS)
+            curve = CountCurve(stream, PixelStream.groups_of([0, k]), outside & chosen[image],
+                               stream.column("spro") * chosen[image])
+            accumulators[subset] = OverlapAccumulator(curve, defects_in, LOCO_FPR_LIMITS)
         for r in stream.ranges() if accumulators else ():
             for accumulator in accumulators.values():
                 accumulator.update(r)

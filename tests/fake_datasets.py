@@ -205,11 +205,15 @@ def write_fake_btad(root: Path, classes: tuple[str, ...] = BTAD_CLASSES) -> Path
 # MVTec LOCO AD
 
 
-def write_fake_loco(root: Path, classes: tuple[str, ...] = LOCO_CLASSES, size=(48, 32)) -> Path:
+def write_fake_loco(root: Path, classes: tuple[str, ...] = LOCO_CLASSES, size=(48, 32),
+                    counts: dict[str, int] | None = None) -> Path:
     """defects_config.json (absolute and relative saturation), train/validation/test folders and one folder
-    of per-defect PNGs per anomalous image, each holding its defect's pixel_value; two defects on one
-    image."""
+    of per-defect PNGs per anomalous image, each holding its defect's pixel_value; two defects on the first
+    image of each kind. ``counts``: images per split and kind (train, validation, good, logical_anomalies,
+    structural_anomalies), by default a few of each."""
     w, h = size
+    counts = {"train": 6, "validation": 2, "good": 2, "logical_anomalies": 2, "structural_anomalies": 2,
+              **(counts or {})}
     config = [
         {
             "defect_name": "missing_part",
@@ -237,13 +241,13 @@ def write_fake_loco(root: Path, classes: tuple[str, ...] = LOCO_CLASSES, size=(4
         (class_dir / "defects_config.json").write_text(json.dumps(config, indent=4))
         (class_dir / "license.txt").write_text("CC BY-NC-SA 4.0\n")
         (class_dir / "readme.txt").write_text("MVTec LOCO AD\n")
-        for split, count in (("train", 6), ("validation", 2)):
-            for i in range(count):
+        for split in ("train", "validation"):
+            for i in range(counts[split]):
                 save_image(class_dir / split / "good" / f"{i:03d}.png", picture(rng, w, h))
-        for i in range(2):
+        for i in range(counts["good"]):
             save_image(class_dir / "test" / "good" / f"{i:03d}.png", picture(rng, w, h))
         for kind, values in (("logical_anomalies", (255, 254)), ("structural_anomalies", (253,))):
-            for i in range(2):
+            for i in range(counts[kind]):
                 masks = [defect_mask(rng, w, h) for _ in (values if i == 0 else values[:1])]
                 union = np.logical_or.reduce(masks)
                 save_image(class_dir / "test" / kind / f"{i:03d}.png", picture(rng, w, h, union))

@@ -73,9 +73,9 @@ def figure_arrays(images, labels, defect_types, masks, maps, scores):
     """The arrays a cell keeps for its figures, and its pixel metrics, through the evaluation's own code."""
     from anobench import evaluation
 
-    with evaluation.pixel_stream(zip(masks, maps, strict=True)) as stream:
-        pixels = evaluation.evaluate_pixels(stream, labels, defect_types, evaluation.STANDARD_METRICS,
-                                            per_defect=True, bootstrap=True)
+    groups, subsets = evaluation.image_groups(labels, defect_types)
+    with evaluation.pixel_stream(zip(masks, maps, strict=True), groups) as stream:
+        pixels = evaluation.evaluate_pixels(stream, subsets, evaluation.STANDARD_METRICS, bootstrap=True)
     chosen = [(masks[i], maps[i]) for i in artifacts.qualitative_indices(labels)]
     return artifacts.collect(images, labels, defect_types, chosen, scores, pixels.curves, pixels.threshold), pixels
 

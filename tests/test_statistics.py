@@ -42,8 +42,8 @@ def generated_test_set(seed, n_good=10, n_defective=10, size=48, separation=1.0,
 
 def pixel_counts(masks, maps, edges=None) -> statistics.BinnedCounts:
     """Each image's pixels in the bootstrap's grid (or in ``edges``), through the pixel stream."""
-    with evaluation.pixel_stream(zip(masks, maps, strict=True)) as stream:
-        return pixel_metrics.binned_counts(stream, edges)
+    with evaluation.pixel_stream(zip(masks, maps, strict=True), [0] * len(masks)) as stream:
+        return pixel_metrics.bootstrap_counts(stream) if edges is None else pixel_metrics.binned_counts(stream, edges)
 
 
 def aupimo_bounds(monkeypatch):

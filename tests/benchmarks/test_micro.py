@@ -99,8 +99,8 @@ def test_spade_chunked_knn(benchmark):
 
 
 def bootstrap_of(names, labels, masks, maps, resamples=1000):
-    with evaluation.pixel_stream(zip(masks, maps, strict=True)) as stream:
-        counts = pixel_metrics.binned_counts(stream)
+    with evaluation.pixel_stream(zip(masks, maps.astype(np.float32), strict=True), [0] * len(masks)) as stream:
+        counts = pixel_metrics.bootstrap_counts(stream)
     return statistics.bootstrap_cell(labels, maps.reshape(len(maps), -1).max(axis=1), counts,
                                      ["good" if x == 0 else "defect" for x in labels], names, [],
                                      resamples=resamples, seed=0, fingerprint="0" * 16, confidence=0.95)
