@@ -206,6 +206,14 @@ def available_suites(extra: Sequence[str | Path] = ()) -> dict[str, Path]:
     return found
 
 
+def suite_source(path: Path) -> str:
+    """How a run folder names its suite file: a built-in one by its place in the package
+    (``anobench:suites/smoke.toml``, the same on every machine), any other by the path as it was given."""
+    if path.resolve().parent == BUILTIN_DIR:
+        return f"anobench:suites/{path.name}"
+    return str(path)
+
+
 def find_suite(name_or_path: str, extra: Sequence[str | Path] = ()) -> Path:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.is_file():

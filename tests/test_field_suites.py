@@ -110,6 +110,7 @@ def test_field_table_on_a_classes_subset_of_another_folder(tmp_path, tiny_data):
     assert table["PatchCore-WR50 (not run)"]["Image AUROC (paper)"] == "99.20"
     run = json.loads((tmp_path / "run/run.json").read_text())
     assert run["suite"]["raw"]["dataset"]["classes"] == ["disc"]
+    assert run["suite"]["path"] == str(suite)  # a user's suite: the path as the command line gave it
 
 
 @pytest.mark.slow
