@@ -6,9 +6,10 @@ that they cannot drift from what they describe.
 - Every folder of ``reports/published/`` becomes the page ``published/<folder>/``: its ``README.md`` (the
   command, commit and machine), then its ``report.md`` with the figures beside it; ``published/`` lists
   them under the folder's own ``README.md``. Nothing in them is retyped.
-- mkdocstrings reads the package's source: its layers live in folders not named after the import name
-  (``bench/`` is ``anobench``, ``methods/`` is ``anobench.methods`` ...), so a temporary tree of links
-  under the import names is put first on the search path.
+- The package's layers live in folders not named after the import name (``bench/`` is ``anobench``,
+  ``methods/`` is ``anobench.methods`` ...), so a temporary tree of links under the import names is put
+  first on the search path: mkdocstrings reads the source from there, and the generators above import
+  ``anobench.suites`` from there, so the site builds without anobench (or torch) installed.
 """
 
 from __future__ import annotations
@@ -137,3 +138,7 @@ def on_post_build(config):
         sys.path.remove(str(_source_tree))
         shutil.rmtree(_source_tree, ignore_errors=True)
         _source_tree = None
+
+
+def on_build_error(error):
+    on_post_build(None)
