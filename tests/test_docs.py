@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from anobench.suites import Suite, describe_keys, schema_tables, suite_keys
+from anobench.runner import check_suite
+from anobench.suites import Suite, describe_keys, load_suite, schema_tables, suite_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = ROOT / "reports" / "published"
@@ -75,3 +76,14 @@ def test_the_published_index_links_every_run_page():
     index = hooks().published_index()
     for path in hooks().published_folders():
         assert f"]({path.name}/index.md)" in index
+
+
+def test_the_suite_example_in_the_docs_is_a_valid_suite(tmp_path):
+    page = (ROOT / "docs" / "suites.md").read_text()
+    examples = [block for block in re.findall(r"```toml\n(.*?)```", page, flags=re.DOTALL) if "[[grid]]" in block]
+    assert examples
+    for number, block in enumerate(examples):
+        path = tmp_path / f"example{number}.toml"
+        path.write_text(block)
+        suite = load_suite(str(path))
+        check_suite(suite)
