@@ -81,12 +81,18 @@ def published_folders() -> list[Path]:
     return sorted(p for p in PUBLISHED.iterdir() if (p / "records.jsonl").is_file())
 
 
+# a published folder's files the site serves beside its page, for readers to check the page against
+PUBLISHED_FILES = ("records.jsonl", "run.json", "report.html")
+
+
 def published_page(folder: Path) -> str:
-    """A published run folder as one page: its README, then its report (headings one level down)."""
+    """A published run folder as one page: its README, links to its records, then its report (headings one
+    level down)."""
     readme = (folder / "README.md").read_text()
     report = (folder / "report.md").read_text()
     report = re.sub(r"^(#+) ", r"#\1 ", report, flags=re.MULTILINE)
-    return f"{readme.rstrip()}\n\n{report}"
+    files = ", ".join(f"[{name}]({name})" for name in PUBLISHED_FILES if (folder / name).is_file())
+    return f"{readme.rstrip()}\n\nThe folder's files: {files}.\n\n{report}"
 
 
 def published_index() -> str:
@@ -121,7 +127,7 @@ def on_files(files, config):
     files.append(File.generated(config, "published/index.md", content=published_index()))
     for folder in published_folders():
         files.append(File.generated(config, f"published/{folder.name}/index.md", content=published_page(folder)))
-        for asset in [*sorted((folder / "figures").glob("*.png")), folder / "report.html"]:
+        for asset in [*sorted((folder / "figures").glob("*.png")), *(folder / name for name in PUBLISHED_FILES)]:
             if asset.is_file():
                 uri = f"published/{folder.name}/{asset.relative_to(folder).as_posix()}"
                 files.append(File.generated(config, uri, abs_src_path=str(asset)))

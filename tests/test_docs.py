@@ -69,7 +69,8 @@ def test_every_published_run_folder_has_its_records_and_says_how_it_was_made(fol
     for line in ("- Command: `bench run ", "- Commit: ", "- Machine: "):
         assert line in readme, f"{folder}/README.md lacks {line!r}"
     page = hooks().published_page(path)
-    assert page.startswith(readme.rstrip()) and "\n## Report: " in page  # the report follows, one level down
+    assert page.startswith(readme.rstrip()) and "[records.jsonl](records.jsonl)" in page
+    assert "\n## Report: " in page  # the report follows, one level down
 
 
 def test_the_published_index_links_every_run_page():
