@@ -13,17 +13,17 @@ ROOT = Path(__file__).resolve().parent.parent
 # The roots where one machine keeps its own things. A path must start there (after a space, quote, "=",
 # "(" or the line's start), so relative paths such as docs/work/ or ../shared/ are not flagged.
 MACHINE_PATH = re.compile(r"(?:^|(?<=[\s\"'`=(]))(?:/work/|/root/|/home/[\w.-]+/|/Users/[\w.-]+/|[A-Za-z]:\\Users\\)")
-# /tmp/<name> too, except in published run folders, which quote the command as it was typed: an --out
-# folder under /tmp reruns on any machine.
+# /tmp/<name> too, except in the files a published run wrote itself, which quote its command as it was
+# typed (an --out folder under /tmp); they are kept as written.
 TEMP_PATH = re.compile(r"(?:^|(?<=[\s\"'`=(]))/tmp/\w")
-QUOTED_COMMANDS = "reports/published/"
+RUN_WRITTEN = re.compile(r"reports/published/[^/]+/(run\.json|records\.jsonl|report\.md|report\.html)$")
 
 
 def machine_paths(relative: str, text: str) -> list[str]:
     """``file:line: text`` for every line of ``text`` that names a machine's own path."""
     found = []
     for number, line in enumerate(text.splitlines(), 1):
-        if MACHINE_PATH.search(line) or (TEMP_PATH.search(line) and not relative.startswith(QUOTED_COMMANDS)):
+        if MACHINE_PATH.search(line) or (TEMP_PATH.search(line) and not RUN_WRITTEN.match(relative)):
             found.append(f"{relative}:{number}: {line.strip()[:160]}")
     return found
 
@@ -44,6 +44,7 @@ def test_the_scan_flags_machine_paths_and_nothing_else(line, flagged):
 
 def test_a_published_run_may_quote_its_temporary_out_folder_but_no_machine_path():
     assert not machine_paths("reports/published/r/report.md", "- Command: bench run --out /tmp/t6c")
+    assert machine_paths("reports/published/r/README.md", "- Command: `bench run --out /tmp/t6c`")
     assert machine_paths("reports/published/r/run.json", '"path": "/work/main/bench/suites/smoke.toml"')
 
 
