@@ -247,15 +247,18 @@ def describe_keys(cls: type) -> list[KeyDescription]:
         tp = _optional_inner(hints[f.name])
         required = f.default is MISSING and f.default_factory is MISSING
         value = None if required else f.default if f.default is not MISSING else f.default_factory()
-        default = _toml_default(value, f.metadata) if value is not None or f.metadata["all_means_none"] else None
+        if value is not None:
+            default: str | None = _toml_value(value)
+        elif f.metadata["all_means_none"]:
+            default = '"all"'  # None stands for "all"
+        else:
+            default = None  # required, or left out by default
         described.append(KeyDescription(name, f.metadata["expected"] or _describe(tp, f.metadata), required,
                                         default, f.metadata["doc"]))
     return described
 
 
-def _toml_default(value: Any, meta: Mapping[str, Any]) -> str:
-    if value is None:
-        return '"all"'
+def _toml_value(value: Any) -> str:
     if dataclasses.is_dataclass(value):
         return "its keys' defaults"
     if isinstance(value, bool):
@@ -263,9 +266,9 @@ def _toml_default(value: Any, meta: Mapping[str, Any]) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, tuple | list):
-        return "[" + ", ".join(_toml_default(v, meta) for v in value) + "]"
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_default(v, meta)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 

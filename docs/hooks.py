@@ -22,11 +22,13 @@ from pathlib import Path
 
 from mkdocs.plugins import event_priority
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = ROOT / "reports" / "published"
-# import name → folder, as pyproject.toml's [tool.setuptools.package-dir] maps them
-PACKAGE_DIRS = {"anobench": "bench", "anobench.methods": "methods", "anobench.datasets": "datasets",
-                "anobench.reports": "reports"}
 MARKER = re.compile(r"<!-- generated: ([a-z-]+) -->")
 _source_tree: Path | None = None
 
@@ -111,7 +113,9 @@ def on_config(config):
     """Link the package's folders under their import names for mkdocstrings (removed after the build)."""
     global _source_tree
     _source_tree = Path(tempfile.mkdtemp(prefix="anobench-docs-"))
-    for package, folder in PACKAGE_DIRS.items():
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        package_dirs = tomllib.load(f)["tool"]["setuptools"]["package-dir"]  # import name → folder
+    for package, folder in package_dirs.items():
         target = _source_tree.joinpath(*package.split("."))
         target.mkdir(parents=True, exist_ok=True)
         for entry in (ROOT / folder).iterdir():
