@@ -3,8 +3,9 @@
     python tests/peers/fastflow_image_score.py --data-root BSDATA 1 5 20
 
 ``BSDATA`` is BSData's folder (class ``ball_screw``, MVTec layout). Every 4th training and every 3rd test
-image (the subset of the real-data test), R18 with random weights, 256 px, batch 32. Per epoch count: image AUROC of the map's maximum and of its mean, pixel
-AUROC, and where the maximum lies (distance to the image border; inside the defect or not).
+image (the subset of the real-data test), R18 with random weights, 256 px, batch 32. Per epoch count: image
+AUROC of the map's maximum and of its mean, pixel AUROC, and where the maximum lies (distance to the image
+border; inside the defect or not).
 """
 
 from __future__ import annotations
