@@ -22,6 +22,17 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, built strictly (a warning fails) into a temporary folder (pass a folder to
+    keep it: ``nox -s docs -- SITE_DIR``). Only the ``docs`` extra's tools are installed: the site reads
+    anobench from the source tree (docs/hooks.py), so no torch is needed."""
+    session.install(*nox.project.load_toml("pyproject.toml")["project"]["optional-dependencies"]["docs"])
+    site = session.posargs[0] if session.posargs else tempfile.mkdtemp(prefix="anobench-site-")
+    session.run("mkdocs", "build", "--strict", "--site-dir", site)
+    session.log(f"site in {site}")
+
+
+@nox.session
 def smoke(session: nox.Session) -> None:
     """The smoke suite on generated data, into a fresh run folder."""
     session.install("-e", ".")

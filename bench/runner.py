@@ -30,7 +30,7 @@ from anobench.methods.encoders import (
 )
 from anobench.records import RUN_FILE, Record, append_record, latest_by_cell, read_records
 from anobench.runfolder import RunFolderLock, folder_error
-from anobench.suites import DatasetSpec, GridBlock, Suite, parse_suite
+from anobench.suites import DatasetSpec, GridBlock, Suite, parse_suite, suite_source
 
 
 @dataclass
@@ -223,7 +223,7 @@ def check_same_configuration(run_dir: Path, suite: Suite, options: RunOptions) -
 
 def _write_run_file(run_dir: Path, suite: Suite, cells: list[Cell], options: RunOptions) -> None:
     info = {"created_at": now(), "command": options.command,
-            "suite": {"name": suite.name, "version": suite.version, "path": str(suite.path), "raw": suite.raw},
+            "suite": {"name": suite.name, "version": suite.version, "path": suite_source(suite.path), "raw": suite.raw},
             "options": {"device": options.device, "data_root": absolute(options.data_root),
                         "allow_random": options.allow_random},
             "plan": [{"cell_id": c.cell_id, "config": c.config()} for c in cells]}

@@ -40,14 +40,15 @@ METRIC_RESOLUTIONS = ("input", "original")
 # messages and the defaults all come from here, so a new key is one field.
 
 
-def suite_key(default: Any = MISSING, *, toml: str | None = None, minimum: int | None = None,
+def suite_key(default: Any = MISSING, *, doc: str, toml: str | None = None, minimum: int | None = None,
               choices: tuple[str, ...] | None = None, nonempty: bool = False, all_means_none: bool = False,
               expected: str | None = None) -> Any:
-    """A suite key: its default (none: the key is required), its TOML name where it differs from the field
-    name, and what the type alone does not say: a least value, the allowed strings, a list that must not
-    be empty, the string "all" standing for None, the wording of "must be ..." in messages."""
-    metadata = {"suite_key": True, "toml": toml, "minimum": minimum, "choices": choices, "nonempty": nonempty,
-                "all_means_none": all_means_none, "expected": expected}
+    """A suite key: its default (none: the key is required), what it means (``doc``, the sentence the
+    documentation's key tables print), its TOML name where it differs from the field name, and what the
+    type alone does not say: a least value, the allowed strings, a list that must not be empty, the
+    string "all" standing for None, the wording of "must be ..." in messages."""
+    metadata = {"suite_key": True, "doc": doc, "toml": toml, "minimum": minimum, "choices": choices,
+                "nonempty": nonempty, "all_means_none": all_means_none, "expected": expected}
     if isinstance(default, dict | list):
         return field(default_factory=functools.partial(copy.deepcopy, default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -55,27 +56,36 @@ def suite_key(default: Any = MISSING, *, toml: str | None = None, minimum: int |
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    name: str = suite_key()
+    name: str = suite_key(doc="The dataset (`bench list datasets`), e.g. `synthetic`, `mvtec`, `folder`.")
     # None ("all" in a suite): every class the source has
     classes: tuple[str, ...] | None = suite_key(None, nonempty=True, all_means_none=True,
-                                                 expected='a list of class names or "all"')
-    root: str | None = suite_key(None)
-    options: dict[str, Any] = suite_key({})
+                                                 expected='a list of class names or "all"',
+                                                 doc='The classes to run; "all" (the default) is every class '
+                                                     'the dataset has.')
+    root: str | None = suite_key(None, doc="Where the data is; `bench run --data-root` overrides it.")
+    options: dict[str, Any] = suite_key({}, doc="The dataset's own options (e.g. `allow_empty_masks = true`, "
+                                                "`image_labels_only = true`, the generated data's `size`).")
 
 
 @dataclass(frozen=True)
 class GridBlock:
     """methods × encoders × resolutions, with method parameters and optional per-class resolutions."""
 
-    methods: tuple[str, ...] = suite_key(nonempty=True)
-    encoders: tuple[str, ...] = suite_key(nonempty=True)
-    resolutions: tuple[int, ...] = suite_key(nonempty=True, minimum=1)
-    # resize before a centre crop to the resolution (PaDiM: 256 → 224)
-    resize: int | None = suite_key(None, minimum=1)
-    class_resolutions: dict[str, int] = suite_key({}, minimum=1)
-    params: dict[str, Any] = suite_key({})
-    classes: tuple[str, ...] | None = suite_key(None, nonempty=True)  # restricts the suite's classes here
-    measure_only: bool = suite_key(False)  # speed/size cells that skip accuracy (e.g. encoder-only rows)
+    methods: tuple[str, ...] = suite_key(nonempty=True, doc="Methods by name (`bench list methods`) or as "
+                                                            "`module:Class`.")
+    encoders: tuple[str, ...] = suite_key(nonempty=True, doc="timm encoders, e.g. `resnet18`, `wide_resnet50_2` "
+                                                             "(a tag picks the weights: `wide_resnet50_2.tv_in1k`).")
+    resolutions: tuple[int, ...] = suite_key(nonempty=True, minimum=1, doc="Input sizes in pixels (square).")
+    resize: int | None = suite_key(None, minimum=1, doc="Resize to this size before a centre crop to the "
+                                                        "resolution (PaDiM's 224 of 256); none: resize only.")
+    class_resolutions: dict[str, int] = suite_key({}, minimum=1, doc="Per-class input sizes, in place of "
+                                                                     "`resolutions` for those classes.")
+    params: dict[str, Any] = suite_key({}, doc="Constructor parameters of the block's methods (checked against "
+                                               "each constructor before any data is read).")
+    classes: tuple[str, ...] | None = suite_key(None, nonempty=True, doc="Runs this block on these of the "
+                                                                         "suite's classes only.")
+    measure_only: bool = suite_key(False, doc="Speed and size cells that skip accuracy (e.g. encoder-only "
+                                              "rows).")
 
     def __post_init__(self):
         too_large = [r for r in (*self.resolutions, *self.class_resolutions.values())
@@ -89,30 +99,31 @@ class GridBlock:
 class Reference:
     """A published number, printed beside ours (never in place of it)."""
 
-    method: str = suite_key()
-    encoder: str = suite_key()
-    metric: str = suite_key()
-    value: float = suite_key()
-    source: str = suite_key()
-    class_name: str = suite_key("mean", toml="class")
-    resolution: int | None = suite_key(None, minimum=1)
-    note: str = suite_key("")
+    method: str = suite_key(doc="The method the number is for.")
+    encoder: str = suite_key(doc="The encoder the number is for.")
+    metric: str = suite_key(doc="The metric, by a record's name for it (`image_auroc`, `aupro`, `fps`, ...).")
+    value: float = suite_key(doc="The published value, as published (AUROC in %, fps, MB).")
+    source: str = suite_key(doc="Where it is published (paper, table, page).")
+    class_name: str = suite_key("mean", toml="class", doc="The class, or `mean` for the mean over classes.")
+    resolution: int | None = suite_key(None, minimum=1, doc="The input size it was measured at; none: any.")
+    note: str = suite_key("", doc="Anything a reader must know to compare with it.")
 
 
 @dataclass(frozen=True)
 class MeasureSpec:
     """Speed measurement per cell (off unless a suite asks for it)."""
 
-    speed: bool = suite_key(False)
-    batch_sizes: tuple[int, ...] = suite_key((1, 32), nonempty=True, minimum=1)
-    warmup: int = suite_key(3, minimum=0)
-    iterations: int = suite_key(10, minimum=1)
+    speed: bool = suite_key(False, doc="Time every cell (encoder alone, network, end to end).")
+    batch_sizes: tuple[int, ...] = suite_key((1, 32), nonempty=True, minimum=1, doc="Batch sizes to time.")
+    warmup: int = suite_key(3, minimum=0, doc="Untimed iterations before timing.")
+    iterations: int = suite_key(10, minimum=1, doc="Timed iterations per batch size.")
     # smaller batches and fewer timed iterations on a CPU, recorded as such
-    cpu_batch_sizes: tuple[int, ...] | None = suite_key(None, nonempty=True, minimum=1)
-    cpu_warmup: int | None = suite_key(None, minimum=0)
-    cpu_iterations: int | None = suite_key(None, minimum=1)
-    # torch threads while timing on a CPU (None: the process's)
-    cpu_threads: int | None = suite_key(None, minimum=1)
+    cpu_batch_sizes: tuple[int, ...] | None = suite_key(None, nonempty=True, minimum=1,
+                                                        doc="Batch sizes on a CPU; none: `batch_sizes`.")
+    cpu_warmup: int | None = suite_key(None, minimum=0, doc="Warm-up iterations on a CPU; none: `warmup`.")
+    cpu_iterations: int | None = suite_key(None, minimum=1, doc="Timed iterations on a CPU; none: `iterations`.")
+    cpu_threads: int | None = suite_key(None, minimum=1, doc="Torch threads while timing on a CPU; none: the "
+                                                             "process's.")
 
     def on(self, device: str) -> tuple[tuple[int, ...], int, int]:
         """(batch sizes, warm-up iterations, timed iterations) to use on ``device``."""
@@ -131,9 +142,10 @@ class BootstrapSpec:
     """Bootstrap intervals for every metric of every cell. Not part of a cell's configuration: it changes
     no metric's value, only the intervals beside them."""
 
-    resamples: int = suite_key(1000, minimum=0)  # 0: no intervals
-    seed: int = suite_key(0, minimum=0)
-    confidence: float = suite_key(0.95)
+    resamples: int = suite_key(1000, minimum=0, doc="Bootstrap resamples of the test images; 0: no intervals "
+                                                    "(otherwise at least 100).")
+    seed: int = suite_key(0, minimum=0, doc="Seed of the resampling.")
+    confidence: float = suite_key(0.95, doc="Confidence level of the percentile intervals, in [0.5, 1).")
 
     def __post_init__(self):
         if 0 < self.resamples < 100:
@@ -146,9 +158,10 @@ class BootstrapSpec:
 class RowSelector:
     """A table row a suite names (``compare_to``): method and encoder, and the parameters where they matter."""
 
-    method: str = suite_key()
-    encoder: str = suite_key()
-    params: dict[str, Any] | None = suite_key(None)
+    method: str = suite_key(doc="The reference row's method.")
+    encoder: str = suite_key(doc="The reference row's encoder.")
+    params: dict[str, Any] | None = suite_key(None, doc="Its method parameters, where the grid has the method "
+                                                        "with several; none: any.")
 
     def matches(self, method: str, encoder: str, params: dict[str, Any]) -> bool:
         return (method == self.method and encoder.split(".")[0] == self.encoder.split(".")[0]
@@ -157,27 +170,39 @@ class RowSelector:
 
 @dataclass(frozen=True, kw_only=True)
 class Suite:
-    name: str = suite_key()
-    version: int = suite_key(minimum=1)
-    description: str = suite_key("")
+    name: str = suite_key(doc="The suite's name: run folders are named after it.")
+    version: int = suite_key(minimum=1, doc="Raise it when a change alters the numbers; a run folder refuses to "
+                                            "mix versions.")
+    description: str = suite_key("", doc="One line for `bench list suites` and the report.")
     path: Path
-    dataset: DatasetSpec = suite_key()
-    grid: tuple[GridBlock, ...] = suite_key(nonempty=True)
-    protocol: str = suite_key("strict", choices=PROTOCOLS)
-    seeds: tuple[int, ...] = suite_key((0,), nonempty=True)
-    weights: str = suite_key("imagenet")
-    allow_random_weights: bool = suite_key(True)
-    batch_size: int = suite_key(16, minimum=1)
-    metrics_resolution: str = suite_key("input", choices=METRIC_RESOLUTIONS)
-    measure: MeasureSpec = suite_key(MeasureSpec())
-    references: tuple[Reference, ...] = suite_key((), toml="reference")
-    # encoder features shared between cells (0: off, e.g. where memory is measured)
-    feature_cache_mb: int = suite_key(4096, minimum=0)
-    changelog: tuple[str, ...] = suite_key(())
-    metrics: tuple[str, ...] = suite_key(DEFAULT_TABLE_METRICS, nonempty=True)  # the accuracy columns shown
-    bootstrap: BootstrapSpec = suite_key(BootstrapSpec())
-    compare_to: RowSelector | None = suite_key(None)  # the reference row of the paired-difference table
-    setting: str = suite_key("one-class", choices=SETTINGS)
+    dataset: DatasetSpec = suite_key(doc="The data: `[dataset]` below.")
+    grid: tuple[GridBlock, ...] = suite_key(nonempty=True, doc="One or more `[[grid]]` blocks: methods × "
+                                                               "encoders × resolutions.")
+    protocol: str = suite_key("strict", choices=PROTOCOLS, doc="Scoring protocol: `strict` (every constant from "
+                                                               "the training data) or `paper` (the reference "
+                                                               "code's test-set normalization, flagged ‡).")
+    seeds: tuple[int, ...] = suite_key((0,), nonempty=True, doc="Seeds; each is a cell of its own.")
+    weights: str = suite_key("imagenet", doc="Encoder weights: `imagenet`, `random` (marked †) or a path to a "
+                                             "weights file.")
+    allow_random_weights: bool = suite_key(True, doc="false: `--weights random` also needs `--allow-random` "
+                                                     "(suites meant for published numbers).")
+    batch_size: int = suite_key(16, minimum=1, doc="Images per batch for fitting and scoring.")
+    metrics_resolution: str = suite_key("input", choices=METRIC_RESOLUTIONS,
+                                        doc="Evaluate at the model's input size or against the "
+                                            "original-resolution masks.")
+    measure: MeasureSpec = suite_key(MeasureSpec(), doc="Speed measurement: `[measure]` below.")
+    references: tuple[Reference, ...] = suite_key((), toml="reference", doc="Published numbers printed beside "
+                                                                            "ours: `[[reference]]` below.")
+    feature_cache_mb: int = suite_key(4096, minimum=0, doc="Encoder features shared between cells, MB; 0: off "
+                                                           "(e.g. where memory is measured).")
+    changelog: tuple[str, ...] = suite_key((), doc="What each version changed, one line per version.")
+    metrics: tuple[str, ...] = suite_key(DEFAULT_TABLE_METRICS, nonempty=True, doc="The accuracy columns of "
+                                                                                   "the tables.")
+    bootstrap: BootstrapSpec = suite_key(BootstrapSpec(), doc="Confidence intervals: `[bootstrap]` below.")
+    compare_to: RowSelector | None = suite_key(None, doc="The reference row of the paired-difference table: "
+                                                         "`[compare_to]` below.")
+    setting: str = suite_key("one-class", choices=SETTINGS, doc="`one-class`: a model per class; "
+                                                                "`multi-class`: one model for every class.")
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
@@ -185,6 +210,66 @@ class Suite:
         if self.compare_to is not None and not any(self.compare_to.matches(*row) for row in rows):
             raise ValueError(f"compare_to names {self.compare_to.method} with {self.compare_to.encoder}, which no "
                              f"[[grid]] has; name a method and encoder of the suite's grid")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the schema in words (the documentation's key tables are generated from these)
+
+
+@dataclass(frozen=True)
+class KeyDescription:
+    key: str  # the TOML name
+    expects: str  # what a value must be, in the words of the error messages
+    required: bool
+    default: str | None  # as TOML would write it; None: required, or left out by default
+    doc: str
+
+
+def schema_tables(cls: type = Suite, heading: str = "") -> dict[str, type]:
+    """Every table of the schema under ``cls`` by its TOML heading ("" for the top level, ``[dataset]``,
+    ``[[grid]]`` ...), in the order the fields declare them."""
+    tables = {heading: cls}
+    hints = typing.get_type_hints(cls)
+    for name, f in suite_keys(cls).items():
+        tp = _optional_inner(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            tables |= schema_tables(tp, f"[{name}]")
+        elif typing.get_origin(tp) is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            tables |= schema_tables(typing.get_args(tp)[0], f"[[{name}]]")
+    return tables
+
+
+def describe_keys(cls: type) -> list[KeyDescription]:
+    """The keys of one table of the schema, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    described = []
+    for name, f in suite_keys(cls).items():
+        tp = _optional_inner(hints[f.name])
+        required = f.default is MISSING and f.default_factory is MISSING
+        value = None if required else f.default if f.default is not MISSING else f.default_factory()
+        if value is not None:
+            default: str | None = _toml_value(value)
+        elif f.metadata["all_means_none"]:
+            default = '"all"'  # None stands for "all"
+        else:
+            default = None  # required, or left out by default
+        described.append(KeyDescription(name, f.metadata["expected"] or _describe(tp, f.metadata), required,
+                                        default, f.metadata["doc"]))
+    return described
+
+
+def _toml_value(value: Any) -> str:
+    if dataclasses.is_dataclass(value):
+        return "its keys' defaults"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,6 +289,14 @@ def available_suites(extra: Sequence[str | Path] = ()) -> dict[str, Path]:
                 print(f"warning: suite {path} overrides {found[path.stem]}", file=sys.stderr)
             found[path.stem] = path
     return found
+
+
+def suite_source(path: Path) -> str:
+    """How a run folder names its suite file: a built-in one by its place in the package
+    (``anobench:suites/smoke.toml``, the same on every machine), any other by the path as it was given."""
+    if path.resolve().parent == BUILTIN_DIR:
+        return f"anobench:suites/{path.name}"
+    return str(path)
 
 
 def find_suite(name_or_path: str, extra: Sequence[str | Path] = ()) -> Path:

@@ -164,7 +164,7 @@ class MVTecLayoutFolder(DatasetSource):
     """
 
     name = "folder"
-    hint = "a folder in MVTec AD layout (e.g. ../shared/data/bsdata)"
+    hint = "your dataset's folder in MVTec AD layout (one class folder, or a folder of class folders)"
 
     def __init__(self, root: str | Path | None = None, *, image_labels_only: bool = False,
                  allow_empty_masks: bool = False):

@@ -80,6 +80,8 @@ def test_real_smoke_on_bsdata(tmp_path):
     assert record["metrics"]["image_auroc"] > 0.90
     assert record["metrics"]["pixel_auroc"] > 0.91
     assert record["metrics"]["aupro"] > 0.52
+    run = json.loads((tmp_path / "r/run.json").read_text())
+    assert run["suite"]["path"] == "anobench:suites/real-smoke.toml"  # a built-in suite, the same on every machine
 
 
 def test_plan_writes_nothing(tmp_path, tiny_data):

@@ -226,7 +226,7 @@ def test_a_cell_that_failed_or_is_missing_in_the_new_run_is_a_regression(tmp_pat
 
 def test_baseline_names_cannot_leave_the_baselines_folder(tmp_path):
     run = write_run(tmp_path / "run", record())
-    for name in ("../x", "a/b", "..", "/tmp/x", ""):
+    for name in ("../x", "a/b", "..", "/abs/x", ""):
         with pytest.raises(BenchError, match="must be a plain name"):
             save_baseline(run, name, tmp_path / "baselines")
     result = run_bench("baseline", "save", str(run), "../escaped", "--dir", str(tmp_path / "baselines"))

@@ -110,6 +110,7 @@ def test_field_table_on_a_classes_subset_of_another_folder(tmp_path, tiny_data):
     assert table["PatchCore-WR50 (not run)"]["Image AUROC (paper)"] == "99.20"
     run = json.loads((tmp_path / "run/run.json").read_text())
     assert run["suite"]["raw"]["dataset"]["classes"] == ["disc"]
+    assert run["suite"]["path"] == str(suite)  # a user's suite: the path as the command line gave it
 
 
 @pytest.mark.slow
@@ -117,7 +118,7 @@ def test_patchcore_and_fastflow_on_real_ball_screw_photos():
     """PatchCore-R18 (1% coreset, 224 of 256) and FastFlow-R18 (256, 1 epoch, labelled short), random weights, on
     every 4th training image and every 3rd test image of BSData (a deterministic subset, to keep this test
     short). Floors just below what this configuration measured on the project's CPU machine (in the comments);
-    the full class with the field-real suite is in the README's "PatchCore and FastFlow" section."""
+    the full class with the field-real suite is in docs/measurement-notes-2026-11.md."""
     source = create_dataset("folder", shared_dataset("bsdata"))
     train_refs = source.samples("ball_screw", "train")[::4]
     test_refs = source.samples("ball_screw", "test")[::3]
@@ -134,5 +135,5 @@ def test_patchcore_and_fastflow_on_real_ball_screw_photos():
     print(found)
     assert found["patchcore"][0] > 0.85 and found["patchcore"][1] > 0.71  # measured 0.869, 0.734
     # measured 0.070, 0.822: after 1 epoch the map's maximum sits at the image border, where the per-image layer
-    # norm makes it lower in defective images (0.27 after 5 epochs, 0.90 after 20; README, PatchCore and FastFlow)
+    # norm makes it lower in defective images (0.27 after 5 epochs, 0.90 after 20; docs/measurement-notes-2026-11.md)
     assert found["fastflow"][0] > 0.05 and found["fastflow"][1] > 0.80

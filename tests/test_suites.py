@@ -2,7 +2,7 @@ import pytest
 
 from anobench.core import BenchError
 from anobench.runner import check_suite
-from anobench.suites import GridBlock, MeasureSpec, available_suites, load_suite, suite_keys
+from anobench.suites import GridBlock, MeasureSpec, available_suites, load_suite, suite_keys, suite_source
 
 BUILTIN = sorted(available_suites())
 
@@ -12,6 +12,13 @@ def test_builtin_suites_load_and_name_only_known_things(name):
     suite = load_suite(name)
     check_suite(suite)
     assert suite.name == name and suite.version >= 1 and suite.description
+
+
+def test_a_run_names_a_builtin_suite_by_its_place_in_the_package_and_any_other_as_given(tmp_path, monkeypatch):
+    assert suite_source(load_suite("smoke").path) == "anobench:suites/smoke.toml"
+    write(tmp_path, MINIMAL)
+    monkeypatch.chdir(tmp_path)
+    assert suite_source(load_suite("s.toml").path) == "s.toml"
 
 
 def write(tmp_path, text, name="s.toml"):

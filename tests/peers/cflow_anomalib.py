@@ -2,13 +2,16 @@
 
 Never collected by pytest (``tests/peers`` is in ``norecursedirs``) and never imported by anobench: anomalib
 lives in its own virtual environment, so each side runs in its own interpreter and they meet in files.
+``$ANOMALIB_PYTHON`` below is that environment's interpreter (``python -m venv VENV && VENV/bin/pip install
+anomalib``, then ``ANOMALIB_PYTHON=VENV/bin/python``); ``W`` is any empty working folder and
+``DATA`` a dataset folder in MVTec layout (BSData for the published figures).
 
-    W=/tmp/cflow-peer
-    python tests/peers/cflow_anomalib.py prepare --work $W --data-root ../shared/data/bsdata
+    W=$(mktemp -d)
+    python tests/peers/cflow_anomalib.py prepare --work $W --data-root DATA
     python tests/peers/cflow_anomalib.py ours --work $W --schedule A --seed 0
-    /work/anomalib-venv/bin/python tests/peers/cflow_anomalib.py anomalib --work $W --schedule A --seed 0
+    $ANOMALIB_PYTHON tests/peers/cflow_anomalib.py anomalib --work $W --schedule A --seed 0
     python tests/peers/cflow_anomalib.py lockstep-ours --work $W
-    /work/anomalib-venv/bin/python tests/peers/cflow_anomalib.py lockstep-anomalib --work $W
+    $ANOMALIB_PYTHON tests/peers/cflow_anomalib.py lockstep-anomalib --work $W
     python tests/peers/cflow_anomalib.py compare --work $W
 
 ``prepare`` writes the resized images (uint8, our dataset pipeline), one set of random ResNet-18 weights
@@ -441,7 +444,7 @@ def main() -> None:
         p.add_argument("--permute-soft", action="store_true")
         p.add_argument("--rotation", choices=("none", "nearest", "bilinear"), default="none")
         p.add_argument("--padding", choices=("zeros", "reflect"), default="zeros")
-        p.add_argument("--data-root", default="../shared/data/bsdata")
+        p.add_argument("--data-root", required=name == "prepare", help="the dataset folder, in MVTec layout")
         p.add_argument("--class-name", default="ball_screw")
         p.add_argument("--size", type=int, default=256)
         p.add_argument("--weights-seed", type=int, default=0)

@@ -1,10 +1,11 @@
 """Run by hand: how FastFlow's image score (the map's maximum) depends on its training, on real data.
 
-    python tests/peers/fastflow_image_score.py --data-root ../shared/data/bsdata 1 5 20
+    python tests/peers/fastflow_image_score.py --data-root BSDATA 1 5 20
 
-BSData's ball_screw, every 4th training and every 3rd test image (the subset of the real-data test), R18 with
-random weights, 256 px, batch 32. Per epoch count: image AUROC of the map's maximum and of its mean, pixel
-AUROC, and where the maximum lies (distance to the image border; inside the defect or not).
+``BSDATA`` is BSData's folder (class ``ball_screw``, MVTec layout). Every 4th training and every 3rd test
+image (the subset of the real-data test), R18 with random weights, 256 px, batch 32. Per epoch count: image
+AUROC of the map's maximum and of its mean, pixel AUROC, and where the maximum lies (distance to the image
+border; inside the defect or not).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from anobench.methods import create_method
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("epochs", type=int, nargs="+")
-    parser.add_argument("--data-root", default="../shared/data/bsdata")
+    parser.add_argument("--data-root", required=True, help="the dataset folder, in MVTec layout")
     args = parser.parse_args()
     source = create_dataset("folder", args.data_root)
     geometry = Geometry(256, 256)

@@ -1,7 +1,11 @@
 """PatchCore fit, ours beside anomalib's, on the same images and machine (run by hand, not by pytest).
 
     python tests/peers/patchcore_anomalib.py --data DIR/disc [--size 224] [--encoder wide_resnet50_2]
-        [--fraction 0.1] [--anomalib-python /work/anomalib-venv/bin/python]
+        [--fraction 0.1] [--anomalib-python PYTHON]
+
+``--anomalib-python`` (or the environment variable ``ANOMALIB_PYTHON``) is the interpreter of a virtual
+environment with anomalib installed (``python -m venv VENV && VENV/bin/pip install anomalib``; then
+``VENV/bin/python``); only ``--side ours`` runs without it.
 
 ``DIR/disc`` is one class folder in MVTec layout (``bench data synth --out DIR --size 224 --classes disc
 --train 242``). Both sides read ``train/good`` the same way (RGB, bilinear resize to ``--size``, ImageNet
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -82,7 +87,8 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--side", choices=["both", "ours", "anomalib"], default="both")
-    parser.add_argument("--anomalib-python", default="/work/anomalib-venv/bin/python")
+    parser.add_argument("--anomalib-python", default=os.environ.get("ANOMALIB_PYTHON"),
+                        help="anomalib's interpreter (default: $ANOMALIB_PYTHON)")
     args = parser.parse_args()
     if args.side == "ours":
         print(json.dumps(ours(args)))
@@ -90,6 +96,9 @@ def main() -> None:
     if args.side == "anomalib":
         print(json.dumps(theirs(args)))
         return
+    if not args.anomalib_python:
+        parser.error("name anomalib's interpreter with --anomalib-python PYTHON or ANOMALIB_PYTHON=PYTHON "
+                     "(a virtual environment with anomalib installed), or run --side ours alone")
     results = []
     for side, python in (("ours", sys.executable), ("anomalib", args.anomalib_python)):
         command = [python, __file__, "--side", side, "--data", args.data, "--size", str(args.size),
