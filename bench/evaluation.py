@@ -14,7 +14,7 @@ import random
 import time
 import traceback
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -88,8 +88,8 @@ STANDARD_METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "p
 DEFECT_METRICS = ("image_auroc", "pixel_auroc", "aupro")  # per defect type, against the good images
 
 
-IMAGE_METRIC_FUNCTIONS = {"image_auroc": metrics.image_auroc, "image_ap": metrics.average_precision,
-                          "image_f1_max": metrics.f1_max}
+IMAGE_METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float | tuple[float, float]]] = {
+    "image_auroc": metrics.image_auroc, "image_ap": metrics.average_precision, "image_f1_max": metrics.f1_max}
 
 
 def computable(name: str) -> bool:
@@ -106,9 +106,9 @@ def image_metrics(labels: np.ndarray, image_scores: np.ndarray, names: Sequence[
     for name in dict.fromkeys(n for n in names if n in IMAGE_METRIC_FUNCTIONS):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            value = IMAGE_METRIC_FUNCTIONS[name](labels, image_scores)
-        if isinstance(value, tuple):
-            value, threshold = value
+            result = IMAGE_METRIC_FUNCTIONS[name](labels, image_scores)
+        value, found = result if isinstance(result, tuple) else (result, None)
+        threshold = found if found is not None else threshold
         values[name] = value if np.isfinite(value) else None
         if values[name] is None:
             notes[name] = str(caught[-1].message).removesuffix("; returning nan") if caught else "undefined here"
@@ -239,9 +239,7 @@ class EvaluatedPixels(Sequence):
     def __len__(self) -> int:
         return len(self.test)
 
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def __getitem__(self, index):
         if self._last is None or self._last[0] != index:
             if self.original:
                 mask = self.source.original_mask(self.test.refs[index])
@@ -354,7 +352,7 @@ def _metrics(cell: Cell, source: DatasetSource, test: AnomalyDataset, prediction
         result["metrics"] = {}
         unavailable.update(dict.fromkeys(names, reason))
     else:
-        result["metrics"], notes, image_threshold = image_metrics(labels, scores, names)
+        result["metrics"], notes, _ = image_metrics(labels, scores, names)
         groups, subsets = image_groups(labels, defect_types)
         with pixel_stream(pixels, groups, output_dir) as stream:
             evaluated = evaluate_pixels(stream, subsets, names, bootstrap=bool(cell.bootstrap.resamples))

@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
+from tqdm import tqdm
 
 from anobench.cells import Cell
 from anobench.core import BenchError
@@ -77,6 +79,7 @@ def execute(task: Task) -> tuple[Record, dict[str, np.ndarray]]:
 def _worker_loop(connection) -> None:
     """A local worker: run the tasks the driver sends, one at a time, until it sends None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole terminal group: the driver decides
+    tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock: a killed worker would leak it
     if sys.platform.startswith("linux"):  # die with the process that forked this one (PR_SET_PDEATHSIG, SIGKILL)
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
     while (task := connection.recv()) is not None:

@@ -166,7 +166,7 @@ class OverlapAccumulator:
         self.sample.add(x1[kept][::step], y1[kept][::step])
 
     def area(self, limit: float) -> float:
-        return self.areas[limit] / limit if self.defined else float("nan")
+        return float(self.areas[limit] / limit) if self.defined else float("nan")
 
     def curve_points(self) -> np.ndarray:
         return self.sample.points

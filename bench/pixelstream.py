@@ -28,6 +28,7 @@ RANGE_WORDS = 8_000_000  # pixels merged at once
 CLASS_BITS = np.uint64(32)
 CLASS_MASK = np.uint64(0xFFFFFFFF)
 KEY_END = 1 << 32  # one past the highest key
+PIXEL_STREAM_PREFIX = "anobench-pixels-"  # the temporary folder's name (a run removes those a killed run left)
 
 
 def float_keys(values: np.ndarray) -> np.ndarray:
@@ -119,7 +120,7 @@ class PixelStream:
     """Pixels added image by image, kept sorted on disk; merged afterwards into ranges of descending score."""
 
     def __init__(self, folder: Path | None = None, range_words: int | None = None):
-        self._tmp = tempfile.TemporaryDirectory(prefix="anobench-pixels-", dir=folder)
+        self._tmp = tempfile.TemporaryDirectory(prefix=PIXEL_STREAM_PREFIX, dir=folder)
         root = Path(self._tmp.name)
         self._files = {"ordinary": open(root / "ordinary.u32", "wb"),  # noqa: SIM115 (closed in _finish)
                        "special": open(root / "special.u64", "wb")}  # noqa: SIM115

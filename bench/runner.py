@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from anobench.methods.encoders import (
     encoder_strides,
     smallest_runnable_input,
 )
+from anobench.pixelstream import PIXEL_STREAM_PREFIX
 from anobench.records import RUN_FILE, Record, append_record, latest_by_cell, read_records
 from anobench.runfolder import RunFolderLock, folder_error
 from anobench.suites import DatasetSpec, GridBlock, Suite, parse_suite, suite_source
@@ -272,6 +274,8 @@ def _run_in_folder(suite: Suite, run_dir: Path, options: RunOptions, executor, c
     else:
         _write_run_file(run_dir, suite, cells, options)
 
+    for stale in run_dir.glob(f"{PIXEL_STREAM_PREFIX}*"):  # an evaluation's pixels, left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     done = latest_by_cell(read_records(run_dir))
     todo = [c for c in cells if c.cell_id not in done
             or (options.retry_failed and done[c.cell_id].get("status") != "ok")]

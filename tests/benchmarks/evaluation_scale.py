@@ -37,21 +37,41 @@ from anobench.datasets.synthetic import SynthSpec, write_dataset  # noqa: E402
 from tests.fake_datasets import write_fake_loco  # noqa: E402
 
 WIDTH, HEIGHT = 1600, 1280
+SYNTH_SIZE = 400  # rendered at this size, then resized to 1600×1280 (rendering at full size takes seconds an image)
 KINDS = 4  # the synthetic class's defect kinds
 
 
-def make_folder(out: Path, test_images: int) -> Path:
-    """A ``disc`` class of ``test_images`` test images at 1600×1280 (written once; the same every time)."""
-    if (out / "disc" / "test").is_dir():
-        return out
+def make_folder(work: Path, test_images: int, largest: int = 400) -> Path:
+    """A ``disc`` class of ``test_images`` test images at 1600×1280: the first images of each kind of one
+    generated set of ``largest`` (written once; the same files every time), linked into a folder of its own."""
+    full = work / f"data-{largest}"
+    if not (full / "disc" / "test").is_dir():
+        per_defect = round(largest * 0.72 / KINDS)
+        write_dataset(full, SynthSpec(seed=0, size=SYNTH_SIZE, classes=("disc",), train=20,
+                                      test_good=largest - KINDS * per_defect, test_per_defect=per_defect))
+        for path in sorted(full.rglob("*.png")):
+            nearest = "ground_truth" in path.parts
+            with Image.open(path) as image:
+                resized = image.resize((WIDTH, HEIGHT), Image.NEAREST if nearest else Image.BILINEAR)
+            resized.save(path, compress_level=1)
+    if test_images == largest:
+        return full
+    out = work / f"data-{test_images}"
     per_defect = round(test_images * 0.72 / KINDS)
-    write_dataset(out, SynthSpec(seed=0, size=WIDTH, classes=("disc",), train=20,
-                                 test_good=test_images - KINDS * per_defect, test_per_defect=per_defect))
-    for path in sorted(out.rglob("*.png")):
-        nearest = "ground_truth" in path.parts
-        with Image.open(path) as image:
-            resized = image.resize((WIDTH, HEIGHT), Image.NEAREST if nearest else Image.BILINEAR)
-        resized.save(path)
+    wanted = {"good": test_images - KINDS * per_defect}
+    for kind in sorted(p.name for p in (full / "disc" / "test").iterdir()):
+        wanted.setdefault(kind, per_defect)
+    for folder in ("train/good", *(f"test/{k}" for k in wanted), *(f"ground_truth/{k}" for k in wanted if k != "good")):
+        source = full / "disc" / folder
+        if not source.is_dir():
+            continue
+        target = out / "disc" / folder
+        target.mkdir(parents=True, exist_ok=True)
+        files = sorted(source.iterdir())
+        kind = folder.split("/")[1]
+        for path in files if folder.startswith("train") else files[:wanted[kind]]:
+            if not (target / path.name).exists():
+                (target / path.name).symlink_to(path)
     return out
 
 
@@ -94,7 +114,7 @@ def run_measured(command: list[str]) -> tuple[float, int]:
 def scale(work: Path, counts: list[int], out: Path | None) -> None:
     rows = []
     for count in counts:
-        data = make_folder(work / f"data-{count}", count)
+        data = make_folder(work, count, max(counts))
         suite = work / f"suite-{count}.toml"
         suite.write_text(SUITE.format(root=data))
         run_dir = work / f"run-{count}"
