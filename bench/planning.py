@@ -1,9 +1,9 @@
 """Memory plans: before anything runs, what each cell will need, and which cells cannot fit.
 
-Estimates come from the encoder's shapes (built on PyTorch's meta device: no weights, no compute), the
-method's own accounting of its learned state and working buffers (PaDiM's covariances, SPADE's gallery,
-CFLOW's decoders), and the harness's own buffers (decoded images, the test set's maps and the metrics'
-sort). They are plans, not measurements; records carry the measured peaks.
+Estimates come from the method's own plan (``memory_plan``; an encoder-based method's from its encoder's
+shapes, built on PyTorch's meta device: no weights, no compute, and its learned state and working buffers,
+such as PaDiM's covariances, SPADE's gallery or CFLOW's decoders) and the harness's own buffers (decoded
+images, the test set's maps and the metrics' sort). They are plans, not measurements; records carry the measured peaks.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
-from anobench.cells import Cell
+from anobench.cells import Cell, build_method
 from anobench.datasets.base import DatasetSource
-from anobench.methods import METHODS
-from anobench.methods.encoders import encoder_geometry
 
 GB = 1e9
 HOST_HEADROOM = 0.9  # refuse a cell whose estimate exceeds this share of what is available
@@ -48,10 +46,7 @@ def estimate(cell: Cell, source: DatasetSource, device: str) -> CellPlan:
     n_train = len(cell.training_samples(source))
     n_test = 0 if cell.measure_only else len(source.samples(cell.class_name, "test"))
     try:
-        method = METHODS.get(cell.method)(encoder=cell.encoder, weights=cell.weights, seed=cell.seed,
-                                          device=device, **cell.params)
-        geometry = encoder_geometry(cell.encoder, tuple(method.encoder_levels()), cell.resolution)
-        parts = method.memory_estimate(geometry, n_train, cell.batch_size)
+        parts = build_method(cell, device).memory_plan(cell.resolution, n_train, cell.batch_size)
     except Exception as exc:  # a plan is advice: the cell itself reports what goes wrong
         return CellPlan(cell, n_train, n_test, note=f"no estimate ({type(exc).__name__}: {exc})")
     pixels = cell.resolution * cell.resolution

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from anobench.core import Reference, Registry
+from anobench.core import BenchError, Reference, Registry
 
 if TYPE_CHECKING:
     from anobench.methods.base import AnomalyMethod
@@ -54,6 +54,24 @@ def create_method(name: str, where: str | None = None, **params) -> AnomalyMetho
     return METHODS.get(name, where)(**params)
 
 
+def build_method(name: str, harness: dict[str, Any], params: dict[str, Any]) -> AnomalyMethod:
+    """The one way the harness builds a method: of its own values (``base.HARNESS_PARAMETERS``: encoder,
+    weights, seed, device, protocol) those the constructor takes, then the suite's ``params``."""
+    from anobench.methods.base import harness_arguments
+
+    cls = METHODS.get(name)
+    return cls(**harness_arguments(cls, harness), **params)
+
+
+def method_class(name: str) -> type[AnomalyMethod] | None:
+    """The class registered as ``name``, or None where it cannot be loaded here (a plugin not installed):
+    reports then print what the records say of it (its display name) without its marks."""
+    try:
+        return METHODS.get(name)
+    except BenchError:
+        return None
+
+
 def method_parameters(name: str) -> set[str] | None:
     """The keyword parameters a method's constructor takes: what a suite's ``params`` may name (the one
     place that knows it); None for a constructor with ``**kwargs``, which only the method can check."""
@@ -77,5 +95,5 @@ def encoder_short_name(encoder: str) -> str:
     return ENCODERS.entry(base).meta.get("short", base) if base in ENCODERS else base
 
 
-__all__ = ["ENCODERS", "METHODS", "create_method", "encoder_short_name", "list_encoders", "list_methods",
-           "method_parameters", "register_method"]
+__all__ = ["ENCODERS", "METHODS", "build_method", "create_method", "encoder_short_name", "list_encoders", "list_methods",
+           "method_class", "method_parameters", "register_method"]

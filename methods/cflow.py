@@ -38,7 +38,14 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, Prediction, tensor_bytes
+from anobench.methods.base import (
+    REFLECT_PADDING,
+    SHORT_SCHEDULE,
+    EncoderMethod,
+    Mark,
+    Prediction,
+    tensor_bytes,
+)
 from anobench.methods.encoders import Level, is_resnet
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
@@ -121,7 +128,7 @@ def numpy_seed(seed: int):
         np.random.set_state(state)
 
 
-class CFlow(AnomalyMethod):
+class CFlow(EncoderMethod):
     """CFLOW-AD: conditional normalizing flows on multi-scale encoder features.
 
     Parameters
@@ -166,6 +173,10 @@ class CFlow(AnomalyMethod):
     name = "cflow"
     head_component = "decoders"
     display_name = "CFLOW-AD"
+    marks = (SHORT_SCHEDULE, REFLECT_PADDING,
+             Mark("‖", "permutation", "hard", "hard channel permutations in the flow (permute_soft=False, "
+                  "anomalib's choice): a departure from the official code's random orthogonal matrices."))
+    encoder_row = True  # its encoder region runs every level up to the last
     check_params = {"meta_epochs": 1, "sub_epochs": 1, "coupling_blocks": 2, "fiber_batch": 128}
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",
@@ -212,7 +223,7 @@ class CFlow(AnomalyMethod):
 
     def labels(self) -> dict[str, Any]:
         full = (self.meta_epochs, self.sub_epochs) == PAPER_SCHEDULE and self.max_steps is None
-        return {"schedule": "paper" if full else "short", "permutation": "soft" if self.permute_soft else "hard",
+        return {**super().labels(), "schedule": "paper" if full else "short", "permutation": "soft" if self.permute_soft else "hard",
                 "inference_autocast_bf16": self._use_autocast(),
                 "inference_compiled": self.compile and self.device.startswith("cuda")}
 

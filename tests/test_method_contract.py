@@ -56,7 +56,7 @@ def test_check_method_command_names_the_broken_property_and_exits_1():
     result = run_bench("check-method", "tests.broken_methods:BatchDependentPaDiM", env=env)
     assert result.returncode == 1, result.stderr
     assert "FAIL  an image scores the same alone and in a batch: image 0 alone vs in a batch" in result.stdout
-    assert "10 of 11 properties hold; 1 fail." in result.stdout
+    assert "12 of 13 properties hold; 1 fail." in result.stdout
 
 
 def test_check_method_command_refuses_bad_params_in_one_sentence():
