@@ -114,9 +114,10 @@ class AnomalyMethod(ABC):
     display_name: ClassVar[str] = ""
     #: The marks this method's rows may carry (a mark shows where the cell's labels earn it).
     marks: ClassVar[tuple[Mark, ...]] = ()
-    #: True where the timed encoder region runs the encoder up to its last level, so that Table 6 can show
-    #: it as the encoder's own row ("R18 encoder only").
-    encoder_row: ClassVar[bool] = False
+    #: Where the timed encoder region runs the encoder up to its last level, Table 6 shows it as the encoder's
+    #: own row ("R18 encoder only"); this says so in the caption ("the encoder of the X cells (...)"). Empty:
+    #: no encoder-only rows from this method's cells.
+    encoder_row: ClassVar[str] = ""
     #: True when an image's score depends on the other test images (a protocol choice, never hidden).
     test_set_dependent: ClassVar[bool] = False
     #: Parameters that make the conformance checks (``bench check-method``) quick, e.g. a short schedule.

@@ -176,7 +176,7 @@ class CFlow(EncoderMethod):
     marks = (SHORT_SCHEDULE, REFLECT_PADDING,
              Mark("‖", "permutation", "hard", "hard channel permutations in the flow (permute_soft=False, "
                   "anomalib's choice): a departure from the official code's random orthogonal matrices."))
-    encoder_row = True  # its encoder region runs every level up to the last
+    encoder_row = "the encoder of the CFLOW cells (every level up to the last)"
     check_params = {"meta_epochs": 1, "sub_epochs": 1, "coupling_blocks": 2, "fiber_batch": 128}
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",

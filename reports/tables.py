@@ -16,13 +16,15 @@ import numpy as np
 
 from anobench import artifacts, statistics
 from anobench.methods import encoder_short_name as short_name
+from anobench.methods import method_class
+from anobench.methods.base import Mark
 from anobench.metrics import METRIC_INFO, metric_info
 from anobench.records import RUN_FILE, Record, SpeedRecord, latest_by_cell, read_records
 from anobench.suites import DEFAULT_TABLE_METRICS, Reference, RowSelector, Suite, parse_suite
 
 ACCURACY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
-METHOD_NAMES = {"cflow": "CFLOW-AD", "padim": "PaDiM", "spade": "SPADE"}
-MARKS = {"random": "†", "paper": "‡", "short": "§", "reflect": "¶", "hard_permutation": "‖"}
+# The harness's own marks; a method declares its own (``AnomalyMethod.marks``: schedule, padding, ...).
+RANDOM_WEIGHTS, TEST_SET_DEPENDENT = "†", "‡"
 ENCODER_ROW = "encoder"  # the method name of Table 6's encoder-only rows (as in suites' reference numbers)
 
 
@@ -120,37 +122,39 @@ def row_key(record: Record) -> tuple:
             json.dumps(c.get("params", {}), sort_keys=True))
 
 
+def declared_marks(record: Record, encoder_only: bool = False) -> list[Mark]:
+    """The marks the record's method declares that its labels earn (those about the encoder alone, for an
+    encoder-only row), in the order of their symbols; none where the method cannot be loaded here."""
+    cls = method_class(record["config"]["method"])
+    labels = dict(record.get("labels", {}))
+    return sorted((m for m in (cls.marks if cls else ()) if m.applies(labels) and (m.encoder or not encoder_only)),
+                  key=lambda m: m.symbol)
+
+
 def row_marks(records: list[Record]) -> str:
-    marks = ""
     labels = records[0].get("labels", {})
-    if labels.get("random_weights"):
-        marks += MARKS["random"]
-    if labels.get("test_set_dependent"):
-        marks += MARKS["paper"]
-    if labels.get("schedule") == "short":
-        marks += MARKS["short"]
-    if labels.get("encoder_padding") == "reflect":
-        marks += MARKS["reflect"]
-    if labels.get("permutation") == "hard":
-        marks += MARKS["hard_permutation"]
-    return marks
+    marks = (RANDOM_WEIGHTS if labels.get("random_weights") else "") + (
+        TEST_SET_DEPENDENT if labels.get("test_set_dependent") else "")
+    return marks + "".join(m.symbol for m in declared_marks(records[0]))
 
 
 def method_display(method: str, records: Iterable[Record]) -> str:
     """A method's table name where no record of a row says it (paper rows not run): what another record of
-    the same method says, else the fallback names, else the registered name."""
+    the same method says, else its class's display name, else the registered name."""
     for record in records:
         if record["config"]["method"] == method and (record.get("display") or {}).get("method"):
             return record["display"]["method"]
-    return METHOD_NAMES.get(method, method)
+    cls = method_class(method)
+    return (cls.display_name if cls else "") or method
 
 
 def row_name(records: list[Record], with_params: bool = False) -> str:
-    """'CFLOW-AD-R18' plus marks; the suite's parameters only where they tell two rows apart."""
+    """'<display name>-R18' plus marks; the suite's parameters only where they tell two rows apart."""
     c = records[0]["config"]
     display = records[0].get("display") or {}
-    method = display.get("method") or METHOD_NAMES.get(c["method"], c["method"])
-    name = f"{method}-{display.get('encoder') or short_name(base_encoder(c['encoder']))}"
+    method = display.get("method") or method_display(c["method"], ())
+    encoder = display["encoder"] if "encoder" in display else short_name(base_encoder(c["encoder"]))
+    name = f"{method}-{encoder}" if encoder else method  # a method without an encoder names none
     params = c.get("params") or {}
     if with_params and params:
         name += " (" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
@@ -181,19 +185,13 @@ def footnotes_for(records: Iterable[Record]) -> list[str]:
     notes = []
     records = list(records)
     if any(r.get("labels", {}).get("random_weights") for r in records):
-        notes.append(f"{MARKS['random']} random encoder weights (not ImageNet): numbers check the harness, "
+        notes.append(f"{RANDOM_WEIGHTS} random encoder weights (not ImageNet): numbers check the harness, "
                      "they are not comparable with published ones.")
     if any(r.get("labels", {}).get("test_set_dependent") for r in records):
-        notes.append(f"{MARKS['paper']} 'paper' protocol: scores are normalized over the whole test set, as the "
-                     "reference code does; an image's score depends on the other test images.")
-    if any(r.get("labels", {}).get("schedule") == "short" for r in records):
-        notes.append(f"{MARKS['short']} short training schedule (see the record's method_params), not the paper's.")
-    if any(r.get("labels", {}).get("encoder_padding") == "reflect" for r in records):
-        notes.append(f"{MARKS['reflect']} encoder padded by reflection in its 7×7 stem and every 3×3 convolution, "
-                     "as the official CFLOW-AD code's ResNet copy (timm's ResNets pad with zeros).")
-    if any(r.get("labels", {}).get("permutation") == "hard" for r in records):
-        notes.append(f"{MARKS['hard_permutation']} hard channel permutations in the flow (permute_soft=False, "
-                     "anomalib's choice): a departure from the official code's random orthogonal matrices.")
+        notes.append(f"{TEST_SET_DEPENDENT} 'paper' protocol: scores are normalized over the whole test set, as "
+                     "the reference code does; an image's score depends on the other test images.")
+    marks = sorted({m for r in records for m in declared_marks(r)}, key=lambda m: m.symbol)
+    notes += [f"{m.symbol} {m.meaning}" for m in marks]
     multi = [r for r in records if r["config"].get("setting") == "multi-class"]
     if multi:
         trained_on = max(len(r["config"].get("train_classes", [])) for r in multi)
@@ -703,25 +701,30 @@ class ModelRow:
 
 def model_rows(records: list[Record]) -> list[ModelRow]:
     """Rows as the accuracy tables group records (``row_key``), split by input size, then one encoder-only
-    row per encoder and input from the CFLOW cells of those rows (their encoder runs every level up to the
-    last); an encoder row carries the marks that apply to an encoder (random weights, reflection padding), and
-    cells whose encoders were padded differently make different encoder rows."""
+    row per encoder and input from the cells of methods whose encoder region makes one (``encoder_row``:
+    their encoder runs every level up to the last); an encoder row carries the marks that apply to an
+    encoder (random weights, the methods' encoder marks), and cells whose encoders were built differently
+    make different encoder rows."""
     groups: dict[tuple, list[Record]] = defaultdict(list)
     encoder_cells: dict[tuple, list[Record]] = defaultdict(list)
     for record in records:
         c = record["config"]
         groups[(row_key(record), c["resolution"])].append(record)
-        if c["method"] == "cflow":
-            padding = record.get("labels", {}).get("encoder_padding")
-            encoder_cells[(base_encoder(c["encoder"]), c["resolution"], c["weights"], padding)].append(record)
+        if makes_encoder_row(c["method"]):
+            marks = "".join(m.symbol for m in declared_marks(record, encoder_only=True))
+            encoder_cells[(base_encoder(c["encoder"]), c["resolution"], c["weights"], marks)].append(record)
     ambiguous = ambiguous_rows(dict.fromkeys(key for key, _ in groups))
     rows = [ModelRow(key[0], base_encoder(key[1]), resolution, row_name(members, key in ambiguous), members)
             for (key, resolution), members in groups.items()]
-    for (encoder, resolution, weights, padding), members in encoder_cells.items():
-        marks = (MARKS["random"] if weights == "random" else "") + (MARKS["reflect"] if padding == "reflect" else "")
-        name = f"{short_name(encoder)} encoder only{marks}"
+    for (encoder, resolution, weights, marks), members in encoder_cells.items():
+        name = f"{short_name(encoder)} encoder only{RANDOM_WEIGHTS if weights == 'random' else ''}{marks}"
         rows.append(ModelRow(ENCODER_ROW, encoder, resolution, name, members))
     return rows
+
+
+def makes_encoder_row(method: str) -> bool:
+    cls = method_class(method)
+    return bool(cls and cls.encoder_row)
 
 
 def speed_rows(run: RunData) -> list[ModelRow]:
@@ -783,8 +786,8 @@ COMPLEXITY_COLUMNS = (
 def _status(row: ModelRow, run: RunData) -> str:
     if row.records:
         return "ok"
-    method = "cflow" if row.method == ENCODER_ROW else row.method
-    failed = any(r["config"]["method"] == method and base_encoder(r["config"]["encoder"]) == row.encoder
+    failed = any((makes_encoder_row(r["config"]["method"]) if row.method == ENCODER_ROW
+                  else r["config"]["method"] == row.method) and base_encoder(r["config"]["encoder"]) == row.encoder
                  for r in run.failed)
     return "failed" if failed else "not run"
 
@@ -795,6 +798,13 @@ def drop_empty_columns(table: Table) -> Table:
     table.columns = [table.columns[i] for i in keep]
     table.rows = [[row[i] for i in keep] for row in table.rows]
     return table
+
+
+def encoder_rows_text(rows: list[ModelRow]) -> str:
+    """What the encoder-only rows time, as the methods whose cells they come from declare it."""
+    sources = dict.fromkeys(method_class(r["config"]["method"]).encoder_row  # type: ignore[union-attr]
+                            for row in rows if row.method == ENCODER_ROW for r in row.records)
+    return f"Encoder-only rows time {'; '.join(sources)}. " if sources else ""
 
 
 def complexity_table(run: RunData) -> Table | None:
@@ -829,8 +839,8 @@ def complexity_table(run: RunData) -> Table | None:
                      "column Cells) of each cell's value. A cell's fps = images / median time of the "
                      "end-to-end region (network + post-processing, no data loading) at the largest batch "
                      "measured; encoder fps times the encoder alone in the same cells at the levels the "
-                     "method taps; fps / encoder fps is the row's fps over its encoder fps. Encoder-only "
-                     "rows time the encoder of the CFLOW cells (every level up to the last). "
+                     "method taps; fps / encoder fps is the row's fps over its encoder fps. "
+                     + encoder_rows_text(measured)
                      + ("GFLOPs: one image at the row's input (counter, or formula for distance computations; "
                         "see each record's 'flops'); achieved GFLOP/s: each cell's GFLOPs × fps. "
                         if any(row.gflops() is not None for row in measured) else "")
