@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from anobench.reports.markdown import table_markdown
-from anobench.reports.tables import all_tables, definitions, load_run
+from anobench.reports.rows import load_run
+from anobench.reports.tables import all_tables, definitions
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "reports" / "published"
 RUNS = sorted(p.parent for p in PUBLISHED.glob("*/report.md"))

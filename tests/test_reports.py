@@ -13,7 +13,7 @@ import pytest
 from anobench import artifacts
 from anobench.records import append_record
 from anobench.reports import write_reports
-from anobench.reports.tables import footnotes_for, row_marks
+from anobench.reports.rows import footnotes_for, row_marks
 
 REFERENCE_SUITE = {
     "name": "fixed", "version": 1, "description": "fixed records", "weights": "random",
@@ -279,7 +279,7 @@ def test_tables_show_mean_std_over_seeds_with_n_and_intervals(seeds_run_dir):
 
 def test_single_cell_interval_is_the_records_own(seeds_run_dir):
     from anobench.records import read_records
-    from anobench.reports.tables import load_run, metric_estimate
+    from anobench.reports.rows import load_run, metric_estimate
 
     run = load_run(seeds_run_dir)
     record = read_records(seeds_run_dir)[0]
