@@ -2,7 +2,8 @@
 
 Importing this package imports no torch: the registries hold where each built-in lives and load it on
 first use, so listing names and checking suites stay light. Adding a method is one file with an
-``AnomalyMethod`` subclass plus one ``METHODS.add`` line below. Other packages add theirs through the
+``AnomalyMethod`` subclass (``EncoderMethod`` for one built on a timm encoder) plus one ``METHODS.add``
+line below. Other packages add theirs through the
 ``anobench.methods`` / ``anobench.encoders`` entry-point groups, or a suite names a class directly as
 ``"package.module:Class"``.
 """
