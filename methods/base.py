@@ -76,9 +76,11 @@ REQUIRED_HARNESS_PARAMETERS = ("seed", "device")
 
 
 def harness_arguments(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Of the harness's ``values`` (one per ``HARNESS_PARAMETERS`` key), those ``cls``'s constructor takes."""
-    taken = inspect.signature(cls).parameters
-    return {k: v for k, v in values.items() if k in HARNESS_PARAMETERS and k in taken}
+    """Of the harness's ``values`` (one per ``HARNESS_PARAMETERS`` key), those ``cls``'s constructor takes
+    (all of them for a constructor with ``**kwargs``)."""
+    parameters = inspect.signature(cls).parameters
+    every = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    return {k: v for k, v in values.items() if k in HARNESS_PARAMETERS and (every or k in parameters)}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import torch
 from anobench.datasets import create_dataset
 from anobench.datasets.base import AnomalyDataset, Geometry
 from anobench.methods import METHODS, list_methods
+from anobench.methods.base import harness_arguments
 from anobench.testing import assert_method_conforms, check_method, check_params
 from tests.broken_methods import BatchDependentPaDiM, UnstableParamsPaDiM
 from tests.conftest import REPO, run_bench
@@ -64,3 +65,18 @@ def test_check_method_command_refuses_bad_params_in_one_sentence():
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "KEY=VALUE" in result.stderr
     result = run_bench("check-method", "padim", "--param", "d_reducd=3")
     assert result.returncode == 2 and "d_reducd" in result.stderr, result.stderr
+
+
+def test_the_harness_passes_the_parameters_a_constructor_takes():
+    values = {"encoder": "resnet18", "weights": "random", "seed": 3, "device": "cpu", "protocol": "paper"}
+
+    class NoEncoder:
+        def __init__(self, *, seed=0, device="cpu"): ...
+
+    class Anything:
+        def __init__(self, **kwargs): ...
+
+    assert harness_arguments(NoEncoder, values) == {"seed": 3, "device": "cpu"}
+    assert harness_arguments(Anything, values) == values
+    assert set(harness_arguments(METHODS.get("cflow"), values)) == set(values)
+    assert "protocol" not in harness_arguments(METHODS.get("padim"), values)
