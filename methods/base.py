@@ -47,6 +47,7 @@ from anobench.methods.encoders import (
     encoder_strides,
     smallest_runnable_input,
 )
+from anobench.methods.marks import REFLECT_PADDING, Mark
 
 SAVE_FORMAT = 1
 
@@ -81,29 +82,6 @@ def harness_arguments(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     parameters = inspect.signature(cls).parameters
     every = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     return {k: v for k, v in values.items() if k in HARNESS_PARAMETERS and (every or k in parameters)}
-
-
-@dataclass(frozen=True)
-class Mark:
-    """A table mark a method declares: ``symbol`` after a row's name where the cell's ``labels()[label]``
-    is ``value``, and ``meaning`` once as a footnote. ``encoder=True``: a fact about the encoder alone, so
-    the encoder-only rows timed in those cells carry it too."""
-
-    symbol: str
-    label: str
-    value: Any
-    meaning: str
-    encoder: bool = False
-
-    def applies(self, labels: dict[str, Any]) -> bool:
-        return labels.get(self.label) == self.value
-
-
-SHORT_SCHEDULE = Mark("§", "schedule", "short",
-                      "short training schedule (see the record's method_params), not the paper's.")
-REFLECT_PADDING = Mark("¶", "encoder_padding", "reflect",
-                       "encoder padded by reflection in its 7×7 stem and every 3×3 convolution, as the official "
-                       "CFLOW-AD code's ResNet copy (timm's ResNets pad with zeros).", encoder=True)
 
 
 class AnomalyMethod(ABC):

@@ -38,15 +38,9 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from anobench.core import progress
-from anobench.methods.base import (
-    REFLECT_PADDING,
-    SHORT_SCHEDULE,
-    EncoderMethod,
-    Mark,
-    Prediction,
-    tensor_bytes,
-)
+from anobench.methods.base import EncoderMethod, Prediction, tensor_bytes
 from anobench.methods.encoders import Level, is_resnet
+from anobench.methods.marks import HARD_PERMUTATION, REFLECT_PADDING, SHORT_SCHEDULE
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 PAPER_SCHEDULE = (25, 8)
@@ -173,9 +167,7 @@ class CFlow(EncoderMethod):
     name = "cflow"
     head_component = "decoders"
     display_name = "CFLOW-AD"
-    marks = (SHORT_SCHEDULE, REFLECT_PADDING,
-             Mark("‖", "permutation", "hard", "hard channel permutations in the flow (permute_soft=False, "
-                  "anomalib's choice): a departure from the official code's random orthogonal matrices."))
+    marks = (SHORT_SCHEDULE, REFLECT_PADDING, HARD_PERMUTATION)
     encoder_row = "the encoder of the CFLOW cells (every level up to the last)"
     check_params = {"meta_epochs": 1, "sub_epochs": 1, "coupling_blocks": 2, "fiber_batch": 128}
 

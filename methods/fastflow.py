@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from anobench.core import progress
-from anobench.methods.base import REFLECT_PADDING, SHORT_SCHEDULE, EncoderMethod, tensor_bytes
+from anobench.methods.base import EncoderMethod, tensor_bytes
 from anobench.methods.encoders import Level
+from anobench.methods.marks import REFLECT_PADDING, SHORT_SCHEDULE
 
 # The reference's configs/*.yaml: (flow steps, hidden ratio, 3×3 convolutions only). Other CNN encoders
 # take the WideResNet-50 setting unless given.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from anobench.aggregate import median_over_cells
-from anobench.methods import method_class
+from anobench.methods import method_presentation
 from anobench.records import Record, SpeedRecord
 from anobench.reports.rows import (
     RANDOM_WEIGHTS,
@@ -119,7 +119,7 @@ def model_rows(records: list[Record]) -> list[ModelRow]:
     for record in records:
         c = record["config"]
         groups[(row_key(record), c["resolution"])].append(record)
-        if makes_encoder_row(c["method"]):
+        if encoder_row_text(c["method"]):
             marks = "".join(m.symbol for m in declared_marks(record, encoder_only=True))
             encoder_cells[(base_encoder(c["encoder"]), c["resolution"], c["weights"], marks)].append(record)
     ambiguous = ambiguous_rows(dict.fromkeys(key for key, _ in groups))
@@ -131,9 +131,10 @@ def model_rows(records: list[Record]) -> list[ModelRow]:
     return rows
 
 
-def makes_encoder_row(method: str) -> bool:
-    cls = method_class(method)
-    return bool(cls and cls.encoder_row)
+def encoder_row_text(method: str) -> str:
+    """How the method's class describes the encoder-only rows its cells make; empty for none."""
+    presentation = method_presentation(method)
+    return presentation.encoder_row if presentation else ""
 
 
 def speed_rows(run: RunData) -> list[ModelRow]:
@@ -195,7 +196,7 @@ COMPLEXITY_COLUMNS = (
 def _status(row: ModelRow, run: RunData) -> str:
     if row.records:
         return "ok"
-    failed = any((makes_encoder_row(r["config"]["method"]) if row.method == ENCODER_ROW
+    failed = any((encoder_row_text(r["config"]["method"]) if row.method == ENCODER_ROW
                   else r["config"]["method"] == row.method) and base_encoder(r["config"]["encoder"]) == row.encoder
                  for r in run.failed)
     return "failed" if failed else "not run"
@@ -211,7 +212,7 @@ def drop_empty_columns(table: Table) -> Table:
 
 def encoder_rows_text(rows: list[ModelRow]) -> str:
     """What the encoder-only rows time, as the methods whose cells they come from declare it."""
-    sources = dict.fromkeys(method_class(r["config"]["method"]).encoder_row  # type: ignore[union-attr]
+    sources = dict.fromkeys(encoder_row_text(r["config"]["method"])
                             for row in rows if row.method == ENCODER_ROW for r in row.records)
     return f"Encoder-only rows time {'; '.join(sources)}. " if sources else ""
 

@@ -19,8 +19,8 @@ import numpy as np
 from anobench import artifacts, statistics
 from anobench.aggregate import Estimate, Sample, combine
 from anobench.methods import encoder_short_name as short_name
-from anobench.methods import method_class
-from anobench.methods.base import Mark
+from anobench.methods import method_presentation
+from anobench.methods.marks import Mark
 from anobench.metrics import metric_info
 from anobench.records import RUN_FILE, Record, latest_by_cell, read_records
 from anobench.suites import DEFAULT_TABLE_METRICS, Reference, Suite, parse_suite
@@ -102,9 +102,10 @@ def row_key(record: Record) -> tuple:
 def declared_marks(record: Record, encoder_only: bool = False) -> list[Mark]:
     """The marks the record's method declares that its labels earn (those about the encoder alone, for an
     encoder-only row), in the order of their symbols; none where the method cannot be loaded here."""
-    cls = method_class(record["config"]["method"])
+    presentation = method_presentation(record["config"]["method"])
     labels = dict(record.get("labels", {}))
-    return sorted((m for m in (cls.marks if cls else ()) if m.applies(labels) and (m.encoder or not encoder_only)),
+    marks = presentation.marks if presentation else ()
+    return sorted((m for m in marks if m.applies(labels) and (m.encoder or not encoder_only)),
                   key=lambda m: m.symbol)
 
 
@@ -121,8 +122,8 @@ def method_display(method: str, records: Iterable[Record]) -> str:
     for record in records:
         if record["config"]["method"] == method and (record.get("display") or {}).get("method"):
             return record["display"]["method"]
-    cls = method_class(method)
-    return (cls.display_name if cls else "") or method
+    presentation = method_presentation(method)
+    return (presentation.display_name if presentation else "") or method
 
 
 def row_name(records: list[Record], with_params: bool = False) -> str:

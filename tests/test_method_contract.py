@@ -10,6 +10,7 @@ from anobench.datasets import create_dataset
 from anobench.datasets.base import AnomalyDataset, Geometry
 from anobench.methods import METHODS, list_methods
 from anobench.methods.base import harness_arguments
+from anobench.methods.marks import Presentation
 from anobench.testing import assert_method_conforms, check_method, check_params
 from tests.broken_methods import BatchDependentPaDiM, UnstableParamsPaDiM
 from tests.conftest import REPO, run_bench
@@ -80,3 +81,11 @@ def test_the_harness_passes_the_parameters_a_constructor_takes():
     assert harness_arguments(Anything, values) == values
     assert set(harness_arguments(METHODS.get("cflow"), values)) == set(values)
     assert "protocol" not in harness_arguments(METHODS.get("padim"), values)
+
+
+@pytest.mark.parametrize("name", ["cflow", "fastflow", "padim", "patchcore", "spade"])
+def test_a_builtins_registered_presentation_is_its_classs(name):
+    """Reports read a built-in's name, marks and encoder-only rows from its registration (no torch import):
+    they must be what the class declares."""
+    registered = METHODS.entry(name).meta["presentation"]
+    assert registered == Presentation.of(METHODS.get(name))

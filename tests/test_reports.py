@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from anobench import artifacts
-from anobench.methods.base import Mark
+from anobench.methods.marks import Mark
 from anobench.methods.padim import PaDiM
 from anobench.records import append_record
 from anobench.reports import write_reports
