@@ -61,7 +61,7 @@ def baseline(session: nox.Session) -> None:
     for name, env in {"base": {}, **variants}.items():
         session.run("bench", "run", "--suite", "smoke", "--device", "cpu", "--out", f"{root}/{name}", "--no-report",
                     env=env)
-    session.run("bench", "baseline", "save", f"{root}/base", "smoke-cpu",
+    session.run("bench", "baseline", "save", f"{root}/base", "smoke-cpu", "--dir", "bench/baselines",
                 *[arg for name in variants for arg in ("--variant", f"{root}/{name}")])
     session.run("bench", "compare", f"{root}/base", "smoke-cpu")
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from anobench import methods
 from anobench.core import BenchError
 from anobench.records import CellConfig
 from anobench.suites import DEFAULT_TABLE_METRICS, BootstrapSpec, MeasureSpec, Suite
+
+if TYPE_CHECKING:
+    from anobench.methods.base import AnomalyMethod
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,16 @@ class Cell:
     @property
     def label(self) -> str:
         return f"{self.method}-{self.encoder}@{self.resolution} {self.class_name} s{self.seed}"
+
+
+def build_method(cell: Cell, device: str) -> AnomalyMethod:
+    """The cell's method on ``device``: the only place a method is built from a cell."""
+    harness = {"encoder": cell.encoder, "weights": cell.weights, "seed": cell.seed, "device": device,
+               "protocol": cell.protocol}
+    try:
+        return methods.build_method(cell.method, harness, cell.params)
+    except TypeError as exc:
+        raise BenchError(f"Method '{cell.method}' does not take these parameters ({exc}); check [grid.params].") from None
 
 
 def _canonical(value: dict[str, Any]) -> str:

@@ -192,8 +192,9 @@ def baseline() -> None:
 @baseline.command("save")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("name")
-@click.option("--dir", "folder", type=click.Path(path_type=Path), default=compare_module.BASELINES_DIR,
-              show_default=True, help="Where baselines are stored (committed with the code).")
+@click.option("--dir", "folder", type=click.Path(path_type=Path), default=Path("."),
+              help="Folder to write NAME.jsonl into (default: the working directory, where `bench compare` "
+                   "finds NAME too).")
 @click.option("--variant", "variants", multiple=True, type=click.Path(path_type=Path),
               help="A run folder of the same suite under other kernel settings (e.g. MKL_CBWR=COMPATIBLE); "
                    "each cell's accuracy there is stored, and compare allows a drop of that size.")

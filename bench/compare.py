@@ -88,16 +88,17 @@ class Comparison:
 
 
 def resolve_baseline(location: str) -> Path:
-    """A run folder, a records file, or the name of a stored baseline (``bench/baselines/NAME.jsonl``)."""
+    """A run folder, a records file, or a baseline's name: ``NAME.jsonl`` in the working directory (where
+    ``bench baseline save`` writes by default), else one that ships with anobench (``bench/baselines``)."""
     path = Path(location)
     if path.exists():
         return path
-    stored = BASELINES_DIR / f"{location}.jsonl"
-    if stored.is_file():
-        return stored
+    for stored in (Path(f"{location}.jsonl"), BASELINES_DIR / f"{location}.jsonl"):
+        if stored.is_file():
+            return stored
     names = sorted(p.stem for p in BASELINES_DIR.glob("*.jsonl"))
-    raise BenchError(f"{location} is neither a run folder, a records file nor a stored baseline; stored "
-                     f"baselines: {', '.join(names) or 'none'}.")
+    raise BenchError(f"{location} is neither a run folder, a records file, NAME.jsonl in the working directory "
+                     f"nor a baseline that ships with anobench ({', '.join(names) or 'none'}).")
 
 
 def load_cells(location: str | Path) -> dict[str, Record]:
@@ -402,10 +403,10 @@ def add_variation(cells: dict[str, Record], variants: list[dict[str, Record]]) -
         record["variation"] = {"runs": [kernel_setting(r) for r in runs], "metrics": metrics}
 
 
-def save_baseline(run_dir: str | Path, name: str, folder: Path = BASELINES_DIR,
-                  variants: Sequence[str | Path] = ()) -> Path:
+def save_baseline(run_dir: str | Path, name: str, folder: Path, variants: Sequence[str | Path] = ()) -> Path:
     """Store a run's successful records without artifacts or bulky fields, as ``<folder>/<name>.jsonl``
-    (``name`` is a plain file name: it cannot leave the folder). ``variants`` are run folders of the same
+    (``name`` is a plain file name: it cannot leave the folder; the folder is the caller's, never the
+    installed package's). ``variants`` are run folders of the same
     suite under other kernel settings: each cell then carries the accuracy it had in each (``variation``),
     and ``compare`` allows a drop of that size."""
     if not BASELINE_NAME.fullmatch(name):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import inspect
 import json
 import random
 import time
@@ -22,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anobench import __version__, artifacts, datasets, methods, metrics, pixel_metrics, statistics
-from anobench.cells import Cell
+from anobench import __version__, artifacts, datasets, metrics, pixel_metrics, statistics
+from anobench.cells import Cell, build_method
 from anobench.core import BenchError
 from anobench.datasets.base import AnomalyDataset, DatasetSource, Geometry
 from anobench.environment import commit_info, device_name, machine_info
@@ -34,7 +33,7 @@ from anobench.methods.base import AnomalyMethod, Prediction
 from anobench.methods.feature_cache import FeatureCache
 from anobench.pixelstream import PixelStream
 from anobench.protocols import ProtocolInput, run_protocols
-from anobench.records import SCHEMA_VERSION, DefectResult, Labels, Record, Size
+from anobench.records import SCHEMA_VERSION, DefectResult, Labels, Record, Size, WeightsInfo
 from anobench.speed import measure_speed
 from anobench.suites import DatasetSpec
 
@@ -70,17 +69,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_method(cell: Cell, device: str) -> AnomalyMethod:
-    cls = methods.METHODS.get(cell.method)
-    params = {"encoder": cell.encoder, "weights": cell.weights, "seed": cell.seed, "device": device, **cell.params}
-    if "protocol" in inspect.signature(cls).parameters:
-        params.setdefault("protocol", cell.protocol)
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise BenchError(f"Method '{cell.method}' does not take these parameters ({exc}); check [grid.params].") from None
 
 
 STANDARD_METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro",
@@ -427,21 +415,25 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
                                             seed=cell.seed, threads=cell.measure.cpu_threads)
         result["memory"]["speed"] = memory.result
 
+    weights = method.weights_info()  # None for a method without pretrained weights
+    encoder = method.encoder_name()
     result.update({
-        "labels": cast(Labels, {"random_weights": cell.weights == "random", "protocol": cell.protocol,
-                                "setting": cell.setting, "test_set_dependent": method.test_set_dependent,
-                                "encoder_padding": method.encoder_.padding,
+        "labels": cast(Labels, {"random_weights": weights is not None and weights.get("source") == "random",
+                                "protocol": cell.protocol, "setting": cell.setting,
+                                "test_set_dependent": method.test_set_dependent,
                                 **method.labels()}),  # a method's labels are its own (plugins' too)
         "precision": {"inference": "bf16 autocast" if method.labels().get("inference_autocast_bf16") else "float32",
                       "compiled": bool(method.labels().get("inference_compiled"))},
-        "display": {"method": method.display_name or method.name, "encoder": encoder_short_name(cell.encoder)},
+        "display": {"method": method.display_name or method.name,
+                    "encoder": encoder_short_name(encoder) if encoder else ""},
         "method_params": method.get_params(),
         "fit_stats": method.fit_stats(),
         "size": size_record(method),
         "flops": flops_record(method, cell.resolution, device, seed=cell.seed),
-        "weights": method.encoder_.weights_info(),
         "dataset": source.describe(),
     })
+    if weights is not None:
+        result["weights"] = cast(WeightsInfo, weights)
     return result, arrays
 
 

@@ -1,5 +1,5 @@
-"""FLOPs of one image through a fitted method, by component: the encoder, the head (decoders, statistics or
-nearest-neighbour search) and the post-processing.
+"""FLOPs of one image through a fitted method, by component: the encoder (``method.timed_encoder()``, where
+the method has one), the head (decoders, statistics or nearest-neighbour search) and the post-processing.
 
 Each component is counted with PyTorch's own counter (``torch.utils.flop_counter``), which counts matrix
 products and convolutions at 2 FLOPs per multiply-add and nothing else (elementwise operations,
@@ -35,7 +35,8 @@ def count_flops(method, input_size: int, device: str, seed: int = 0) -> Flops:
     """FLOPs per image at ``input_size`` by component, each with how it was obtained (plain data)."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(1, 3, input_size, input_size, generator=generator).to(device)
-    encoder = counted_flops(lambda: method.encoder_(images))
+    timed_encoder = method.timed_encoder()
+    encoder = 0 if timed_encoder is None else counted_flops(lambda: timed_encoder(images))
     outputs = []
     network = counted_flops(lambda: outputs.append(method.forward_scores(images)))
     post = counted_flops(lambda: method.postprocess(outputs[0], (input_size, input_size)))
@@ -44,8 +45,10 @@ def count_flops(method, input_size: int, device: str, seed: int = 0) -> Flops:
     if formula is not None:
         head = {"flops": int(sum(formula.values())), "counted_by": "formula", "terms": formula,
                 "counter_flops": network - encoder}
-    components: dict[str, FlopsComponent] = {"encoder": {"flops": encoder, "counted_by": COUNTER}, method.head_component: head,
-                  "postprocess": {"flops": post, "counted_by": COUNTER}}
+    components: dict[str, FlopsComponent] = {} if timed_encoder is None else {
+        "encoder": {"flops": encoder, "counted_by": COUNTER}}
+    components[method.head_component] = head
+    components["postprocess"] = {"flops": post, "counted_by": COUNTER}
     return {"input_size": input_size, "batch": 1, "unit": "FLOPs per image (a multiply-add is 2 FLOPs)",
             "counter_scope": COUNTER_SCOPE, "components": components,
             "total_flops": sum(c["flops"] for c in components.values())}

@@ -1,12 +1,12 @@
 """Memory plans: before anything runs, what each cell will need, and which cells cannot fit.
 
-Estimates come from the encoder's shapes (built on PyTorch's meta device: no weights, no compute), the
-method's own accounting of its learned state and working buffers (PaDiM's covariances, SPADE's gallery,
-CFLOW's decoders), and the harness's own buffers: decoded images and the test set's maps at the input
-resolution, and the evaluation's pixel stream, whose peak is set by the largest image at the resolution
-the metrics are computed at (each test image's size read from its header when that is the original) and
-not by the number of images (the pixels go through disk: 8 bytes each). They are plans, not measurements;
-records carry the measured peaks.
+Estimates come from the method's own plan (``memory_plan``; an encoder-based method's from its encoder's
+shapes, built on PyTorch's meta device: no weights, no compute, and its learned state and working buffers,
+such as PaDiM's covariances, SPADE's gallery or CFLOW's decoders) and the harness's own buffers: decoded
+images and the test set's maps at the input resolution, and the evaluation's pixel stream, whose peak is set
+by the largest image at the resolution the metrics are computed at (each test image's size read from its
+header when that is the original) and not by the number of images (the pixels go through disk: at most 8
+bytes each). They are plans, not measurements; records carry the measured peaks.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
-from anobench.cells import Cell
+from anobench.cells import Cell, build_method
 from anobench.datasets.base import DatasetSource, image_header
-from anobench.methods import METHODS
-from anobench.methods.encoders import encoder_geometry
 from anobench.pixelstream import memory_bound
 from anobench.statistics import NORMAL_TAIL_MAX
 
@@ -55,10 +53,7 @@ def estimate(cell: Cell, source: DatasetSource, device: str) -> CellPlan:
     test = [] if cell.measure_only else source.samples(cell.class_name, "test")
     n_test = len(test)
     try:
-        method = METHODS.get(cell.method)(encoder=cell.encoder, weights=cell.weights, seed=cell.seed,
-                                          device=device, **cell.params)
-        geometry = encoder_geometry(cell.encoder, tuple(method.encoder_levels()), cell.resolution)
-        parts = method.memory_estimate(geometry, n_train, cell.batch_size)
+        parts = build_method(cell, device).memory_plan(cell.resolution, n_train, cell.batch_size)
     except Exception as exc:  # a plan is advice: the cell itself reports what goes wrong
         return CellPlan(cell, n_train, n_test, note=f"no estimate ({type(exc).__name__}: {exc})")
     pixels = cell.resolution * cell.resolution

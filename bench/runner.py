@@ -23,12 +23,8 @@ from anobench.core import BenchError, progress, unknown_name
 from anobench.datasets.base import DatasetSource
 from anobench.evaluation import failed_record, now, open_source
 from anobench.executors import LocalExecutor, Task
-from anobench.methods.encoders import (
-    check_encoder_name,
-    check_weights,
-    encoder_strides,
-    smallest_runnable_input,
-)
+from anobench.methods.base import HARNESS_PARAMETERS
+from anobench.methods.encoders import check_encoder_name, check_weights
 from anobench.pixelstream import PIXEL_STREAM_PREFIX
 from anobench.records import RUN_FILE, Record, append_record, latest_by_cell, read_records
 from anobench.runfolder import RunFolderLock, folder_error
@@ -65,13 +61,6 @@ class RunSummary:
 # planning
 
 
-# Constructor parameters the harness sets from the suite itself; a grid's params must not override them,
-# or the cell's configuration (and every table) would say something else than what ran.
-HARNESS_PARAMS = {"encoder": "the grid's encoders", "weights": "the suite's weights (or --weights)",
-                  "seed": "the suite's seeds", "device": "--device",
-                  "protocol": "the suite's protocol (or --protocol)"}
-
-
 def check_suite(suite: Suite) -> None:
     """Everything about a suite that can be refused without data, for ``bench validate`` and ``bench run``
     alike: unknown method, encoder and dataset names, method parameters a method does not take, and
@@ -98,10 +87,10 @@ def _check_params(method: str, params: dict[str, Any], place: str) -> None:
     accepted = methods.method_parameters(method)
     if accepted is None:  # a constructor taking **kwargs: only the method itself can tell
         return
-    valid = accepted - set(HARNESS_PARAMS)
+    valid = accepted - set(HARNESS_PARAMETERS)
     for key in params:
-        if key in HARNESS_PARAMS:
-            raise BenchError(f"{place}: params sets '{key}', which comes from {HARNESS_PARAMS[key]}; "
+        if key in HARNESS_PARAMETERS:
+            raise BenchError(f"{place}: params sets '{key}', which comes from {HARNESS_PARAMETERS[key]}; "
                              f"remove it from params.")
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
@@ -111,29 +100,16 @@ def _check_params(method: str, params: dict[str, Any], place: str) -> None:
 
 
 def _check_resolutions(method: str, encoder: str, block: GridBlock, place: str) -> None:
-    """The smallest useful input of an encoder for a method is the stride of the deepest level the method
-    taps: below it, that level's feature map covers less than one cell of real pixels (the rest is padding)."""
+    """Each resolution of the block must be one the method can use (``input_problem``: for an encoder-based
+    method, at least its deepest tapped level's stride, and wider than a padded map's padding)."""
     try:
-        # every method takes an encoder (the contract; the base class declares no constructor)
-        instance = methods.METHODS.get(method)(encoder=encoder, **block.params)  # type: ignore[call-arg]
-        levels = tuple(instance.encoder_levels())
-        padding = instance.encoder_padding_mode()
+        instance = methods.build_method(method, {"encoder": encoder}, block.params)
     except (TypeError, ValueError) as exc:
         raise BenchError(f"{place}: method '{method}' rejects its params ({exc}).") from None
-    strides = encoder_strides(encoder, levels)
-    smallest = max(strides)
-    deepest = levels[strides.index(smallest)]
-    runnable = smallest_runnable_input(encoder, levels, padding)
     for resolution in (*block.resolutions, *block.class_resolutions.values()):
-        if resolution < smallest:
-            raise BenchError(f"{place}: resolution {resolution} is below {smallest} px, the smallest useful input "
-                             f"of {encoder} for {method} (the stride of level {deepest}, the deepest it taps); use "
-                             f"a resolution of at least {smallest}.")
-        if runnable is None or resolution < runnable:
-            least = f"at least {runnable}" if runnable else "another encoder"
-            raise BenchError(f"{place}: resolution {resolution} is too small for {encoder} padded by {padding} as "
-                             f"{method} builds it (its deepest padded feature map must be wider than the padding); "
-                             f"use {least}, or encoder_padding = \"zeros\" in params.")
+        problem = instance.input_problem(resolution)
+        if problem:
+            raise BenchError(f"{place}: {problem}")
 
 
 def apply_overrides(suite: Suite, options: RunOptions) -> Suite:

@@ -2,7 +2,8 @@
 
 Timed regions (each recorded with its name):
 
-- ``encoder``: the encoder alone, at the method's tapped levels;
+- ``encoder``: the encoder alone, at the method's tapped levels (``method.timed_encoder()``; a method
+  without an encoder has no such region, nor the ratios to it);
 - ``network``: encoder + decoders / statistics (``method.forward_scores``);
 - ``end_to_end``: ``network`` plus post-processing (upsampling, blur, image score).
 
@@ -71,13 +72,14 @@ def paired_ratio(numerator_times: Sequence[float], denominator_times: Sequence[f
 
 
 def region_calls(method, images: torch.Tensor) -> dict[str, Callable[[], Any]]:
-    """The three timed regions as zero-argument calls on one ready batch."""
+    """The timed regions as zero-argument calls on one ready batch; no encoder region for a method without
+    an encoder (``timed_encoder()`` is None)."""
     size = tuple(images.shape[-2:])
-    return {
-        "encoder": lambda: method.encoder_(images),
-        "network": lambda: method.forward_scores(images),
-        "end_to_end": lambda: method.postprocess(method.forward_scores(images), size),
-    }
+    encoder = method.timed_encoder()
+    calls: dict[str, Callable[[], Any]] = {} if encoder is None else {"encoder": lambda: encoder(images)}
+    calls["network"] = lambda: method.forward_scores(images)
+    calls["end_to_end"] = lambda: method.postprocess(method.forward_scores(images), size)
+    return calls
 
 
 @contextlib.contextmanager
@@ -116,8 +118,9 @@ def _measure(method, input_size: int, batch_sizes: Sequence[int], device: str, w
     for batch in batch_sizes:
         images = torch.rand(batch, 3, input_size, input_size, generator=generator).to(device)
         times = time_interleaved(region_calls(method, images), device, warmup, iterations)
-        timings: dict[str, Any] = {region: summarize(times[region], batch) for region in REGIONS}
-        timings["ratio_end_to_end_to_encoder"] = paired_ratio(times["end_to_end"], times["encoder"])
-        timings["ratio_network_to_encoder"] = paired_ratio(times["network"], times["encoder"])
+        timings: dict[str, Any] = {region: summarize(times[region], batch) for region in REGIONS if region in times}
+        if "encoder" in times:
+            timings["ratio_end_to_end_to_encoder"] = paired_ratio(times["end_to_end"], times["encoder"])
+            timings["ratio_network_to_encoder"] = paired_ratio(times["network"], times["encoder"])
         result["batches"][str(batch)] = timings
     return result

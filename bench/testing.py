@@ -4,7 +4,8 @@ The harness measures every method the same way only because every method keeps t
 stores its parameters and nothing else until ``fit``; ``fit`` returns the method; predictions have fixed
 shapes and dtypes and finite values; an image scores the same alone or in any batch (unless the method
 declares itself test-set dependent); the same seed gives the same scores; a saved and loaded model scores
-identically; size and memory plans are there. ``check_method`` runs each promise on generated data and
+identically; size and memory plans are there; the harness's own parameters and hooks are as the
+contract declares them. ``check_method`` runs each promise on generated data and
 returns one result per property, so that a plugin's own tests can call it and ``bench check-method``
 can print it.
 """
@@ -25,7 +26,15 @@ import torch
 
 from anobench.core import BenchError, NotFittedError, unknown_name
 from anobench.methods import METHODS
-from anobench.methods.base import AnomalyMethod, Prediction
+from anobench.methods.base import (
+    HARNESS_PARAMETERS,
+    REQUIRED_HARNESS_PARAMETERS,
+    AnomalyMethod,
+    EncoderMethod,
+    Mark,
+    Prediction,
+    harness_arguments,
+)
 
 SIZE = 64
 SCORE_TOLERANCE = 1e-4  # relative and absolute: float reductions may differ between batch shapes
@@ -186,16 +195,39 @@ def _size_breakdown(ctx: _Context) -> str:
     return f"{sum(breakdown.values()) / 1e6:.1f} MB in {len(breakdown)} parts"
 
 
-def _memory_estimate(ctx: _Context) -> str:
-    from anobench.methods.encoders import encoder_geometry
+def _memory_plan(ctx: _Context) -> str:
+    plan = ctx.new().memory_plan(SIZE, n_train=sum(len(b) for b in ctx.train), batch_size=len(ctx.test))
+    _require(isinstance(plan, dict) and plan, "memory_plan() must be a non-empty dict of bytes")
+    bad = {k: v for k, v in plan.items() if not isinstance(v, int) or v <= 0}
+    _require(not bad, f"memory_plan() has parts that are not positive byte counts: {bad}")
+    return f"{sum(plan.values()) / 1e6:.1f} MB planned"
 
-    method = ctx.new()
-    geometry = encoder_geometry(method.encoder, tuple(method.encoder_levels()), SIZE)
-    estimate = method.memory_estimate(geometry, n_train=sum(len(b) for b in ctx.train), batch_size=len(ctx.test))
-    _require(isinstance(estimate, dict) and estimate, "memory_estimate() must be a non-empty dict of bytes")
-    bad = {k: v for k, v in estimate.items() if not isinstance(v, int) or v <= 0}
-    _require(not bad, f"memory_estimate() has parts that are not positive byte counts: {bad}")
-    return f"{sum(estimate.values()) / 1e6:.1f} MB planned"
+
+def _harness_parameters(ctx: _Context) -> str:
+    accepted = inspect.signature(ctx.cls).parameters
+    taken = [name for name in HARNESS_PARAMETERS if name in accepted]
+    missing = [name for name in REQUIRED_HARNESS_PARAMETERS if name not in accepted]
+    _require(not missing, f"the constructor does not take {', '.join(missing)}, which the harness sets for every "
+                          "method")
+    _require(("encoder" in taken) == ("weights" in taken), "the constructor takes one of encoder and weights "
+                                                           "without the other")
+    if issubclass(ctx.cls, EncoderMethod):
+        _require("encoder" in taken, "an EncoderMethod's constructor must take encoder and weights")
+    return f"takes {', '.join(taken)}"
+
+
+def _harness_hooks(ctx: _Context) -> str:
+    method = ctx.fit("a")
+    encoder = method.timed_encoder()
+    if encoder is not None:
+        encoder(ctx.test.to(method.device))
+    weights = method.weights_info()
+    _require(weights is None or "source" in weights, f"weights_info() is {weights!r}: None or a dict with 'source'")
+    problem = method.input_problem(SIZE)
+    _require(problem is None, f"input_problem({SIZE}) says {problem!r}; the checks need {SIZE} px inputs")
+    marks = [m for m in method.marks if not isinstance(m, Mark)]
+    _require(not marks, f"marks holds {marks}, not Mark declarations")
+    return "an encoder region timed alone" if encoder is not None else "no encoder region (none to time alone)"
 
 
 PROPERTIES: list[tuple[str, Callable[[_Context], str | None]]] = [
@@ -209,7 +241,9 @@ PROPERTIES: list[tuple[str, Callable[[_Context], str | None]]] = [
     ("the same seed gives the same scores", _same_seed_same_scores),
     ("save() and load() give identical scores", _save_load_round_trip),
     ("size_breakdown() counts bytes", _size_breakdown),
-    ("memory_estimate() plans bytes", _memory_estimate),
+    ("memory_plan() plans bytes", _memory_plan),
+    ("the harness's parameters are taken as the contract says", _harness_parameters),
+    ("the harness's hooks answer", _harness_hooks),
 ]
 NOT_APPLICABLE = {_batch_independence: "the method declares itself test-set dependent"}
 
@@ -221,8 +255,7 @@ NOT_APPLICABLE = {_batch_independence: "the method declares itself test-set depe
 def check_params(cls: type[AnomalyMethod], params: dict[str, Any] | None = None) -> dict[str, Any]:
     """The parameters a check runs with: a small random-weights ResNet-18 where the method takes an
     encoder, the method's own ``check_params`` (a short schedule), then the caller's."""
-    accepted = set(inspect.signature(cls).parameters)
-    base = {k: v for k, v in {"encoder": "resnet18", "weights": "random", "device": "cpu"}.items() if k in accepted}
+    base = harness_arguments(cls, {"encoder": "resnet18", "weights": "random", "device": "cpu"})
     return {**base, **getattr(cls, "check_params", {}), **(params or {})}
 
 

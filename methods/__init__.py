@@ -2,7 +2,8 @@
 
 Importing this package imports no torch: the registries hold where each built-in lives and load it on
 first use, so listing names and checking suites stay light. Adding a method is one file with an
-``AnomalyMethod`` subclass plus one ``METHODS.add`` line below. Other packages add theirs through the
+``AnomalyMethod`` subclass (``EncoderMethod`` for one built on a timm encoder) plus one ``METHODS.add``
+line below. Other packages add theirs through the
 ``anobench.methods`` / ``anobench.encoders`` entry-point groups, or a suite names a class directly as
 ``"package.module:Class"``.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from anobench.core import Reference, Registry
+from anobench.core import BenchError, Reference, Registry
+from anobench.methods.marks import HARD_PERMUTATION, REFLECT_PADDING, SHORT_SCHEDULE, Presentation
 
 if TYPE_CHECKING:
     from anobench.methods.base import AnomalyMethod
@@ -33,11 +35,19 @@ def _is_timm_model(value: Any) -> bool:
 METHODS: Registry[type[AnomalyMethod]] = Registry(
     "method", group="anobench.methods", references=True,
     accepts=("a subclass of anobench.methods.base.AnomalyMethod", _is_method_class))
-METHODS.add("cflow", Reference("anobench.methods.cflow:CFlow"))
-METHODS.add("fastflow", Reference("anobench.methods.fastflow:FastFlow"))
-METHODS.add("padim", Reference("anobench.methods.padim:PaDiM"))
-METHODS.add("patchcore", Reference("anobench.methods.patchcore:PatchCore"))
-METHODS.add("spade", Reference("anobench.methods.spade:SPADE"))
+# Each with how reports print it (the class's display_name, marks and encoder_row, here too so that reading
+# records imports no torch; tests/test_method_contract.py checks that the two agree).
+METHODS.add("cflow", Reference("anobench.methods.cflow:CFlow"), presentation=Presentation(
+    "CFLOW-AD", (SHORT_SCHEDULE, REFLECT_PADDING, HARD_PERMUTATION),
+    "the encoder of the CFLOW cells (every level up to the last)"))
+METHODS.add("fastflow", Reference("anobench.methods.fastflow:FastFlow"),
+            presentation=Presentation("FastFlow", (SHORT_SCHEDULE, REFLECT_PADDING)))
+METHODS.add("padim", Reference("anobench.methods.padim:PaDiM"),
+            presentation=Presentation("PaDiM", (REFLECT_PADDING,)))
+METHODS.add("patchcore", Reference("anobench.methods.patchcore:PatchCore"),
+            presentation=Presentation("PatchCore", (REFLECT_PADDING,)))
+METHODS.add("spade", Reference("anobench.methods.spade:SPADE"),
+            presentation=Presentation("SPADE", (REFLECT_PADDING,)))
 register_method = METHODS.register
 
 # Encoders the harness knows by name, with the paper's names. Any other timm model name works too
@@ -52,6 +62,27 @@ ENCODERS.add("mobilenetv3_large_100", None, display="MobileNetV3-L", short="MNet
 def create_method(name: str, where: str | None = None, **params) -> AnomalyMethod:
     """Build a registered method by name with the given parameters (unknown names list the valid ones)."""
     return METHODS.get(name, where)(**params)
+
+
+def build_method(name: str, harness: dict[str, Any], params: dict[str, Any]) -> AnomalyMethod:
+    """The one way the harness builds a method: of its own values (``base.HARNESS_PARAMETERS``: encoder,
+    weights, seed, device, protocol) those the constructor takes, then the suite's ``params``."""
+    from anobench.methods.base import harness_arguments
+
+    cls = METHODS.get(name)
+    return cls(**harness_arguments(cls, harness), **params)
+
+
+def method_presentation(name: str) -> Presentation | None:
+    """How reports print method ``name``: a built-in's from its registration (no import), another's from
+    its class; None where it cannot be loaded here (a plugin not installed): reports then print what the
+    records say of it (its display name) without its marks."""
+    if name in METHODS and "presentation" in METHODS.entry(name).meta:
+        return METHODS.entry(name).meta["presentation"]
+    try:
+        return Presentation.of(METHODS.get(name))
+    except BenchError:
+        return None
 
 
 def method_parameters(name: str) -> set[str] | None:
@@ -77,5 +108,5 @@ def encoder_short_name(encoder: str) -> str:
     return ENCODERS.entry(base).meta.get("short", base) if base in ENCODERS else base
 
 
-__all__ = ["ENCODERS", "METHODS", "create_method", "encoder_short_name", "list_encoders", "list_methods",
-           "method_parameters", "register_method"]
+__all__ = ["ENCODERS", "METHODS", "build_method", "create_method", "encoder_short_name", "list_encoders", "list_methods",
+           "method_parameters", "method_presentation", "register_method"]

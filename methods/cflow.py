@@ -38,8 +38,9 @@ import torchvision.transforms.functional as TF
 from torch import nn
 
 from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, Prediction, tensor_bytes
+from anobench.methods.base import EncoderMethod, Prediction, tensor_bytes
 from anobench.methods.encoders import Level, is_resnet
+from anobench.methods.marks import HARD_PERMUTATION, REFLECT_PADDING, SHORT_SCHEDULE
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 PAPER_SCHEDULE = (25, 8)
@@ -121,7 +122,7 @@ def numpy_seed(seed: int):
         np.random.set_state(state)
 
 
-class CFlow(AnomalyMethod):
+class CFlow(EncoderMethod):
     """CFLOW-AD: conditional normalizing flows on multi-scale encoder features.
 
     Parameters
@@ -166,6 +167,8 @@ class CFlow(AnomalyMethod):
     name = "cflow"
     head_component = "decoders"
     display_name = "CFLOW-AD"
+    marks = (SHORT_SCHEDULE, REFLECT_PADDING, HARD_PERMUTATION)
+    encoder_row = "the encoder of the CFLOW cells (every level up to the last)"
     check_params = {"meta_epochs": 1, "sub_epochs": 1, "coupling_blocks": 2, "fiber_batch": 128}
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",
@@ -212,7 +215,7 @@ class CFlow(AnomalyMethod):
 
     def labels(self) -> dict[str, Any]:
         full = (self.meta_epochs, self.sub_epochs) == PAPER_SCHEDULE and self.max_steps is None
-        return {"schedule": "paper" if full else "short", "permutation": "soft" if self.permute_soft else "hard",
+        return {**super().labels(), "schedule": "paper" if full else "short", "permutation": "soft" if self.permute_soft else "hard",
                 "inference_autocast_bf16": self._use_autocast(),
                 "inference_compiled": self.compile and self.device.startswith("cuda")}
 

@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, tensor_bytes
+from anobench.methods.base import EncoderMethod, tensor_bytes
 from anobench.methods.encoders import Level
+from anobench.methods.marks import REFLECT_PADDING, SHORT_SCHEDULE
 
 # The reference's configs/*.yaml: (flow steps, hidden ratio, 3×3 convolutions only). Other CNN encoders
 # take the WideResNet-50 setting unless given.
@@ -157,7 +158,7 @@ def build_flow(channels: int, flow_steps: int, hidden_ratio: float, conv3x3_only
     return Flow(steps)
 
 
-class FastFlow(AnomalyMethod):
+class FastFlow(EncoderMethod):
     """FastFlow: per-level 2-D normalizing flows over layer-normalized encoder features.
 
     Parameters
@@ -186,6 +187,7 @@ class FastFlow(AnomalyMethod):
     name = "fastflow"
     head_component = "decoders"
     display_name = "FastFlow"
+    marks = (SHORT_SCHEDULE, REFLECT_PADDING)
     check_params = {"epochs": 1, "flow_steps": 2}
 
     def __init__(self, *, encoder: str = "wide_resnet50_2", weights: str = "imagenet",
@@ -220,7 +222,7 @@ class FastFlow(AnomalyMethod):
     def labels(self) -> dict[str, Any]:
         full = self.epochs == REFERENCE_EPOCHS and self.max_steps is None
         steps, ratio, only3 = self.flow_config()
-        return {"schedule": "reference" if full else "short", "flow_steps": steps, "hidden_ratio": ratio,
+        return {**super().labels(), "schedule": "reference" if full else "short", "flow_steps": steps, "hidden_ratio": ratio,
                 "conv3x3_only": only3}
 
     # -- building ----------------------------------------------------------------------------------------

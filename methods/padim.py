@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, tensor_bytes
+from anobench.methods.base import EncoderMethod, tensor_bytes
 from anobench.methods.encoders import Level, encoder_geometry
 from anobench.methods.postprocess import gaussian_blur, upsample
 
@@ -25,7 +25,7 @@ D_REDUCED = {"resnet18": 100, "wide_resnet50_2": 550}
 INVERSE_CHUNK_BYTES = 256 * 2**20  # float64 covariances inverted per chunk
 
 
-class PaDiM(AnomalyMethod):
+class PaDiM(EncoderMethod):
     """PaDiM anomaly maps from per-position Gaussians.
 
     Parameters

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, tensor_bytes
+from anobench.methods.base import EncoderMethod, tensor_bytes
 from anobench.methods.encoders import Level, encoder_geometry
 from anobench.methods.knn import MAX_DEFAULT_BUDGET, knn
 from anobench.methods.postprocess import gaussian_blur, upsample
@@ -241,7 +241,7 @@ def principal_directions(features: torch.Tensor, k: int, sample: int = 65536) ->
     return vectors[:, -k:].T.contiguous().to(features.dtype)
 
 
-class PatchCore(AnomalyMethod):
+class PatchCore(EncoderMethod):
     """PatchCore: a coreset memory bank of locally aggregated patch features, nearest-neighbour scores.
 
     Parameters
@@ -304,7 +304,7 @@ class PatchCore(AnomalyMethod):
         return tuple(self.levels)
 
     def labels(self) -> dict[str, Any]:
-        return {"image_score": self.image_score}
+        return {**super().labels(), "image_score": self.image_score}
 
     def _check(self) -> None:
         if not 0 < self.coreset_fraction <= 1:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from anobench.core import progress
-from anobench.methods.base import AnomalyMethod, tensor_bytes
+from anobench.methods.base import EncoderMethod, tensor_bytes
 from anobench.methods.encoders import Level, encoder_geometry
 from anobench.methods.knn import MAX_DEFAULT_BUDGET, knn
 from anobench.methods.postprocess import gaussian_blur, upsample
@@ -27,7 +27,7 @@ from anobench.methods.postprocess import gaussian_blur, upsample
 GALLERY_DEVICE_FRACTION = 0.5  # keep the gallery on the GPU only if it takes at most this share of free memory
 
 
-class SPADE(AnomalyMethod):
+class SPADE(EncoderMethod):
     """SPADE: image kNN over pooled features, pixel kNN over the nearest images' feature maps.
 
     Parameters

@@ -8,7 +8,7 @@ from pathlib import Path
 from anobench.core import BenchError
 from anobench.reports import html, latex, markdown
 from anobench.reports.plots import Plot, all_plots
-from anobench.reports.tables import RunData, load_run
+from anobench.reports.rows import RunData, load_run
 
 FORMATS: dict[str, Callable[[RunData, Path, list[Plot]], Path]] = {
     "md": markdown.write, "html": html.write, "latex": latex.write,

@@ -11,9 +11,11 @@ import html
 import re
 from pathlib import Path
 
+from anobench.aggregate import Estimate
 from anobench.reports.markdown import format_cell, summary_line
 from anobench.reports.plots import Plot, png_bytes
-from anobench.reports.tables import Estimate, RunData, Table, all_tables, definitions, environment_lines
+from anobench.reports.rows import RunData, Table
+from anobench.reports.tables import all_tables, definitions, environment_lines
 
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;

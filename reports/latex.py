@@ -9,7 +9,8 @@ import re
 from pathlib import Path
 
 from anobench.reports.markdown import format_cell
-from anobench.reports.tables import RunData, Table, all_tables
+from anobench.reports.rows import RunData, Table
+from anobench.reports.tables import all_tables
 
 LATEX_DIR = "latex"
 SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from anobench.aggregate import Estimate
 from anobench.reports.plots import Plot, png_bytes
-from anobench.reports.tables import Estimate, RunData, Table, all_tables, definitions, environment_lines
+from anobench.reports.rows import RunData, Table
+from anobench.reports.tables import all_tables, definitions, environment_lines
 
 FIGURES_DIR = "figures"
 

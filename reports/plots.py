@@ -16,22 +16,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 from anobench import artifacts
+from anobench.aggregate import mean_or_none, median_over_cells
 from anobench.records import Record
-from anobench.reports.tables import (
+from anobench.reports.complexity import (
     ENCODER_ROW,
-    RunData,
-    ambiguous_rows,
     cell_fps,
-    find_reference,
-    mean_or_none,
-    median_over_cells,
     model_rows,
     paper_rows,
-    row_key,
-    row_name,
     size_reference,
     speed_rows,
 )
+from anobench.reports.rows import RunData, ambiguous_rows, find_reference, row_key, row_name
 
 COLOURS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 

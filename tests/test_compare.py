@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from anobench.cells import Cell
-from anobench.compare import compare, load_cells, save_baseline
+from anobench.compare import BASELINES_DIR, compare, load_cells, save_baseline
 from anobench.core import BenchError
 from anobench.records import append_record
 from tests.conftest import run_bench
@@ -100,6 +100,18 @@ def test_saved_baseline_is_compact_and_comparable(tmp_path):
     stored = json.loads(path.read_text())
     assert "artifacts" not in stored and "memory" not in stored and stored["metrics"] == full["metrics"]
     assert compare(load_cells(run), load_cells(path)).regressions == []
+
+
+def test_baseline_save_writes_to_the_working_directory_and_compare_finds_it_by_name(tmp_path):
+    run = write_run(tmp_path / "run", record())
+    work = tmp_path / "work"
+    work.mkdir()
+    saved = run_bench("baseline", "save", str(run), "mine", cwd=work)
+    assert saved.returncode == 0 and (work / "mine.jsonl").is_file(), saved.stderr
+    assert not (BASELINES_DIR / "mine.jsonl").exists()  # never into the installed package
+    assert run_bench("compare", str(run), "mine", cwd=work).returncode == 0
+    shipped = run_bench("compare", str(run), "smoke-cpu", cwd=work)  # a baseline that ships still resolves
+    assert "no cell in common" in shipped.stderr and "neither" not in shipped.stderr
 
 
 def test_the_committed_smoke_baseline_loads():

@@ -14,7 +14,7 @@ from anobench.datasets.mvtec import MVTEC_CLASSES
 from anobench.datasets.synthetic import CLASSES, SynthSpec, write_dataset
 from anobench.records import read_records
 from anobench.reports import markdown
-from anobench.reports.tables import load_run
+from anobench.reports.rows import load_run
 from anobench.runner import RunOptions, run_suite
 from anobench.suites import load_suite
 from tests import fake_datasets as fake

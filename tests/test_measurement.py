@@ -22,8 +22,8 @@ class Sleepy:
     def __init__(self):
         self.calls = 0
 
-    def encoder_(self, images):
-        time.sleep(ENCODER_S)
+    def timed_encoder(self):
+        return lambda images: time.sleep(ENCODER_S)
 
     def forward_scores(self, images):
         self.calls += 1
@@ -106,8 +106,8 @@ def test_gpu_memory_and_speed_are_measured_on_cuda(tiny_data):
 
 def test_cpu_timing_runs_with_the_suites_thread_count_and_restores_the_processs():
     class Counting(Sleepy):
-        def encoder_(self, images):
-            self.threads = torch.get_num_threads()
+        def timed_encoder(self):
+            return lambda images: setattr(self, "threads", torch.get_num_threads())
 
     before = torch.get_num_threads()
     method = Counting()

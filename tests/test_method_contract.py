@@ -9,6 +9,8 @@ import torch
 from anobench.datasets import create_dataset
 from anobench.datasets.base import AnomalyDataset, Geometry
 from anobench.methods import METHODS, list_methods
+from anobench.methods.base import harness_arguments
+from anobench.methods.marks import Presentation
 from anobench.testing import assert_method_conforms, check_method, check_params
 from tests.broken_methods import BatchDependentPaDiM, UnstableParamsPaDiM
 from tests.conftest import REPO, run_bench
@@ -56,7 +58,7 @@ def test_check_method_command_names_the_broken_property_and_exits_1():
     result = run_bench("check-method", "tests.broken_methods:BatchDependentPaDiM", env=env)
     assert result.returncode == 1, result.stderr
     assert "FAIL  an image scores the same alone and in a batch: image 0 alone vs in a batch" in result.stdout
-    assert "10 of 11 properties hold; 1 fail." in result.stdout
+    assert "12 of 13 properties hold; 1 fail." in result.stdout
 
 
 def test_check_method_command_refuses_bad_params_in_one_sentence():
@@ -64,3 +66,26 @@ def test_check_method_command_refuses_bad_params_in_one_sentence():
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "KEY=VALUE" in result.stderr
     result = run_bench("check-method", "padim", "--param", "d_reducd=3")
     assert result.returncode == 2 and "d_reducd" in result.stderr, result.stderr
+
+
+def test_the_harness_passes_the_parameters_a_constructor_takes():
+    values = {"encoder": "resnet18", "weights": "random", "seed": 3, "device": "cpu", "protocol": "paper"}
+
+    class NoEncoder:
+        def __init__(self, *, seed=0, device="cpu"): ...
+
+    class Anything:
+        def __init__(self, **kwargs): ...
+
+    assert harness_arguments(NoEncoder, values) == {"seed": 3, "device": "cpu"}
+    assert harness_arguments(Anything, values) == values
+    assert set(harness_arguments(METHODS.get("cflow"), values)) == set(values)
+    assert "protocol" not in harness_arguments(METHODS.get("padim"), values)
+
+
+@pytest.mark.parametrize("name", ["cflow", "fastflow", "padim", "patchcore", "spade"])
+def test_a_builtins_registered_presentation_is_its_classs(name):
+    """Reports read a built-in's name, marks and encoder-only rows from its registration (no torch import):
+    they must be what the class declares."""
+    registered = METHODS.entry(name).meta["presentation"]
+    assert registered == Presentation.of(METHODS.get(name))

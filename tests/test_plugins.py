@@ -3,11 +3,14 @@ would use them, including plugins that are broken."""
 
 import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_bench, write_suite
 from tests.test_cli import assert_one_sentence
+from tests.test_reports import md_rows
+from tests.test_table6 import TABLE6
 
 PLUGIN_MODULE = '''
 from anobench.methods.padim import PaDiM
@@ -87,3 +90,23 @@ def test_a_plugin_that_is_not_a_method_is_refused(site, tiny_data, tmp_path):
     suite = write_suite(tmp_path / "mine.toml", tiny_data, methods=("odd",))
     result = bench(site, "validate", str(suite))
     assert_one_sentence(result, 2, "method 'odd' (plugin odd-plugin 0.1) is not a subclass of", "AnomalyMethod")
+
+
+def test_a_plugin_method_without_an_encoder_gets_its_table6_row(tiny_data, tmp_path):
+    """The example plugin's ColourStats (no timm encoder) by its entry point: checked, run, and in Table 6 with
+    fps, size and GFLOPs, no encoder columns and no encoder in its name, with no edit to anobench."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "anobench-diaggauss"
+    site = tmp_path / "site"
+    install_fake_distribution(site, "anobench-diaggauss", {"colour_stats": "anobench_diaggauss.colour_stats:ColourStats"})
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(example)])}
+    checked = run_bench("check-method", "colour_stats", env=env)
+    assert checked.returncode == 0 and "no encoder region" in checked.stdout, checked.stdout + checked.stderr
+    suite = write_suite(tmp_path / "colour.toml", tiny_data, classes=("disc",), methods=("colour_stats",),
+                        extra="[measure]\nspeed = true\nbatch_sizes = [2]\nwarmup = 0\niterations = 2\n")
+    result = run_bench("run", "--suite", str(suite), "--out", str(tmp_path / "run"), env=env)
+    assert result.returncode == 0, result.stderr
+    header, rows = md_rows((tmp_path / "run" / "report.md").read_text(), TABLE6)
+    row = dict(zip(header, rows[0], strict=True))
+    assert row["Model"] == "ColourStats" and row["Status"] == "ok"
+    assert float(row["fps"]) > 0 and float(row["Size MB"]) > 0 and float(row["GFLOPs"]) >= 0
+    assert "Encoder fps" not in header and "fps / encoder fps" not in header

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 
 from anobench import artifacts
+from anobench.methods.marks import Mark
+from anobench.methods.padim import PaDiM
 from anobench.records import append_record
 from anobench.reports import write_reports
-from anobench.reports.tables import footnotes_for, row_marks
+from anobench.reports.complexity import model_rows
+from anobench.reports.rows import footnotes_for, method_display, row_marks
 
 REFERENCE_SUITE = {
     "name": "fixed", "version": 1, "description": "fixed records", "weights": "random",
@@ -289,7 +292,7 @@ def test_tables_show_mean_std_over_seeds_with_n_and_intervals(seeds_run_dir):
 
 def test_single_cell_interval_is_the_records_own(seeds_run_dir):
     from anobench.records import read_records
-    from anobench.reports.tables import load_run, metric_estimate
+    from anobench.reports.rows import load_run, metric_estimate
 
     run = load_run(seeds_run_dir)
     record = read_records(seeds_run_dir)[0]
@@ -343,3 +346,22 @@ def test_reflect_padding_and_hard_permutations_are_marked_and_explained():
     assert any(n.startswith("¶ encoder padded by reflection") for n in notes)
     assert any(n.startswith("‖ hard channel permutations") and "departure" in n for n in notes)
     assert not any(n[0] in "¶‖" for n in footnotes_for([fake_record("padim", "a", {})]))
+
+
+class MarkedPaDiM(PaDiM):
+    """A plugin's method with a mark of its own: reports learn it from the class, not from a list."""
+
+    display_name = "MarkedPaDiM"
+    marks = (Mark("※", "image_score", "mean", "image score: the mean of the map, not its maximum."),)
+    encoder_row = "the encoder of the MarkedPaDiM cells"
+
+
+def test_a_methods_own_marks_names_and_encoder_rows_come_from_its_class():
+    method = f"{__name__}:MarkedPaDiM"
+    marked = fake_record(method, "a", {})
+    marked["labels"]["image_score"] = "mean"
+    assert row_marks([marked]) == "†※" and row_marks([fake_record(method, "a", {})]) == "†"
+    assert "※ image score: the mean of the map, not its maximum." in footnotes_for([marked])
+    assert method_display(method, []) == "MarkedPaDiM"
+    rows = model_rows([marked])
+    assert [r.name for r in rows] == ["MarkedPaDiM-R18†※", "R18 encoder only†"]

@@ -12,7 +12,7 @@ from anobench.compare import BASELINES_DIR
 from anobench.records import append_record, read_records
 from anobench.reports import write_reports
 from anobench.reports.plots import accuracy_vs_fps, fps_vs_size, size_bars
-from anobench.reports.tables import load_run
+from anobench.reports.rows import load_run
 from tests.test_reports import md_rows
 
 TABLE6 = "Complexity: inference speed and model size (Table 6 layout)"

@@ -3,7 +3,7 @@ anomaly score is its standardized distance from that position's mean.
 
 A PaDiM without covariances: cheaper to fit and to store (two vectors per position instead of a
 matrix), weaker where channels are correlated. It is here to show what a plugin needs — one class that
-follows the ``AnomalyMethod`` contract and one entry point in ``pyproject.toml`` — not as a method to
+follows the ``EncoderMethod`` contract and one entry point in ``pyproject.toml`` — not as a method to
 publish.
 """
 
@@ -15,11 +15,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from anobench.methods.base import AnomalyMethod, tensor_bytes
+from anobench.methods.base import EncoderMethod, tensor_bytes
 from anobench.methods.postprocess import gaussian_blur, upsample
 
 
-class DiagGauss(AnomalyMethod):
+class DiagGauss(EncoderMethod):
     """Per-position diagonal Gaussian on two encoder levels (example plugin).
 
     Parameters
