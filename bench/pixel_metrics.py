@@ -184,7 +184,7 @@ def shared_fpr_window(stream: PixelStream, normal: np.ndarray, bounds: tuple[flo
     and the highest point's FPR. The curve's last point (every pixel) counts as exactly 1."""
     images = np.flatnonzero(normal)
     weight = 1.0 / (stream.ordinary_pixels()[images] * images.size)
-    lowest = min(int(stream.run("ordinary", i)[0]) for i in images)
+    lowest = min(stream.lowest_ordinary(int(i)) for i in images)
 
     def fpr_at(keys: np.ndarray) -> np.ndarray:  # image by image: memory of one row of keys
         return sum(w * stream.ordinary_at_or_above([i], keys)[0] for i, w in zip(images, weight, strict=True))
@@ -194,9 +194,7 @@ def shared_fpr_window(stream: PixelStream, normal: np.ndarray, bounds: tuple[flo
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if middle <= lowest or fpr_at(np.array([middle]))[0] >= bounds[1] else (low, middle)
-    tops = [run[np.searchsorted(run, np.uint32(low), side="left"):]
-            for run in (stream.run("ordinary", int(i)) for i in images)]
-    keys = np.unique(np.concatenate(tops))[::-1]
+    keys = np.unique(np.concatenate([stream.ordinary_from(int(i), low) for i in images]))[::-1]
     fpr = fpr_at(keys.astype(np.int64))
     if keys[-1] == lowest:
         fpr[-1] = 1.0

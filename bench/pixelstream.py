@@ -14,6 +14,7 @@ Memory: one range, the largest image being added, and a few numbers per image an
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ RANGE_WORDS = 8_000_000  # pixels merged at once
 CLASS_BITS = np.uint64(32)
 CLASS_MASK = np.uint64(0xFFFFFFFF)
 KEY_END = 1 << 32  # one past the highest key
+DTYPES = {"ordinary": np.dtype(np.uint32), "special": np.dtype(np.uint64)}
+FEW_KEYS = 64  # up to this many keys are found in a run window by window, more by reading the whole run
 PIXEL_STREAM_PREFIX = "anobench-pixels-"  # the temporary folder's name (a run removes those a killed run left)
 
 
@@ -134,6 +137,7 @@ class PixelStream:
         self.n_images = 0
         self._n_classes = 0
         self._arrays: dict[str, np.ndarray] | None = None
+        self._readers: dict[str, int] = {}
 
     # -- adding images ---------------------------------------------------------------------------------
 
@@ -191,15 +195,36 @@ class PixelStream:
     def _finish(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
             self._arrays = {}
-            for kind, dtype in (("ordinary", np.uint32), ("special", np.uint64)):
-                self._files[kind].close()
-                count = self._written[kind]
-                self._arrays[kind] = (np.memmap(self._files[kind].name, dtype=dtype, mode="r", shape=(count,))
-                                      if count else np.empty(0, dtype=dtype))
+            for kind, file in self._files.items():
+                file.close()
+                self._readers[kind] = os.open(file.name, os.O_RDONLY)
             for name, parts in self._columns.items():
                 self._arrays[name] = np.concatenate(parts) if parts else np.empty(0)
             self._arrays["defect"] = self._arrays["defect"].astype(bool)
         return self._arrays
+
+    def _read(self, kind: str, start: int, stop: int) -> np.ndarray:
+        """Elements [start, stop) of a run file, read into memory (not mapped: mapped pages would count in
+        this process's resident memory until unmapped, and grow with every pixel read)."""
+        dtype = DTYPES[kind]
+        if stop <= start:
+            return np.empty(0, dtype=dtype)
+        self._finish()
+        data = os.pread(self._readers[kind], (stop - start) * dtype.itemsize, start * dtype.itemsize)
+        return np.frombuffer(data, dtype=dtype)
+
+    def _positions(self, kind: str, image: int, values: np.ndarray) -> np.ndarray:
+        """Where ``values`` (keys, or special words) fall in one image's sorted run (numpy's side="left")."""
+        run = self.runs[kind][image]
+        values = np.asarray(values, dtype=DTYPES[kind])
+        if values.size > FEW_KEYS:
+            return np.searchsorted(self.run(kind, image), values, side="left")
+        windows = np.searchsorted(run.index, values, side="left")
+        out = np.empty(values.size, dtype=np.int64)
+        for k, (value, j) in enumerate(zip(values, windows, strict=True)):
+            lo, hi = max(0, (int(j) - 1) * INDEX_STRIDE), min(run.length, int(j) * INDEX_STRIDE)
+            out[k] = lo + int(np.searchsorted(self._read(kind, run.start + lo, run.start + hi), value, side="left"))
+        return out
 
     def column(self, name: str) -> np.ndarray:
         """A per-class column of the special pixels: image, defect, overlap (1 / region size), pixels, or an
@@ -217,18 +242,29 @@ class PixelStream:
     def run(self, kind: str, image: int) -> np.ndarray:
         """One image's sorted ordinary keys (``kind`` "ordinary") or special words ("special"), ascending."""
         run = self.runs[kind][image]
-        return self._finish()[kind][run.start:run.start + run.length]
+        return self._read(kind, run.start, run.start + run.length)
 
     # -- per image, by binary search ---------------------------------------------------------------------
+
+    def lowest_ordinary(self, image: int) -> int:
+        """The image's lowest ordinary key."""
+        run = self.runs["ordinary"][image]
+        return int(self._read("ordinary", run.start, run.start + 1)[0])
+
+    def ordinary_from(self, image: int, key: int) -> np.ndarray:
+        """The image's ordinary keys at or above ``key``, ascending (only those are read)."""
+        run = self.runs["ordinary"][image]
+        start = int(self._positions("ordinary", image, np.array([key]))[0])
+        return self._read("ordinary", run.start + start, run.start + run.length)
 
     def ordinary_at_or_above(self, images: np.ndarray, keys: np.ndarray) -> np.ndarray:
         """(len(images), len(keys)): each image's ordinary pixels at or above each key."""
         keys = np.asarray(keys, dtype=np.int64)
-        out = np.empty((len(images), keys.size), dtype=np.int64)
+        inside = keys < KEY_END
+        out = np.zeros((len(images), keys.size), dtype=np.int64)
         for row, image in enumerate(images):
-            run = self.run("ordinary", int(image))
-            out[row] = run.size - np.searchsorted(run, np.minimum(keys, KEY_END - 1).astype(np.uint32), side="left")
-            out[row][keys >= KEY_END] = 0
+            run = self.runs["ordinary"][int(image)]
+            out[row, inside] = run.length - self._positions("ordinary", int(image), keys[inside])
         return out
 
     def special_at_or_above(self, keys: np.ndarray, weights: np.ndarray, images: np.ndarray | None = None
@@ -250,26 +286,19 @@ class PixelStream:
 
     def _segments(self, kind: str, low: int, high: int) -> list[tuple[int, int]]:
         """Per image, the [start, stop) in its file of its keys (words) whose key lies in [low, high)."""
-        array = self._finish()[kind]
         shift = 32 if kind == "special" else 0
         bounds = []
-        for run in self.runs[kind]:
-            positions = []
-            for key in (low, high):
-                if key >= KEY_END:
-                    positions.append(run.length)
-                    continue
-                value = np.array(key << shift, dtype=array.dtype)
-                j = int(np.searchsorted(run.index, value, side="left"))
-                lo, hi = max(0, (j - 1) * INDEX_STRIDE), min(run.length, j * INDEX_STRIDE)
-                window = array[run.start + lo:run.start + hi]
-                positions.append(lo + int(np.searchsorted(window, value, side="left")))
-            bounds.append((run.start + positions[0], run.start + positions[1]))
+        for image, run in enumerate(self.runs[kind]):
+            inside = [key << shift for key in (low, high) if key < KEY_END]
+            positions = list(self._positions(kind, image, np.array(inside, dtype=np.uint64)))
+            start = positions[0] if low < KEY_END else run.length
+            stop = positions[-1] if high < KEY_END else run.length
+            bounds.append((run.start + start, run.start + stop))
         return bounds
 
     def ranges(self) -> Iterator[Range]:
         """The pixels merged from the highest score down, in ranges of whole scores."""
-        arrays = self._finish()
+        self._finish()
         todo = [(0, KEY_END)]
         while todo:
             low, high = todo.pop(0)
@@ -278,38 +307,46 @@ class PixelStream:
             if size == 0:
                 continue
             if size > self.range_words and high - low > 1:
-                middle = self._middle_key(ordinary, special, low, high)
+                middle = self._middle_key(low, high)
                 todo[:0] = [(middle, high), (low, middle)]
                 continue
-            by_group: dict[int, list[np.ndarray]] = {}
-            for group, (a, b) in zip(self.groups, ordinary, strict=True):
-                if b > a:
-                    by_group.setdefault(group, []).append(arrays["ordinary"][a:b])
-            words = [arrays["special"][a:b] for a, b in special if b > a]
+            words = [self._read("special", a, b) for a, b in special if b > a]
             if high - low == 1:  # one score: counted, not merged
                 classes = np.concatenate([(w & CLASS_MASK).astype(np.int64) for w in words]) if words else \
                     np.empty(0, dtype=np.int64)
                 present, counts = np.unique(classes, return_counts=True)
+                sizes: dict[int, int] = {}
+                for group, (a, b) in zip(self.groups, ordinary, strict=True):
+                    sizes[group] = sizes.get(group, 0) + b - a
                 yield Range(low, high, np.full(present.size, low, dtype=np.uint32), present, {},
-                            counts.astype(np.float64), {g: sum(p.size for p in parts) for g, parts in by_group.items()})
+                            counts.astype(np.float64), sizes)
                 continue
+            by_group: dict[int, list[np.ndarray]] = {}
+            for group, (a, b) in zip(self.groups, ordinary, strict=True):
+                if b > a:
+                    by_group.setdefault(group, []).append(self._read("ordinary", a, b))
             merged = np.sort(np.concatenate(words))[::-1] if words else np.empty(0, dtype=np.uint64)
             yield Range(low, high, (merged >> CLASS_BITS).astype(np.uint32), (merged & CLASS_MASK).astype(np.int64),
                         {g: np.sort(np.concatenate(parts)) for g, parts in by_group.items()})
 
-    def _middle_key(self, ordinary: list[tuple[int, int]], special: list[tuple[int, int]], low: int,
-                    high: int) -> int:
-        """A key that splits [low, high) into two ranges of about equal size (strictly inside it)."""
-        arrays = self._finish()
-        step = max(1, (sum(b - a for a, b in ordinary) + sum(b - a for a, b in special)) // 4096)  # ~4096 samples
-        samples = [arrays["ordinary"][a:b:step].astype(np.int64) for a, b in ordinary if b > a]
-        samples += [(arrays["special"][a:b:step] >> CLASS_BITS).astype(np.int64) for a, b in special if b > a]
-        middle = int(np.median(np.concatenate(samples)))
+    def _middle_key(self, low: int, high: int) -> int:
+        """A key that splits [low, high) into two ranges of about equal size (strictly inside it), from the
+        runs' in-memory indexes: reading the files for it would map their pages into this process."""
+        samples = [np.empty(0, dtype=np.int64)]
+        for kind, shift in (("ordinary", 0), ("special", 32)):
+            for run in self.runs[kind]:
+                keys = run.index.astype(np.int64) >> shift if shift else run.index.astype(np.int64)
+                samples.append(keys[(keys >= low) & (keys < high)])
+        pooled = np.concatenate(samples)
+        middle = int(np.median(pooled)) if pooled.size else (low + high) // 2
         return middle if low < middle < high else (low + high) // 2
 
     def close(self) -> None:
         for file in self._files.values():
             file.close()
+        for reader in self._readers.values():
+            os.close(reader)
+        self._readers = {}
         self._arrays = None
         self._tmp.cleanup()
 
