@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from anobench.methods.base import EncoderMethod, tensor_bytes
 from anobench.methods.postprocess import gaussian_blur, upsample
+from anobench_diaggauss.moments import diagonal_gaussian
 
 
 class DiagGauss(EncoderMethod):
@@ -60,18 +61,8 @@ class DiagGauss(EncoderMethod):
 
     @torch.no_grad()
     def _fit(self, batches: Iterable[torch.Tensor]) -> None:
-        total = squares = None
-        n = 0
-        for images in batches:
-            emb = self._embed(images.to(self.device)).double()
-            total = emb.sum(0) if total is None else total + emb.sum(0)
-            squares = (emb**2).sum(0) if squares is None else squares + (emb**2).sum(0)
-            n += len(emb)
-        if n < 2:
-            raise ValueError(f"DiagGauss needs at least 2 training images, got {n}")
-        mean = total / n
-        self.mean_ = mean.float()
-        self.inv_std_ = ((squares - n * mean**2) / (n - 1) + self.variance_floor).rsqrt().float()
+        features = (self._embed(images.to(self.device)) for images in batches)
+        self.mean_, self.inv_std_ = diagonal_gaussian(features, self.variance_floor, "DiagGauss")
 
     def forward_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Standardized distance per position, (B, h, w)."""

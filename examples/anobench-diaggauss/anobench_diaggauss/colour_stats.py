@@ -16,6 +16,7 @@ import torch
 
 from anobench.methods.base import AnomalyMethod, tensor_bytes
 from anobench.methods.postprocess import gaussian_blur
+from anobench_diaggauss.moments import diagonal_gaussian
 
 CHANNELS = 3
 
@@ -45,18 +46,8 @@ class ColourStats(AnomalyMethod):
 
     @torch.no_grad()
     def _fit(self, batches: Iterable[torch.Tensor]) -> None:
-        total = squares = None
-        n = 0
-        for images in batches:
-            pixels = images.to(self.device).double()
-            total = pixels.sum(0) if total is None else total + pixels.sum(0)
-            squares = (pixels**2).sum(0) if squares is None else squares + (pixels**2).sum(0)
-            n += len(pixels)
-        if n < 2:
-            raise ValueError(f"ColourStats needs at least 2 training images, got {n}")
-        mean = total / n
-        self.mean_ = mean.float()
-        self.inv_std_ = ((squares - n * mean**2) / (n - 1) + self.variance_floor).rsqrt().float()
+        pixels = (images.to(self.device) for images in batches)
+        self.mean_, self.inv_std_ = diagonal_gaussian(pixels, self.variance_floor, "ColourStats")
 
     def forward_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Standardized colour distance per pixel, (B, H, W)."""
