@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKED = ["anobench.records", "anobench.cells", "anobench.environment", "anobench.memory", "anobench.speed",
            "anobench.flops", "anobench.evaluation", "anobench.executors", "anobench.runner", "anobench.compare",
            "anobench.export", "anobench.reports.tables", "anobench.reports.plots", "anobench.reports.markdown",
-           "anobench.reports.html", "anobench.reports.latex"]
+           "anobench.reports.html", "anobench.reports.latex", "anobench.reports.results",
+           "anobench.reports.leaderboard", "anobench.track"]
 
 
 def import_tree(where: Path) -> Path:
