@@ -55,6 +55,7 @@ def write_results(run_dirs: Sequence[str | Path], fmt: str = "md", output: str |
         frame = load_records(*folders, latest=latest)
         if target is None:
             return None, frame.to_csv(index=False)
+        target.parent.mkdir(parents=True, exist_ok=True)
         write_frame(frame, fmt, target)
         return target, ""
     results = gather(load_runs(folders), latest=latest)
@@ -62,6 +63,7 @@ def write_results(run_dirs: Sequence[str | Path], fmt: str = "md", output: str |
     text = (render_html if fmt == "html" else render_markdown)(results, page_dir)
     if target is None:
         return None, text
+    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     try:
         partial.write_text(text, encoding="utf-8")
