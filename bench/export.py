@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from anobench.core import BenchError
-from anobench.records import latest_by_cell, read_records, records_path
+from anobench.records import check_run_folder, latest_by_cell, read_records, records_path
 
 FORMATS = ("csv", "parquet", "jsonl")
 LEFT_OUT = ("traceback", "artifacts")
@@ -44,8 +44,7 @@ def load_records(*run_dirs: str | Path, latest: bool = False) -> pd.DataFrame:
     for run_dir in run_dirs:
         path = records_path(run_dir)
         if not path.is_file():
-            raise BenchError(f"{run_dir} is not a run folder ({path.name} not found); pass folders that bench run "
-                             f"wrote.")
+            check_run_folder(path.parent)
         for record in latest_by_cell(read_records(path)).values():
             row: dict[str, Any] = {}
             _flatten({k: v for k, v in record.items() if k not in LEFT_OUT}, "", row)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from anobench.core import BenchError
-from anobench.records import Record, SpeedRecord, latest_by_cell, read_records, records_path
+from anobench.records import Record, SpeedRecord, check_run_folder, latest_by_cell, read_records
 
 DEFAULT_STORE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -234,9 +234,7 @@ def _timestamp_ms(record: Record) -> int:
 
 def folder_records(run_dir: Path) -> list[Record]:
     """The latest record of each cell of a run folder; one sentence where it is none."""
-    if not run_dir.is_dir() or not records_path(run_dir).is_file():
-        raise BenchError(f"{run_dir} is not a run folder (no records.jsonl); pass folders that bench run wrote.")
-    return list(latest_by_cell(read_records(run_dir)).values())
+    return list(latest_by_cell(read_records(check_run_folder(run_dir))).values())
 
 
 def track(run_dirs: Sequence[Path], tracking_uri: str | None = None,

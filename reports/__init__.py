@@ -44,8 +44,9 @@ def write_results(run_dirs: Sequence[str | Path], fmt: str = "md", output: str |
     (``csv``, ``parquet``). Written to ``output`` whole or not at all; without it, ``md`` and ``csv`` are
     returned as text (the path is None) and the others go to ``leaderboard.html`` / ``results.parquet``."""
     from anobench.export import load_records, write_frame
+    from anobench.records import check_run_folder
     from anobench.reports.leaderboard import render_html, render_markdown
-    from anobench.reports.results import check_run_folder, gather, load_runs
+    from anobench.reports.results import gather, load_runs
 
     if fmt not in RESULT_FORMATS:
         raise BenchError(f"Unknown results format '{fmt}'; valid formats: {', '.join(RESULT_FORMATS)}.")

@@ -23,7 +23,7 @@ import numpy as np
 
 from anobench.core import BenchError
 from anobench.metrics import metric_info
-from anobench.records import RECORDS_FILE, Record
+from anobench.records import Record, check_run_folder
 from anobench.reports.tables import (
     Estimate,
     RunData,
@@ -43,16 +43,6 @@ from anobench.reports.tables import (
 
 REPORT_FILES = ("report.html", "report.md")
 FPS = "fps"  # the speed ranking: end-to-end images/s at the largest batch timed (median over the row's cells)
-
-
-def check_run_folder(path: str | Path) -> Path:
-    """``path`` as a run folder: one sentence where it is none (missing, a file, no records)."""
-    path = Path(path)
-    if not path.is_dir() or not (path / RECORDS_FILE).is_file():
-        what = "does not exist" if not path.exists() else ("is a file" if not path.is_dir()
-                                                          else f"has no {RECORDS_FILE}")
-        raise BenchError(f"{path} is not a run folder ({what}); pass folders that bench run wrote.")
-    return path
 
 
 class Runs(RunData):

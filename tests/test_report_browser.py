@@ -13,7 +13,6 @@ import pytest
 from anobench.reports import write_reports
 from tests.conftest import REPO
 from tests.test_reports import run_dir, seeds_run_dir  # noqa: F401  (fixtures: records with artifacts)
-from tests.test_results import folders  # noqa: F401  (fixture: run folders of seeded records)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
@@ -82,7 +81,7 @@ def test_html_report_with_seeds_intervals_per_defect_and_paired_tables_in_chromi
     assert errors == []
 
 
-def test_leaderboard_in_chromium_filters_sorts_and_links_each_row_to_its_report(folders, tmp_path):  # noqa: F811
+def test_leaderboard_in_chromium_filters_sorts_and_links_each_row_to_its_report(folders, tmp_path):
     from anobench.reports import write_results
 
     page_file, _ = write_results([folders["first"], folders["second_seed"], folders["gpu"]], "html",

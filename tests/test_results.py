@@ -10,38 +10,10 @@ import pandas as pd
 import pytest
 
 import anobench
-from anobench.records import append_record, read_records
-from anobench.reports import write_reports, write_results
+from anobench.records import read_records
+from anobench.reports import write_results
 from anobench.reports.results import gather, load_runs
 from tests.conftest import run_bench
-from tests.test_reports import seeded_record
-
-TEST_IMAGES = {"same": 11, "other": 99}  # test-set seeds: equal seeds, equal images and fingerprints
-
-
-def run_folder(root, name, cells, device="CPU: test", finished="2026-12-01T10:00:00+00:00"):
-    """A run folder of seeded records: ``cells`` are (method, seed, test images) on class ``a``."""
-    run = root / name
-    run.mkdir()
-    for method, seed, test_images in cells:
-        record = seeded_record(run, method, "a", seed, TEST_IMAGES[test_images])
-        record["device"]["name"] = device
-        record["finished_at"] = finished
-        append_record(run, record)
-    write_reports(run, ["html"])
-    return run
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("folders")
-    return {
-        "first": run_folder(root, "first", [("padim", 0, "same"), ("spade", 0, "same")]),
-        "second_seed": run_folder(root, "second_seed", [("padim", 1, "same")]),
-        "rerun": run_folder(root, "rerun", [("padim", 0, "same")], finished="2026-12-02T10:00:00+00:00"),
-        "gpu": run_folder(root, "gpu", [("padim", 0, "same")], device="GPU: test"),
-        "other_test": run_folder(root, "other_test", [("padim", 1, "other")]),
-    }
 
 
 def rows_of(folders, *names, latest=False):
