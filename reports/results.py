@@ -107,7 +107,7 @@ def _bootstrap_spec(record: Record) -> tuple:
     return boot.get("resamples"), boot.get("seed"), boot.get("confidence")
 
 
-def _why_apart(runs: Runs, records: list[Record]) -> str:
+def _why_apart(records: list[Record]) -> str:
     """Why cells of one setting from several folders cannot be combined ('' where they can)."""
     fingerprints: dict[str, set] = defaultdict(set)
     for record in (r for r in records if not r["config"].get("measure_only")):  # timed only: no test set
@@ -139,7 +139,7 @@ def gather(runs: Runs, latest: bool = False) -> Results:
         folders = list({id(f): f for f in map(runs.folder, members)}.values())  # RunData is unhashable
         repeated = max(len(same) for same in by_cell.values()) > 1 and not latest
         reason = ("the same configuration was run in several folders: one row per run (--latest keeps the newest)"
-                  if repeated else _why_apart(runs, members) if len(folders) > 1 else "")
+                  if repeated else _why_apart(members) if len(folders) > 1 else "")
         if not reason:
             results.rows.append(ResultRow(dataset, members, folders))
             continue
