@@ -40,6 +40,7 @@ from anobench.reports.tables import (
     row_name,
     seed_count,
 )
+from anobench.suites import DEFAULT_TABLE_METRICS
 
 REPORT_FILES = ("report.html", "report.md")
 FPS = "fps"  # the speed ranking: end-to-end images/s at the largest batch timed (median over the row's cells)
@@ -227,12 +228,16 @@ def fps_ranking(results: Results, dataset: str) -> Ranking | None:
 
 
 def rankings(results: Results, metrics: Sequence[str] | None = None) -> list[Ranking]:
-    """Per dataset: one ranking per accuracy metric measured, then the throughput ranking."""
+    """Per dataset: one ranking per accuracy metric measured (the reports' table metrics first), then the
+    throughput ranking."""
     out = []
     for dataset in dict.fromkeys(r.dataset for r in results.rows):
         records = [r for row in results.rows if row.dataset == dataset for r in row.records]
-        names = metrics or list(dict.fromkeys(m for r in records for m, v in r.get("metrics", {}).items()
-                                              if v is not None and metric_info(m) is not None))
+        measured = {m for r in records for m, v in r.get("metrics", {}).items()
+                    if v is not None and metric_info(m) is not None}
+        names = metrics or sorted(measured, key=lambda m: (m not in DEFAULT_TABLE_METRICS,
+                                                           list(DEFAULT_TABLE_METRICS).index(m)
+                                                           if m in DEFAULT_TABLE_METRICS else 0, m))
         out += [r for m in names if (r := metric_ranking(results, dataset, m)) is not None]
         fps = fps_ranking(results, dataset)
         if fps is not None:
