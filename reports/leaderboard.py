@@ -31,6 +31,9 @@ FILTER_STYLE = """
 .filter { margin: 1em 0; } .filter input { font-size: 1em; padding: .3em .5em; width: 28em; }
 tr.hidden, section.hidden { display: none; }
 """
+# the text columns (model, setting, weights, protocol, device; run) read better left-aligned
+TEXT_ALIGN = "".join(f"section.ranking td:nth-child({COLUMNS.index(c) + 1}) {{ text-align: left; }}\n"
+                     for c in TEXT_COLUMNS)
 
 # Hides the rows (and whole rankings) whose text does not contain every word typed.
 FILTER_SCRIPT = """
@@ -121,5 +124,5 @@ def render_html(results: Results, page_dir: Path) -> str:
                     + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{TITLE}</title><style>{STYLE}{FILTER_STYLE}</style></head>\n<body>\n"
+            f"<title>{TITLE}</title><style>{STYLE}{FILTER_STYLE}{TEXT_ALIGN}</style></head>\n<body>\n"
             + "\n".join(body) + f"\n<script>{SORT_SCRIPT}{FILTER_SCRIPT}</script>\n</body></html>\n")
