@@ -162,7 +162,8 @@ class MlflowTracker:
         if self._experiment_id is None:
             location = None
             if self.uri.startswith("sqlite:///"):  # artifacts beside the database, not in the working directory
-                location = (Path(self.uri.removeprefix("sqlite:///")).parent / ARTIFACTS_DIR / self.experiment).as_uri()
+                database = Path(self.uri.removeprefix("sqlite:///")).resolve()  # a relative path too
+                location = (database.parent / ARTIFACTS_DIR / self.experiment).as_uri()
             self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
         return self._experiment_id
 

@@ -63,6 +63,12 @@ def test_export_to_a_local_store_reads_back_the_records_numbers_and_twice_adds_n
     assert len(exported(uri)) == 3 and exported(uri)[f"tags.{KEY_TAG}"].nunique() == 3
 
 
+def test_a_relative_sqlite_uri_keeps_the_artifacts_beside_the_database(folders, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    track([folders["second_seed"]], "sqlite:///relative.db")
+    assert (tmp_path / "relative.db").is_file() and (tmp_path / "mlartifacts" / "anobench").is_dir()
+
+
 def test_an_unreachable_tracking_uri_is_one_sentence_and_nothing_is_written(folders, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
