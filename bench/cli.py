@@ -110,7 +110,7 @@ def run(suite_name, data_root, dataset, classes, device, out, weights, allow_ran
                 for path in _write_reports(run_dir):
                     click.echo(f"Report: {path}")
             if tracker:
-                _track_folders(tracker, [run_dir])
+                _track_after_run(tracker, run_dir)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated: the lock is released on the way out
         how = "rerun the same command" if out else f"rerun with --out {run_dir}"
         raise RunInterrupted(f"interrupted; {how} to continue", isinstance(exc, Terminated)) from None
@@ -148,6 +148,15 @@ def _track_folders(tracker, run_dirs: list[Path]) -> None:
         exported, already = exported + summary.exported, already + summary.already
     click.echo(f"MLflow: {exported} run(s) exported, {already} already there; experiment '{tracker.experiment}' "
                f"at {tracker.uri}")
+
+
+def _track_after_run(tracker, run_dir: Path) -> None:
+    """The cells not exported yet, and the reports: a store gone by now is a warning (the run succeeded)."""
+    try:
+        _track_folders(tracker, [run_dir])
+    except Exception as exc:
+        click.echo(f"warning: MLflow export failed at the end of the run ({exc}); the records are intact: run "
+                   f"bench track {run_dir} --to mlflow --tracking-uri {tracker.uri} later.", err=True)
 
 
 def _write_reports(run_dir: Path, formats: list[str] | None = None) -> list[Path]:
