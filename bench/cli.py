@@ -60,9 +60,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the reports at the end.")
 @click.option("--image-labels-only", is_flag=True, help="The dataset labels whole images only (test/<defect> "
               "without masks): image metrics are computed, pixel metrics stay empty with the reason.")
+@click.option("--track", type=click.Choice(["mlflow"]), help="Export each cell to MLflow as it finishes (the track "
+              "extra), and the reports at the end.")
+@click.option("--tracking-uri", help="With --track: the MLflow tracking URI (default: sqlite file mlflow.db in the "
+              "working directory).")
 def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed,
         force_mixed, suite_path, protocol, metrics_resolution, feature_cache_mb, plan_only, executor, address,
-        cpus_per_cell, report, image_labels_only):
+        cpus_per_cell, report, image_labels_only, track, tracking_uri):
     """Run a suite: every cell of its grid, one record each, then the report."""
     from anobench.environment import resolve_device
     from anobench.executors import make_executor
@@ -89,14 +93,24 @@ def run(suite_name, data_root, dataset, classes, device, out, weights, allow_ran
     if plan_only:  # writes nothing, not even runs/
         click.echo(format_plan(memory_plans(suite, options), options.device))
         return
+    if tracking_uri and not track:
+        raise BenchError("--tracking-uri needs --track mlflow; add it, or leave out --tracking-uri.")
+    tracker = None
+    if track:  # refused before any work where MLflow is missing or its store cannot be reached
+        from anobench.track import MlflowTracker
+
+        tracker = MlflowTracker(tracking_uri)
     run_dir = out or next_run_dir(Path("runs"), suite.name)
     click.echo(f"Suite {suite.name} → {run_dir} (device {options.device})", err=True)
     try:
         with sigterm_interrupts():
-            summary = run_suite(suite, run_dir, options, make_executor(executor, address, cpus_per_cell))
+            on_record = _cell_exporter(tracker, run_dir) if tracker else None
+            summary = run_suite(suite, run_dir, options, make_executor(executor, address, cpus_per_cell), on_record)
             if report:
                 for path in _write_reports(run_dir):
                     click.echo(f"Report: {path}")
+            if tracker:
+                _track_after_run(tracker, run_dir)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated: the lock is released on the way out
         how = "rerun the same command" if out else f"rerun with --out {run_dir}"
         raise RunInterrupted(f"interrupted; {how} to continue", isinstance(exc, Terminated)) from None
@@ -116,6 +130,33 @@ def report_command(run_dir: Path, formats: str | None) -> None:
     chosen = [f.strip() for f in formats.split(",") if f.strip()] if formats else reports.DEFAULT_FORMATS
     for path in _write_reports(run_dir, chosen):
         click.echo(str(path))
+
+
+def _cell_exporter(tracker, run_dir: Path):
+    from anobench.track import cell_exporter
+
+    return cell_exporter(tracker, run_dir, lambda message: click.echo(message, err=True))
+
+
+def _track_folders(tracker, run_dirs: list[Path]) -> None:
+    """Export the folders' cells (those exported before are found, and given their reports)."""
+    from anobench.track import folder_records
+
+    exported = already = 0
+    for run_dir in run_dirs:
+        summary = tracker.export_folder(run_dir, folder_records(run_dir))
+        exported, already = exported + summary.exported, already + summary.already
+    click.echo(f"MLflow: {exported} run(s) exported, {already} already there; experiment '{tracker.experiment}' "
+               f"at {tracker.uri}")
+
+
+def _track_after_run(tracker, run_dir: Path) -> None:
+    """The cells not exported yet, and the reports: a store gone by now is a warning (the run succeeded)."""
+    try:
+        _track_folders(tracker, [run_dir])
+    except Exception as exc:
+        click.echo(f"warning: MLflow export failed at the end of the run ({exc}); the records are intact: run "
+                   f"bench track {run_dir} --to mlflow --tracking-uri {tracker.uri} later.", err=True)
 
 
 def _write_reports(run_dir: Path, formats: list[str] | None = None) -> list[Path]:
@@ -182,6 +223,44 @@ def export_command(run_dir: Path, fmt: str, output: Path | None) -> None:
     from anobench.export import export
 
     click.echo(str(export(run_dir, fmt, output)))
+
+
+@cli.command("results")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["md", "html", "csv", "parquet"]), default="md", show_default=True,
+              help="md or html: the leaderboard (per dataset and metric a ranking); csv or parquet: one row per "
+                   "cell of each folder.")
+@click.option("--output", type=click.Path(path_type=Path), help="File to write (default: md and csv to stdout, "
+              "html to leaderboard.html, parquet to results.parquet).")
+@click.option("--latest", is_flag=True, help="A configuration recorded in several folders: keep only its newest "
+              "record (default: one row per run).")
+def results_command(run_dirs: tuple[Path, ...], fmt: str, output: Path | None, latest: bool) -> None:
+    """One view of several run folders: cells matched by configuration, per dataset and metric a ranking."""
+    from anobench.reports import write_results
+
+    try:
+        path, text = write_results(run_dirs, fmt, output, latest)
+    except OSError as exc:
+        raise BenchError(f"Cannot write {exc.filename} ({exc.strerror}); pass --output a file in a folder you can "
+                         f"write to.") from None
+    click.echo(str(path) if path else text.rstrip("\n"))
+
+
+@cli.command("track")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--to", "to", type=click.Choice(["mlflow"]), required=True, help="The experiment tracker.")
+@click.option("--tracking-uri", help="MLflow tracking URI, e.g. http://127.0.0.1:5000 or sqlite:///runs.db "
+              "(default: sqlite file mlflow.db in the working directory; no server needed).")
+@click.option("--experiment", default="anobench", show_default=True, help="MLflow experiment to export into.")
+def track_command(run_dirs: tuple[Path, ...], to: str, tracking_uri: str | None, experiment: str) -> None:
+    """Export each cell of the run folders as one MLflow run (configuration as parameters, metrics and their
+    intervals, tags, the record and the report as artifacts). Exporting again adds no duplicate."""
+    from anobench.track import MlflowTracker, folder_records
+
+    folders = list(run_dirs)
+    for run_dir in folders:  # every folder is read (and refused) before anything is written
+        folder_records(run_dir)
+    _track_folders(MlflowTracker(tracking_uri, experiment), folders)
 
 
 @cli.group()

@@ -405,6 +405,16 @@ def records_path(location: str | Path) -> Path:
     return path / RECORDS_FILE if path.is_dir() else path
 
 
+def check_run_folder(location: str | Path) -> Path:
+    """``location`` as a run folder (one that holds records): one sentence where it is none."""
+    path = Path(location)
+    if not path.is_dir() or not (path / RECORDS_FILE).is_file():
+        what = ("does not exist" if not path.exists() else "is a file" if not path.is_dir()
+                else f"has no {RECORDS_FILE}")
+        raise BenchError(f"{path} is not a run folder ({what}); pass folders that bench run wrote.")
+    return path
+
+
 def _cut_partial_tail(path: Path) -> None:
     """Remove a last line that a killed writer left without its newline."""
     with open(path, "rb+") as f:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,20 +227,22 @@ def memory_plans(suite: Suite, options: RunOptions) -> list[planning.CellPlan]:
     return _judged(source, cells, options.device)
 
 
-def run_suite(suite: Suite, run_dir: Path, options: RunOptions, executor=None) -> RunSummary:
+def run_suite(suite: Suite, run_dir: Path, options: RunOptions, executor=None,
+              on_record: Callable[[Record], None] | None = None) -> RunSummary:
     """Run every cell of ``suite`` that ``run_dir`` has no record of (on ``executor``, local by default);
-    return counts. Cells whose memory plan cannot fit are recorded as failed with the reason, unrun."""
+    return counts. Cells whose memory plan cannot fit are recorded as failed with the reason, unrun.
+    ``on_record`` sees each record once it is written (``bench run --track`` exports it)."""
     suite = apply_overrides(suite, options)
     source, cells = plan(suite, options)
     for encoder in sorted({c.encoder for c in cells}):
         check_weights(encoder, suite.weights)
     refusals = {p.cell: p.refusal for p in _judged(source, cells, options.device) if p.refusal}
     with RunFolderLock(run_dir):  # one writer per folder, from run.json to the last record
-        return _run_in_folder(suite, run_dir, options, executor, cells, refusals)
+        return _run_in_folder(suite, run_dir, options, executor, cells, refusals, on_record)
 
 
 def _run_in_folder(suite: Suite, run_dir: Path, options: RunOptions, executor, cells: list[Cell],
-                   refusals: dict[Cell, str]) -> RunSummary:
+                   refusals: dict[Cell, str], on_record: Callable[[Record], None] | None) -> RunSummary:
     """The part of a run that writes into its folder; the caller holds the folder's lock."""
     if (run_dir / RUN_FILE).exists():
         recorded = json.loads((run_dir / RUN_FILE).read_text())["suite"]["name"]
@@ -259,7 +262,8 @@ def _run_in_folder(suite: Suite, run_dir: Path, options: RunOptions, executor, c
     if summary.skipped:
         print(f"Resuming {run_dir}: {summary.skipped} of {len(cells)} cells already have records.", file=sys.stderr)
     for cell in (c for c in todo if c in refusals):
-        _keep(run_dir, summary, cell, failed_record(cell, options.device, f"refused up front: {refusals[cell]}"), {})
+        _keep(run_dir, summary, cell, failed_record(cell, options.device, f"refused up front: {refusals[cell]}"), {},
+              on_record)
     cache_mb = suite.feature_cache_mb if options.feature_cache_mb is None else options.feature_cache_mb
     tasks = [Task(c, suite.dataset, options.data_root, options.device, cache_mb, output_dir=str(run_dir))
              for c in todo if c not in refusals]
@@ -267,14 +271,15 @@ def _run_in_folder(suite: Suite, run_dir: Path, options: RunOptions, executor, c
     bar = progress(executor.run(tasks), f"{suite.name} ({executor.name})", total=len(tasks), leave=True)
     try:
         for cell, record, arrays in bar:
-            _keep(run_dir, summary, cell, record, arrays)
+            _keep(run_dir, summary, cell, record, arrays, on_record)
             bar.set_postfix_str(f"ok {summary.ok}, failed {summary.failed}, running {executor.running}")
     finally:
         executor.close()
     return summary
 
 
-def _keep(run_dir: Path, summary: RunSummary, cell: Cell, record: Record, arrays: dict) -> None:
+def _keep(run_dir: Path, summary: RunSummary, cell: Cell, record: Record, arrays: dict,
+          on_record: Callable[[Record], None] | None) -> None:
     """The driver's part: artifacts first, then the record that points at them (one atomic line)."""
     try:
         if arrays:
@@ -282,6 +287,8 @@ def _keep(run_dir: Path, summary: RunSummary, cell: Cell, record: Record, arrays
         append_record(run_dir, record)
     except OSError as exc:  # no space left, say: the records before this one are whole
         raise folder_error(run_dir, exc) from None
+    if on_record is not None:
+        on_record(record)
     if record["status"] == "ok":
         summary.ok += 1
     else:

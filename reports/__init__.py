@@ -1,7 +1,9 @@
-"""Reports rendered from a run folder's records: markdown, self-contained HTML, LaTeX tables."""
+"""Reports rendered from a run folder's records: markdown, self-contained HTML, LaTeX tables; and the view of
+many run folders (``write_results``: a leaderboard page, or one flat table of their cells)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,3 +32,43 @@ def write_reports(run_dir: str | Path, formats: Sequence[str] = DEFAULT_FORMATS)
         raise BenchError(f"Run folder {run_dir} has no records yet; run a suite into it first.")
     plots = all_plots(run) if NEEDS_PLOTS & set(formats) else []
     return [FORMATS[f](run, run_dir, plots) for f in formats]
+
+
+RESULT_FORMATS = ("md", "html", "csv", "parquet")
+RESULT_FILES = {"html": "leaderboard.html", "parquet": "results.parquet"}  # formats that never go to stdout
+
+
+def write_results(run_dirs: Sequence[str | Path], fmt: str = "md", output: str | Path | None = None,
+                  latest: bool = False) -> tuple[Path | None, str]:
+    """Several run folders as one view: the leaderboard (``md``, ``html``) or the flat table of their cells
+    (``csv``, ``parquet``). Written to ``output`` whole or not at all; without it, ``md`` and ``csv`` are
+    returned as text (the path is None) and the others go to ``leaderboard.html`` / ``results.parquet``."""
+    from anobench.export import load_records, write_frame
+    from anobench.records import check_run_folder
+    from anobench.reports.leaderboard import render_html, render_markdown
+    from anobench.reports.results import gather, load_runs
+
+    if fmt not in RESULT_FORMATS:
+        raise BenchError(f"Unknown results format '{fmt}'; valid formats: {', '.join(RESULT_FORMATS)}.")
+    folders = [check_run_folder(d) for d in run_dirs]
+    target = Path(output) if output else (Path(RESULT_FILES[fmt]) if fmt in RESULT_FILES else None)
+    if fmt in ("csv", "parquet"):
+        frame = load_records(*folders, latest=latest)
+        if target is None:
+            return None, frame.to_csv(index=False)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_frame(frame, fmt, target)
+        return target, ""
+    results = gather(load_runs(folders), latest=latest)
+    page_dir = target.parent if target else Path(".")
+    text = (render_html if fmt == "html" else render_markdown)(results, page_dir)
+    if target is None:
+        return None, text
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target, ""

@@ -191,7 +191,7 @@ def per_defect_tables(run: RunData, dataset: str, records: list[Record],
     return tables
 
 
-def _reference_partner(record: Record, candidates: list[Record]) -> Record | None:
+def reference_partner(record: Record, candidates: list[Record]) -> Record | None:
     """The reference cell scored on the same test images (class, seed, geometry, bootstrap settings)."""
     def same(other: Record) -> bool:
         return (other["config"]["seed"] == record["config"]["seed"]
@@ -252,7 +252,7 @@ def paired_tables(run: RunData) -> list[Table]:
         for key, group in rows_by_key.items():
             pairs_by_key[key] = []
             for record in group:
-                partner = _reference_partner(record, references)
+                partner = reference_partner(record, references)
                 if partner is None:
                     unpaired += 1
                 else:

@@ -72,3 +72,41 @@ def kill_when_recorded(command: list[str], run_dir: Path, at_least: int, timeout
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     return len(read_records(run_dir))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# run folders of seeded records, for the views over many folders (bench results, bench track, the leaderboard)
+
+TEST_IMAGES = {"same": 11, "other": 99}  # test-set seeds: equal seeds, equal images and fingerprints
+
+
+def seeded_run_folder(root: Path, name: str, cells, device: str = "CPU: test",
+                      finished: str = "2026-12-01T10:00:00+00:00") -> Path:
+    """A run folder of seeded records and its HTML report: ``cells`` are (method, seed, test images) on class
+    ``a``."""
+    from anobench.records import append_record
+    from anobench.reports import write_reports
+    from tests.test_reports import seeded_record
+
+    run = root / name
+    run.mkdir()
+    for method, seed, test_images in cells:
+        record = seeded_record(run, method, "a", seed, TEST_IMAGES[test_images])
+        record["device"]["name"] = device
+        record["finished_at"] = finished
+        append_record(run, record)
+    write_reports(run, ["html"])
+    return run
+
+
+@pytest.fixture(scope="session")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """Run folders that share, repeat or differ in configuration, device and test set."""
+    root = tmp_path_factory.mktemp("folders")
+    return {
+        "first": seeded_run_folder(root, "first", [("padim", 0, "same"), ("spade", 0, "same")]),
+        "second_seed": seeded_run_folder(root, "second_seed", [("padim", 1, "same")]),
+        "rerun": seeded_run_folder(root, "rerun", [("padim", 0, "same")], finished="2026-12-02T10:00:00+00:00"),
+        "gpu": seeded_run_folder(root, "gpu", [("padim", 0, "same")], device="GPU: test"),
+        "other_test": seeded_run_folder(root, "other_test", [("padim", 1, "other")]),
+    }

@@ -51,6 +51,7 @@ BLOCK_HEAVY = """
     ["report", "{run}", "--format", "md"],
     ["compare", "{run}", "{run}"],
     ["export", "{run}", "--output", "{tmp}/flat.csv"],
+    ["results", "{run}", "{run}", "--format", "html", "--output", "{tmp}/leaderboard.html"],
     ["list", "suites"],
 ], ids=lambda a: " ".join(a[:2]))
 def test_commands_that_read_records_import_no_torch(args, tmp_path):

@@ -24,7 +24,8 @@ CHECKED = ["anobench.records", "anobench.cells", "anobench.environment", "anoben
            "anobench.flops", "anobench.evaluation", "anobench.executors", "anobench.runner", "anobench.compare",
            "anobench.export", "anobench.aggregate", "anobench.reports.rows", "anobench.reports.accuracy",
            "anobench.reports.complexity", "anobench.reports.tables", "anobench.reports.plots", "anobench.reports.markdown",
-           "anobench.reports.html", "anobench.reports.latex"]
+           "anobench.reports.html", "anobench.reports.latex", "anobench.reports.results",
+           "anobench.reports.leaderboard", "anobench.track"]
 
 
 def import_tree(where: Path) -> Path:

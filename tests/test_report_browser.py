@@ -79,3 +79,26 @@ def test_html_report_with_seeds_intervals_per_defect_and_paired_tables_in_chromi
         page.click("table[data-table='paired-synthetic'] th:nth-child(4)")  # sorting numbers with intervals
         page.screenshot(path=str(artifacts_dir() / "report-seeds-html.png"), full_page=True)
     assert errors == []
+
+
+def test_leaderboard_in_chromium_filters_sorts_and_links_each_row_to_its_report(folders, tmp_path):
+    from anobench.reports import write_results
+
+    page_file, _ = write_results([folders["first"], folders["second_seed"], folders["gpu"]], "html",
+                                 tmp_path / "board" / "leaderboard.html")
+    with opened(page_file) as (page, errors):
+        ranking = page.locator("table[data-table='synthetic-image_auroc']")
+        assert ranking.locator("tbody tr").count() == 3  # PaDiM on two devices, SPADE
+        links = page.evaluate("Array.from(document.querySelectorAll('td a')).map(a => a.href)")
+        page.fill("#filter", "GPU: test")
+        visible = ranking.locator("tbody tr:not(.hidden)")
+        assert visible.count() == 1 and "GPU: test" in visible.first.inner_text()
+        page.fill("#filter", "")
+        page.click("table[data-table='synthetic-image_auroc'] th:nth-child(10)")  # sort by value, ascending
+        first_value = ranking.locator("tbody tr").first.locator("td").nth(9).inner_text()
+        values = [float(t.split()[0]) for t in ranking.locator("tbody tr td:nth-child(10)").all_inner_texts()]
+        page.screenshot(path=str(artifacts_dir() / "leaderboard-html.png"), full_page=True)
+    assert errors == []
+    assert values == sorted(values) and first_value.startswith(f"{values[0]:.2f}")
+    assert links and all(Path(link.removeprefix("file://")).is_file() for link in links)
+    assert {Path(link).parent.name for link in links} == {"first", "second_seed", "gpu"}
