@@ -26,6 +26,7 @@ from anobench import __version__, artifacts, datasets, methods, metrics, statist
 from anobench.cells import Cell
 from anobench.core import BenchError, unknown_name
 from anobench.datasets.base import AnomalyDataset, DatasetSource, Geometry
+from anobench.deployment import DeploymentJob, deploy
 from anobench.environment import commit_info, device_name, machine_info
 from anobench.flops import flops_record
 from anobench.memory import PeakMemory
@@ -201,6 +202,33 @@ def original_resolution(source: DatasetSource, test: AnomalyDataset, maps: np.nd
     return masks, resized
 
 
+def masks_and_maps(cell: Cell, source: DatasetSource, test: AnomalyDataset, maps: np.ndarray):
+    """The masks and maps metrics compare: at the input resolution, or at each image's original size."""
+    if cell.metrics_resolution == "original":
+        return original_resolution(source, test, maps)
+    return np.stack([test[i]["mask"].numpy() for i in range(len(test))]), maps
+
+
+def scored_metrics(cell: Cell, source: DatasetSource, test: AnomalyDataset,
+                   prediction: Prediction) -> dict[str, float | None]:
+    """The cell's metrics from a prediction of its test set (a deployment runtime's, for parity); empty where
+    the dataset has no labels, image metrics only where it labels whole images."""
+    truth, _ = source.ground_truth(cell.class_name)
+    if truth == "none":
+        return {}
+    masks, maps = masks_and_maps(cell, source, test, prediction.maps)
+    values, _, _ = compute_metrics(test.labels(), masks, prediction.image_scores, maps,
+                                   (*STANDARD_METRICS, *cell.metrics))
+    if truth == "image":
+        return {k: v for k, v in values.items() if (info := metrics.metric_info(k)) and info.level != "pixel"}
+    return values
+
+
+def train_set(cell: Cell, source: DatasetSource, geometry: Geometry) -> AnomalyDataset:
+    """The cell's training images (every training class's in the multi-class setting)."""
+    return AnomalyDataset(cell.training_samples(source), geometry, source.read_mask)
+
+
 def size_record(method: AnomalyMethod) -> Size:
     breakdown = method.size_breakdown()
     total = sum(breakdown.values())
@@ -255,15 +283,14 @@ _SHARED_MODEL: dict[str, tuple[str, AnomalyMethod]] = {}
 def _fit(cell: Cell, source: DatasetSource, device: str, cache: FeatureCache, geometry: Geometry,
          result: Record) -> AnomalyMethod:
     """Fit the cell's method on its training images, or reuse the multi-class model another cell fitted."""
-    train_refs = cell.training_samples(source)
-    result["n_images"] = {"train": len(train_refs)}
+    train = train_set(cell, source, geometry)
+    result["n_images"] = {"train": len(train)}
     if cell.setting == "multi-class":
         result["multi_class"] = {"train_classes": list(cell.train_classes)}
         if cell.model_key in _SHARED_MODEL:
             fitted_in, method = _SHARED_MODEL[cell.model_key]
             result["multi_class"]["fitted_in"] = fitted_in
             return method
-    train = AnomalyDataset(train_refs, geometry, source.read_mask)
     method = build_method(cell, device)
     with PeakMemory(device) as memory:
         start = time.perf_counter()
@@ -313,10 +340,7 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
             result["metrics"] = {}
             unavailable.update(dict.fromkeys(names, reason))
         else:
-            if cell.metrics_resolution == "original":
-                masks, maps = original_resolution(source, test, prediction.maps)
-            else:
-                masks, maps = np.stack([test[i]["mask"].numpy() for i in range(len(test))]), prediction.maps
+            masks, maps = masks_and_maps(cell, source, test, prediction.maps)
             result["metrics"], notes, thresholds = compute_metrics(labels, masks, scores, maps, names)
             unavailable.update(notes)
             if truth == "image":  # image labels only: no pixel metric is defined
@@ -346,6 +370,17 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
                                    thresholds.get("pixel"))
         if cell.bootstrap.resamples and truth != "none":
             arrays.update(bootstrap_intervals(cell, fingerprint, labels, defect_types, masks, scores, maps, result))
+
+    if cell.measure.deploys:
+        batch_sizes, warmup, iterations = cell.measure.on(device)
+        job = DeploymentJob(method=method, runtimes=cell.measure.runtimes, protocol=cell.measure.protocol,
+                            input_size=cell.resolution, batch_sizes=batch_sizes, warmup=warmup, iterations=iterations,
+                            threads=cell.measure.cpu_threads, device=device, seed=cell.seed,
+                            training_images=lambda: ImageBatches(train_set(cell, source, geometry), cell.batch_size))
+        if not cell.measure_only:
+            job.test_images, job.reference = (lambda: ImageBatches(test, cell.batch_size)), prediction
+            job.metrics_of = lambda scored: scored_metrics(cell, source, test, scored)
+        result["deployment"] = deploy(job)
 
     if cell.measure.speed:
         batch_sizes, warmup, iterations = cell.measure.on(device)

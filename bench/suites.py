@@ -32,6 +32,7 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "suites"
 PROTOCOLS = ("strict", "paper")
 SETTINGS = ("one-class", "multi-class")  # one model per class, or one for all classes (ADer's "unified")
 METRIC_RESOLUTIONS = ("input", "original")
+TIMING_PROTOCOLS = ("interleaved", "mvtec-ad2")  # how deployment runtimes are timed (anobench.deployment)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -113,6 +114,15 @@ class MeasureSpec:
     cpu_iterations: int | None = suite_key(None, minimum=1)
     # torch threads while timing on a CPU (None: the process's)
     cpu_threads: int | None = suite_key(None, minimum=1)
+    # the fitted detector under deployment runtimes too (anobench.deployment), each timed and checked for parity
+    runtimes: tuple[str, ...] = suite_key(("torch",), nonempty=True)
+    # how runtimes are timed: "interleaved" (speed's rules) or "mvtec-ad2" (batch 1, mean of the last N of 2N)
+    protocol: str = suite_key("interleaved", choices=TIMING_PROTOCOLS)
+
+    @property
+    def deploys(self) -> bool:
+        """Whether cells measure deployment runtimes (a runtime beyond eager PyTorch, or another protocol)."""
+        return self.runtimes != ("torch",) or self.protocol != "interleaved"
 
     def on(self, device: str) -> tuple[tuple[int, ...], int, int]:
         """(batch sizes, warm-up iterations, timed iterations) to use on ``device``."""

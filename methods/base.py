@@ -9,7 +9,9 @@ Every method:
 - scores in two stages, so that measurement can time them separately:
   ``forward_scores`` (the network: encoder plus decoders/statistics on a ready tensor) and
   ``postprocess`` (upsampling, smoothing, image score);
-- reports ``size_breakdown()``: bytes of everything needed to score.
+- reports ``size_breakdown()``: bytes of everything needed to score;
+- declares what deployment runtimes export: ``scoring_graph()`` (by default the two scoring stages as one
+  module), or the reason it cannot in ``not_exportable``.
 
 A higher score means more anomalous (the reverse of scikit-learn's ``score_samples``).
 """
@@ -61,6 +63,8 @@ class AnomalyMethod(ABC):
     test_set_dependent: ClassVar[bool] = False
     #: Parameters that make the conformance checks (``bench check-method``) quick, e.g. a short schedule.
     check_params: ClassVar[dict[str, Any]] = {}
+    #: Why this method's scoring cannot be exported to a deployment runtime (empty: it can, see ``scoring_graph``).
+    not_exportable: ClassVar[str] = ""
 
     encoder: str
     weights: str
@@ -134,6 +138,21 @@ class AnomalyMethod(ABC):
         """Score a whole test set batch by batch (methods whose protocol normalizes over the set override)."""
         return Prediction.concatenate([self.predict(b) for b in batches])
 
+    def scoring_graph(self) -> torch.nn.Module:
+        """What deployment runtimes export: a module mapping images (B, 3, H, W) to (image scores (B,), maps
+        (B, H, W)), for a fixed B and H, W. By default both scoring stages, so that an exported model is the
+        whole detector; a method whose scoring cannot be exported (now or under its current parameters) says
+        why in ``export_refusal``."""
+        self.check_fitted()
+        return ScoringGraph(self)
+
+    def export_refusal(self) -> str:
+        """Why this method cannot be exported as configured (empty: it can). A test-set-dependent protocol
+        normalizes over the whole test set, which no per-batch graph computes."""
+        if self.test_set_dependent and not self.not_exportable:
+            return "its scores depend on the other test images (test_set_dependent), which no per-batch graph computes"
+        return self.not_exportable
+
     def head_flop_formula(self, input_size: int) -> dict[str, int] | None:
         """FLOPs per image of the head by formula, term by term, for heads that are distance computations
         (nearest-neighbour search, Mahalanobis distances); None lets the FLOP counter count the head."""
@@ -193,6 +212,17 @@ class AnomalyMethod(ABC):
         method.encoder_.weights = method.weights
         method._restore(blob["state"])
         return method
+
+
+class ScoringGraph(torch.nn.Module):
+    """A method's ``forward_scores`` and ``postprocess`` as one module, the graph an exporter traces."""
+
+    def __init__(self, method: AnomalyMethod):
+        super().__init__()
+        self.method = method
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.method.postprocess(self.method.forward_scores(images), tuple(images.shape[-2:]))
 
 
 def _plain(value: Any) -> Any:
