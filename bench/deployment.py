@@ -62,14 +62,14 @@ class Runtime:
 
 ONNX = ("onnx", "onnxscript")
 RUNTIMES = {r.name: r for r in (
-    Runtime("torch", (), "float32", "eager PyTorch (the reference)", "any"),
-    Runtime("onnxruntime", (*ONNX, "onnxruntime"), "float32", "ONNX Runtime, CPUExecutionProvider", "cpu"),
-    Runtime("openvino", (*ONNX, "openvino"), "float32 (INFERENCE_PRECISION_HINT f32)", "OpenVINO, CPU", "cpu"),
+    Runtime("torch", (), "fp32", "eager PyTorch (the reference)", "any"),
+    Runtime("onnxruntime", (*ONNX, "onnxruntime"), "fp32", "ONNX Runtime, CPUExecutionProvider", "cpu"),
+    Runtime("openvino", (*ONNX, "openvino"), "fp32 (precision hint f32)", "OpenVINO, CPU", "cpu"),
     Runtime("openvino-int8", (*ONNX, "openvino", "nncf"),
-            "int8 (NNCF post-training quantization, calibrated on training images; other operations f32)",
+            "int8 (NNCF, calibrated on training images)",
             "OpenVINO, CPU", "cpu"),
-    Runtime("onnxruntime-cuda", (*ONNX, "onnxruntime"), "float32", "ONNX Runtime, CUDAExecutionProvider", "cuda"),
-    Runtime("onnxruntime-tensorrt-fp16", (*ONNX, "onnxruntime"), "float16 (TensorRT, trt_fp16_enable)",
+    Runtime("onnxruntime-cuda", (*ONNX, "onnxruntime"), "fp32", "ONNX Runtime, CUDAExecutionProvider", "cuda"),
+    Runtime("onnxruntime-tensorrt-fp16", (*ONNX, "onnxruntime"), "fp16 (TensorRT, trt_fp16_enable)",
             "ONNX Runtime, TensorrtExecutionProvider", "cuda"),
 )}
 CUDA_PROVIDERS = {"onnxruntime-cuda": "CUDAExecutionProvider",

@@ -174,3 +174,42 @@ def test_bench_run_refuses_a_runtime_without_its_extra_before_any_work(tiny_data
     assert result.returncode == 2, result.stderr
     assert "needs the deploy extra" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def deployed_record(cls: str, fps: dict[str, float], ratio: float, map_rel: float, metric_pp: float, ok: bool) -> dict:
+    """A record of one PaDiM cell with a deployment block (torch and onnxruntime at batch 8)."""
+    runtimes = {
+        "torch": {"status": "ok", "precision": "fp32", "batches": {"8": {"fps": fps["torch"], "latency_ms": 8e3 / fps["torch"]}}},
+        "onnxruntime": {"status": "ok", "precision": "fp32", "export_bytes": 2_000_000,
+                        "batches": {"8": {"fps": fps["onnxruntime"], "latency_ms": 8e3 / fps["onnxruntime"],
+                                          "ratio_to_torch": ratio}},
+                        "parity": {"map_max_rel": map_rel, "score_max_rel": map_rel / 2, "within_tolerance": ok,
+                                   "metric_difference_pp": {"image_auroc": metric_pp, "aupro": -2 * metric_pp}}},
+    }
+    return {"cell_id": cls, "status": "ok", "display": {"method": "PaDiM", "encoder": "R18"}, "labels": {},
+            "config": {"method": "padim", "encoder": "resnet18", "protocol": "strict", "weights": "imagenet",
+                       "params": {}, "resolution": 224, "resize": 256, "class": cls},
+            "deployment": {"protocol": "interleaved", "timing": "round-robin", "runtimes": runtimes}}
+
+
+def test_the_deployment_table_is_recomputable_from_the_records(tmp_path):
+    from anobench.reports.deployment import COLUMNS, deployment_table
+    from anobench.reports.plots import deployment_fps
+    from anobench.reports.tables import RunData
+
+    records = [deployed_record("a", {"torch": 10.0, "onnxruntime": 12.0}, 1.2, 1e-7, 0.001, True),
+               deployed_record("b", {"torch": 20.0, "onnxruntime": 30.0}, 1.4, 3e-4, -0.004, False),
+               deployed_record("c", {"torch": 30.0, "onnxruntime": 31.0}, 1.1, 2e-7, 0.002, True)]
+    run = RunData(tmp_path, records, None, {})  # type: ignore[arg-type]
+    table = deployment_table(run)
+    rows = {row[4]: dict(zip(COLUMNS, row, strict=True)) for row in table.rows}
+    assert list(rows) == ["torch", "onnxruntime"]
+    onnx = rows["onnxruntime"]
+    assert (onnx["Model"], onnx["Input"], onnx["Batch"], onnx["Timing"]) == ("PaDiM-R18", 224, 8, "interleaved")
+    assert onnx["fps"] == 30.0 and rows["torch"]["fps"] == 20.0  # medians over the three cells
+    assert onnx["× torch"] == 1.2 and rows["torch"]["× torch"] is None
+    assert onnx["Map diff (rel.)"] == "3.0e-04" and onnx["Score diff (rel.)"] == "1.5e-04"  # the largest
+    assert onnx["Largest metric diff (pp)"] == "0.0080"
+    assert onnx["Parity"] == "differs" and rows["torch"]["Parity"] == "reference"
+    assert onnx["Export (MB)"] == 2.0 and onnx["Latency (ms)"] == pytest.approx(8e3 / 30.0)
+    assert [plot.key for plot in deployment_fps(run)] == ["deployment-fps"]

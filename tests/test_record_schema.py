@@ -21,9 +21,9 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 # The writers and readers of records (compare, reports and export read them through the schema).
 CHECKED = ["anobench.records", "anobench.cells", "anobench.environment", "anobench.memory", "anobench.speed",
-           "anobench.flops", "anobench.deployment", "anobench.evaluation", "anobench.executors", "anobench.runner", "anobench.compare",
-           "anobench.export", "anobench.reports.tables", "anobench.reports.plots", "anobench.reports.markdown",
-           "anobench.reports.html", "anobench.reports.latex"]
+           "anobench.flops", "anobench.deployment", "anobench.evaluation", "anobench.executors", "anobench.runner",
+           "anobench.compare", "anobench.export", "anobench.reports.tables", "anobench.reports.deployment",
+           "anobench.reports.plots", "anobench.reports.markdown", "anobench.reports.html", "anobench.reports.latex"]
 
 
 def import_tree(where: Path) -> Path:
