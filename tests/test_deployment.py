@@ -213,3 +213,42 @@ def test_the_deployment_table_is_recomputable_from_the_records(tmp_path):
     assert onnx["Parity"] == "differs" and rows["torch"]["Parity"] == "reference"
     assert onnx["Export (MB)"] == 2.0 and onnx["Latency (ms)"] == pytest.approx(8e3 / 30.0)
     assert [plot.key for plot in deployment_fps(run)] == ["deployment-fps"]
+
+
+def cuda_provider(provider: str):
+    """Skip unless this machine has CUDA and ONNX Runtime's ``provider`` (the onnxruntime-gpu package)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    onnxruntime = pytest.importorskip("onnxruntime", reason="the deploy extra is not installed")
+    if provider not in onnxruntime.get_available_providers():
+        pytest.skip(f"this onnxruntime has no {provider} (install onnxruntime-gpu)")
+
+
+def on_cuda(method, tmp_path):
+    method.save(tmp_path / "model.pt")
+    return type(method).load(tmp_path / "model.pt", device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_onnxruntime_cuda_scores_the_same_as_eager_pytorch_on_the_gpu(name, tiny_data, tmp_path, monkeypatch):
+    cuda_provider("CUDAExecutionProvider")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 against float32
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    method = on_cuda(make(name).fit(batches(tiny_data)), tmp_path)
+    result = deploy(scored_job(method, tiny_data, ("torch", "onnxruntime-cuda"), device="cuda"))
+    entry = result["runtimes"]["onnxruntime-cuda"]
+    assert entry["status"] == "ok", entry.get("reason")
+    assert entry["parity"]["map_max_rel"] <= deployment.MAP_TOLERANCE_REL, entry["parity"]
+    assert entry["batches"]["4"]["fps"] > 0 and entry["memory"]["gpu_peak_allocated_mb"] is not None
+
+
+@pytest.mark.gpu
+def test_tensorrt_fp16_is_labelled_and_its_difference_recorded(tiny_data, tmp_path):
+    cuda_provider("TensorrtExecutionProvider")
+    method = on_cuda(make("padim").fit(batches(tiny_data)), tmp_path)
+    result = deploy(scored_job(method, tiny_data, ("torch", "onnxruntime-tensorrt-fp16"), device="cuda"))
+    entry = result["runtimes"]["onnxruntime-tensorrt-fp16"]
+    assert entry["status"] == "ok", entry.get("reason")
+    assert entry["precision"].startswith("fp16")
+    assert 0 <= entry["parity"]["map_max_rel"] < 0.05 and "metric_difference_pp" in entry["parity"]
