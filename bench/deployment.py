@@ -183,8 +183,8 @@ def build(name: str, path: Path, threads: int | None, calibration: list[np.ndarr
 
 
 def calibration_batches(images: Iterable[torch.Tensor], batch: int) -> list[np.ndarray]:
-    """Calibration inputs of the graph's fixed batch from ``images`` (training images; a short last batch is
-    left out, so that every calibration image is a real one)."""
+    """Calibration inputs of the graph's fixed batch from ``images`` (training images only): whole batches, a
+    short last one left out; fewer images than one batch are repeated to fill it."""
     flat = torch.cat([b.float().cpu() for b in images]).numpy()
     return [flat[i:i + batch] for i in range(0, len(flat) - batch + 1, batch)] or [
         np.concatenate([flat] * -(-batch // len(flat)))[:batch]]
