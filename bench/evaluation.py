@@ -202,21 +202,16 @@ def original_resolution(source: DatasetSource, test: AnomalyDataset, maps: np.nd
     return masks, resized
 
 
-def masks_and_maps(cell: Cell, source: DatasetSource, test: AnomalyDataset, maps: np.ndarray):
-    """The masks and maps metrics compare: at the input resolution, or at each image's original size."""
-    if cell.metrics_resolution == "original":
-        return original_resolution(source, test, maps)
-    return np.stack([test[i]["mask"].numpy() for i in range(len(test))]), maps
-
-
-def scored_metrics(cell: Cell, source: DatasetSource, test: AnomalyDataset,
-                   prediction: Prediction) -> dict[str, float | None]:
-    """The cell's metrics from a prediction of its test set (a deployment runtime's, for parity); empty where
-    the dataset has no labels, image metrics only where it labels whole images."""
+def scored_metrics(cell: Cell, source: DatasetSource, test: AnomalyDataset, masks, prediction: Prediction
+                   ) -> dict[str, float | None]:
+    """The cell's metrics from another prediction of its test set (a deployment runtime's, for parity) against
+    the ``masks`` the cell's own metrics used; empty where the dataset has no labels, image metrics only
+    where it labels whole images."""
     truth, _ = source.ground_truth(cell.class_name)
     if truth == "none":
         return {}
-    masks, maps = masks_and_maps(cell, source, test, prediction.maps)
+    original = cell.metrics_resolution == "original"
+    maps = original_resolution(source, test, prediction.maps)[1] if original else prediction.maps
     values, _, _ = compute_metrics(test.labels(), masks, prediction.image_scores, maps,
                                    (*STANDARD_METRICS, *cell.metrics))
     if truth == "image":
@@ -340,7 +335,10 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
             result["metrics"] = {}
             unavailable.update(dict.fromkeys(names, reason))
         else:
-            masks, maps = masks_and_maps(cell, source, test, prediction.maps)
+            if cell.metrics_resolution == "original":
+                masks, maps = original_resolution(source, test, prediction.maps)
+            else:
+                masks, maps = np.stack([test[i]["mask"].numpy() for i in range(len(test))]), prediction.maps
             result["metrics"], notes, thresholds = compute_metrics(labels, masks, scores, maps, names)
             unavailable.update(notes)
             if truth == "image":  # image labels only: no pixel metric is defined
@@ -379,7 +377,7 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
                             training_images=lambda: ImageBatches(train_set(cell, source, geometry), cell.batch_size))
         if not cell.measure_only:
             job.test_images, job.reference = (lambda: ImageBatches(test, cell.batch_size)), prediction
-            job.metrics_of = lambda scored: scored_metrics(cell, source, test, scored)
+            job.metrics_of = lambda scored: scored_metrics(cell, source, test, masks, scored)
         result["deployment"] = deploy(job)
 
     if cell.measure.speed:
