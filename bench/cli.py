@@ -64,9 +64,11 @@ def cli(ctx: click.Context, debug: bool) -> None:
               "extra), and the reports at the end.")
 @click.option("--tracking-uri", help="With --track: the MLflow tracking URI (default: sqlite file mlflow.db in the "
               "working directory).")
+@click.option("--runtimes", help="Comma-separated deployment runtimes instead of the suite's [measure] runtimes, "
+              "e.g. torch,onnxruntime,openvino (the deploy extra).")
 def run(suite_name, data_root, dataset, classes, device, out, weights, allow_random, retry_failed,
         force_mixed, suite_path, protocol, metrics_resolution, feature_cache_mb, plan_only, executor, address,
-        cpus_per_cell, report, image_labels_only, track, tracking_uri):
+        cpus_per_cell, report, image_labels_only, track, tracking_uri, runtimes):
     """Run a suite: every cell of its grid, one record each, then the report."""
     from anobench.environment import resolve_device
     from anobench.executors import make_executor
@@ -86,6 +88,7 @@ def run(suite_name, data_root, dataset, classes, device, out, weights, allow_ran
                          retry_failed=retry_failed, allow_random=allow_random or stored.get("allow_random", False),
                          force_mixed=force_mixed, protocol=protocol, metrics_resolution=metrics_resolution,
                          feature_cache_mb=feature_cache_mb, image_labels_only=image_labels_only,
+                         runtimes=tuple(r.strip() for r in runtimes.split(",")) if runtimes else None,
                          command=shlex.join(["bench", *sys.argv[1:]]))
     if executor == "ray" and ":" in options.device:
         raise BenchError(f"--executor ray places each cell on a free GPU itself; pass --device cuda, not "

@@ -25,6 +25,7 @@ from anobench import __version__, artifacts, datasets, metrics, pixel_metrics, s
 from anobench.cells import Cell, build_method
 from anobench.core import BenchError
 from anobench.datasets.base import AnomalyDataset, DatasetSource, Geometry
+from anobench.deployment import DeploymentJob, deploy
 from anobench.environment import commit_info, device_name, machine_info
 from anobench.flops import flops_record
 from anobench.memory import PeakMemory
@@ -141,12 +142,12 @@ def evaluate_pixels(stream: PixelStream, subsets: dict[str, list[int]], names: S
         aupro_limit=metrics.aupro_limit, aupimo_bounds=metrics.AUPIMO_FPR_BOUNDS, bootstrap=bootstrap)
 
 
-def compute_metrics(labels: np.ndarray, masks: Sequence[np.ndarray] | np.ndarray, image_scores: np.ndarray,
-                    maps: Sequence[np.ndarray] | np.ndarray, names: Sequence[str] = STANDARD_METRICS
+def compute_metrics(labels: np.ndarray, masks: Iterable[np.ndarray], image_scores: np.ndarray,
+                    maps: Iterable[np.ndarray], names: Sequence[str] = STANDARD_METRICS
                     ) -> tuple[dict[str, float | None], dict[str, str], dict[str, float]]:
     """Each metric of ``names`` (pixel ones only where the test set has defect pixels), the reason for each
     one that is undefined here (its value is None), and the F1-max thresholds (for figures, never metrics).
-    ``masks`` and ``maps`` may be any sequence, made one image at a time: only one is held at once."""
+    ``masks`` and ``maps`` may be any iterables, made one image at a time: only one pair is held at once."""
     values, notes, image_threshold = image_metrics(labels, image_scores, names)
     with pixel_stream(zip(masks, maps, strict=True), [0] * len(labels)) as stream:
         pixels = evaluate_pixels(stream, {}, names)
@@ -250,6 +251,27 @@ class EvaluatedPixels(Sequence):
         return (self[i][1] for i in range(len(self)))
 
 
+def scored_metrics(cell: Cell, source: DatasetSource, test: AnomalyDataset, prediction: Prediction
+                   ) -> dict[str, float | None]:
+    """The cell's metrics from another prediction of its test set (a deployment runtime's, for parity),
+    evaluated as the cell's own were (same masks, same resolution, streamed); empty where the dataset has no
+    labels, image metrics only where it labels whole images."""
+    truth, _ = source.ground_truth(cell.class_name)
+    if truth == "none":
+        return {}
+    pixels = EvaluatedPixels(source, test, prediction.maps, cell.metrics_resolution == "original")
+    values, _, _ = compute_metrics(test.labels(), pixels.masks(), prediction.image_scores, pixels.evaluated_maps(),
+                                   (*STANDARD_METRICS, *cell.metrics))
+    if truth == "image":
+        return {k: v for k, v in values.items() if (info := metrics.metric_info(k)) and info.level != "pixel"}
+    return values
+
+
+def train_set(cell: Cell, source: DatasetSource, geometry: Geometry) -> AnomalyDataset:
+    """The cell's training images (every training class's in the multi-class setting)."""
+    return AnomalyDataset(cell.training_samples(source), geometry, source.read_mask)
+
+
 def size_record(method: AnomalyMethod) -> Size:
     breakdown = method.size_breakdown()
     total = sum(breakdown.values())
@@ -304,15 +326,14 @@ _SHARED_MODEL: dict[str, tuple[str, AnomalyMethod]] = {}
 def _fit(cell: Cell, source: DatasetSource, device: str, cache: FeatureCache, geometry: Geometry,
          result: Record) -> AnomalyMethod:
     """Fit the cell's method on its training images, or reuse the multi-class model another cell fitted."""
-    train_refs = cell.training_samples(source)
-    result["n_images"] = {"train": len(train_refs)}
+    train = train_set(cell, source, geometry)
+    result["n_images"] = {"train": len(train)}
     if cell.setting == "multi-class":
         result["multi_class"] = {"train_classes": list(cell.train_classes)}
         if cell.model_key in _SHARED_MODEL:
             fitted_in, method = _SHARED_MODEL[cell.model_key]
             result["multi_class"]["fitted_in"] = fitted_in
             return method
-    train = AnomalyDataset(train_refs, geometry, source.read_mask)
     method = build_method(cell, device)
     with PeakMemory(device) as memory:
         start = time.perf_counter()
@@ -407,6 +428,17 @@ def _evaluate(cell: Cell, source: DatasetSource, device: str, cache: FeatureCach
             arrays = _metrics(cell, source, test, prediction, labels, truth, reason, output_dir, predict, result)
             result["timings"]["evaluate_s"] = time.perf_counter() - start
         result["memory"]["evaluate"] = memory.result
+
+    if cell.measure.deploys:
+        batch_sizes, warmup, iterations = cell.measure.on(device)
+        job = DeploymentJob(method=method, runtimes=cell.measure.runtimes, protocol=cell.measure.protocol,
+                            input_size=cell.resolution, batch_sizes=batch_sizes, warmup=warmup, iterations=iterations,
+                            threads=cell.measure.cpu_threads, device=device, seed=cell.seed,
+                            training_images=lambda: ImageBatches(train_set(cell, source, geometry), cell.batch_size))
+        if not cell.measure_only:
+            job.test_images, job.reference = (lambda: ImageBatches(test, cell.batch_size)), prediction
+            job.metrics_of = lambda scored: scored_metrics(cell, source, test, scored)
+        result["deployment"] = deploy(job)
 
     if cell.measure.speed:
         batch_sizes, warmup, iterations = cell.measure.on(device)

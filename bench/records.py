@@ -146,6 +146,49 @@ class Speed(TypedDict, total=False):
     ratio: str
 
 
+class RuntimeParity(TypedDict, total=False):
+    """A runtime's scores against eager PyTorch's on the same test set (anobench.deployment)."""
+
+    map_max_abs: float
+    map_max_rel: float  # map_max_abs / the largest |value| of PyTorch's maps
+    score_max_abs: float
+    score_max_rel: float  # score_max_abs / the largest |image score| of PyTorch's
+    metrics: dict[str, float | None]  # every metric, computed from this runtime's scores
+    metric_difference_pp: dict[str, float | None]  # runtime − PyTorch, percentage points
+    within_tolerance: bool
+    tolerance: str
+    reason: str  # why there is no parity (a measure-only cell, no labels)
+
+
+class RuntimeResult(TypedDict, total=False):
+    """One deployment runtime of a cell: how it was built, its speed, memory and parity."""
+
+    status: str  # "ok", "failed" (with the error) or "unavailable" (the method declares no export)
+    reason: str
+    precision: str
+    provider: str  # the runtime and where it runs (execution provider, OpenVINO device)
+    export_s: float  # seconds to export the ONNX graph(s) this runtime loads
+    export_bytes: int  # ONNX graph and external data, at the test batch size
+    build_s: float  # session creation, compilation, quantization (all batch sizes)
+    calibration_images: int  # int8: training images that calibrated the quantization
+    memory: PeakMemoryResult  # building the runtime and scoring the test set through it
+    batches: dict[str, dict[str, Any]]  # batch → timing summary (speed.summarize) and ratio_to_torch
+    parity: RuntimeParity
+
+
+class Deployment(TypedDict, total=False):
+    """The same fitted detector under each runtime of ``[measure] runtimes`` (anobench.deployment)."""
+
+    protocol: str  # the timing protocol: "interleaved" or "mvtec-ad2"
+    timing: str  # what the protocol times, in words
+    warmup: int
+    iterations: int
+    threads: int | None  # threads given to every runtime on a CPU (None: each runtime's default)
+    test_batch: int  # the batch the test set is scored in (the last one padded)
+    graph: str  # what is exported
+    runtimes: dict[str, RuntimeResult]
+
+
 class WeightsInfo(TypedDict, total=False):
     source: str  # "imagenet", "random" or "file"
     tag: str | None
@@ -294,6 +337,7 @@ class Record(TypedDict, total=False):
     size: Size
     memory: Memory
     speed: Speed
+    deployment: Deployment  # [measure] runtimes other than eager PyTorch, or the MVTec AD 2 timing protocol
     flops: Flops
     weights: WeightsInfo
     dataset: dict[str, Any]  # the source as opened on this machine (name, root, ...: each source its own)

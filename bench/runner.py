@@ -22,6 +22,7 @@ from anobench import artifacts, datasets, methods, metrics, planning
 from anobench.cells import Cell, expand
 from anobench.core import BenchError, progress, unknown_name
 from anobench.datasets.base import DatasetSource
+from anobench.deployment import check_runtimes
 from anobench.evaluation import failed_record, now, open_source
 from anobench.executors import LocalExecutor, Task
 from anobench.methods.base import HARNESS_PARAMETERS
@@ -46,6 +47,7 @@ class RunOptions:
     allow_random: bool = False  # permits random weights in suites that reproduce published numbers
     image_labels_only: bool = False  # the dataset labels whole images only (pixel metrics stay empty)
     force_mixed: bool = False  # continue a run folder with another configuration (its report then mixes them)
+    runtimes: tuple[str, ...] | None = None  # overrides the suite's [measure] runtimes
     command: str = ""
 
 
@@ -127,12 +129,16 @@ def apply_overrides(suite: Suite, options: RunOptions) -> Suite:
     if dataset != suite.dataset:
         raw["dataset"] = {k: v for k, v in {"name": dataset.name, "classes": list(dataset.classes or []) or "all",
                                             "root": dataset.root, "options": dataset.options}.items() if v is not None}
+    measure = suite.measure
+    if options.runtimes and options.runtimes != measure.runtimes:
+        measure = dataclasses.replace(measure, runtimes=tuple(options.runtimes))
+        raw["measure"] = {**raw.get("measure", {}), "runtimes": list(options.runtimes)}
     weights = options.weights or suite.weights
     protocol = options.protocol or suite.protocol
     metrics_resolution = options.metrics_resolution or suite.metrics_resolution
     raw.update(weights=weights, protocol=protocol, metrics_resolution=metrics_resolution)
     return dataclasses.replace(suite, dataset=dataset, weights=weights, protocol=protocol,
-                               metrics_resolution=metrics_resolution, raw=raw)
+                               metrics_resolution=metrics_resolution, measure=measure, raw=raw)
 
 
 def plan(suite: Suite, options: RunOptions) -> tuple[DatasetSource, list[Cell]]:
@@ -142,6 +148,7 @@ def plan(suite: Suite, options: RunOptions) -> tuple[DatasetSource, list[Cell]]:
         raise BenchError(f"Suite {suite.name} reproduces published numbers and needs pretrained weights; pass "
                          f"--weights imagenet or --weights PATH, or --allow-random to run it with random weights.")
     check_suite(suite)
+    check_runtimes(suite.measure.runtimes, options.device, f"suite {suite.path.name}")
     source = open_source(suite.dataset, options.data_root)
     classes = list(suite.dataset.classes or source.classes())
     for class_name in classes:

@@ -56,11 +56,26 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], device: str, warmup: i
     return times
 
 
+def time_last_half(call: Callable[[], Any], device: str, warmup: int, runs: int) -> list[float]:
+    """MVTec AD 2's timing: ``warmup`` untimed calls, then ``2 * runs`` timed ones, of which the last ``runs``
+    are kept (its script reports their mean), so that caches and clocks have settled."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(2 * runs):
+        _synchronize(device)
+        start = time.perf_counter()
+        call()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times[runs:]
+
+
 def summarize(times: Sequence[float], images: int) -> dict[str, Any]:
     """fps from the median time; ``fps_best`` from the fastest iteration (the steadier one on a shared machine);
     every iteration's time, to the microsecond (``bench compare`` tests whether two distributions differ)."""
     median, best = float(np.median(times)), float(np.min(times))
-    return {"iterations": len(times), "median_s": median, "p90_s": float(np.percentile(times, 90)), "min_s": best,
+    return {"iterations": len(times), "median_s": median, "mean_s": float(np.mean(times)), "p90_s": float(np.percentile(times, 90)), "min_s": best,
             "fps": images / median if median > 0 else None, "fps_best": images / best if best > 0 else None,
             "latency_ms": 1000 * median, "times_s": [round(float(t), 6) for t in times]}
 

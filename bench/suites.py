@@ -32,6 +32,7 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "suites"
 PROTOCOLS = ("strict", "paper")
 SETTINGS = ("one-class", "multi-class")  # one model per class, or one for all classes (ADer's "unified")
 METRIC_RESOLUTIONS = ("input", "original")
+TIMING_PROTOCOLS = ("interleaved", "mvtec-ad2")  # how deployment runtimes are timed (anobench.deployment)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -124,6 +125,17 @@ class MeasureSpec:
     cpu_iterations: int | None = suite_key(None, minimum=1, doc="Timed iterations on a CPU; none: `iterations`.")
     cpu_threads: int | None = suite_key(None, minimum=1, doc="Torch threads while timing on a CPU; none: the "
                                                              "process's.")
+    runtimes: tuple[str, ...] = suite_key(("torch",), nonempty=True,
+                                          doc="Deployment runtimes the fitted detector is also scored, timed and "
+                                              "checked for parity under (`anobench.deployment`; the deploy extra).")
+    protocol: str = suite_key("interleaved", choices=TIMING_PROTOCOLS,
+                              doc="How runtimes are timed: `interleaved` (speed's rules) or `mvtec-ad2` (batch 1, "
+                                  "host to host, the mean of the last N of 2N runs).")
+
+    @property
+    def deploys(self) -> bool:
+        """Whether cells measure deployment runtimes (a runtime beyond eager PyTorch, or another protocol)."""
+        return self.runtimes != ("torch",) or self.protocol != "interleaved"
 
     def on(self, device: str) -> tuple[tuple[int, ...], int, int]:
         """(batch sizes, warm-up iterations, timed iterations) to use on ``device``."""

@@ -14,7 +14,9 @@ Every method:
   ``forward_scores`` (the network: encoder plus decoders/statistics on a ready tensor) and
   ``postprocess`` (upsampling, smoothing, image score);
 - reports ``size_breakdown()``: bytes of everything needed to score, and ``memory_plan()``: what fitting
-  and scoring will hold.
+  and scoring will hold;
+- declares what deployment runtimes export: ``scoring_graph()`` (by default the two scoring stages as one
+  module), or the reason it cannot in ``not_exportable``.
 
 What the harness needs beyond scores it asks through hooks, never through a method's attributes:
 ``timed_encoder()`` (a module to time alone, or None), ``encoder_name()`` and ``weights_info()`` (what
@@ -102,6 +104,8 @@ class AnomalyMethod(ABC):
     test_set_dependent: ClassVar[bool] = False
     #: Parameters that make the conformance checks (``bench check-method``) quick, e.g. a short schedule.
     check_params: ClassVar[dict[str, Any]] = {}
+    #: Why this method's scoring cannot be exported to a deployment runtime (empty: it can, see ``scoring_graph``).
+    not_exportable: ClassVar[str] = ""
 
     seed: int
     device: str
@@ -184,6 +188,21 @@ class AnomalyMethod(ABC):
     def predict_dataset(self, batches: Iterable[torch.Tensor]) -> Prediction:
         """Score a whole test set batch by batch (methods whose protocol normalizes over the set override)."""
         return Prediction.concatenate([self.predict(b) for b in batches])
+
+    def scoring_graph(self) -> torch.nn.Module:
+        """What deployment runtimes export: a module mapping images (B, 3, H, W) to (image scores (B,), maps
+        (B, H, W)), for a fixed B and H, W. By default both scoring stages, so that an exported model is the
+        whole detector; a method whose scoring cannot be exported (now or under its current parameters) says
+        why in ``export_refusal``."""
+        self.check_fitted()
+        return ScoringGraph(self)
+
+    def export_refusal(self) -> str:
+        """Why this method cannot be exported as configured (empty: it can). A test-set-dependent protocol
+        normalizes over the whole test set, which no per-batch graph computes."""
+        if self.test_set_dependent and not self.not_exportable:
+            return "its scores depend on the other test images (test_set_dependent), which no per-batch graph computes"
+        return self.not_exportable
 
     # -- memory plan and size --------------------------------------------------------------------------
 
@@ -335,6 +354,17 @@ class EncoderMethod(AnomalyMethod):
         self.encoder_.load_state_dict(blob["encoder_state"])
         self.encoder_.weights = self.weights
         super()._load_saved(blob)
+
+
+class ScoringGraph(torch.nn.Module):
+    """A method's ``forward_scores`` and ``postprocess`` as one module, the graph an exporter traces."""
+
+    def __init__(self, method: AnomalyMethod):
+        super().__init__()
+        self.method = method
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.method.postprocess(self.method.forward_scores(images), tuple(images.shape[-2:]))
 
 
 def _plain(value: Any) -> Any:

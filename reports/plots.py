@@ -26,6 +26,7 @@ from anobench.reports.complexity import (
     size_reference,
     speed_rows,
 )
+from anobench.reports.deployment import deployed_models, deployment_table
 from anobench.reports.rows import RunData, ambiguous_rows, find_reference, row_key, row_name
 
 COLOURS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -290,6 +291,31 @@ def qualitative(run: RunData) -> list[Plot]:
     return figures
 
 
+def deployment_fps(run: RunData) -> list[Plot]:
+    """The deployment table's fps: one bar per runtime, a group per model, a panel per batch size."""
+    models = deployed_models(run)
+    table = deployment_table(run)
+    if table is None:
+        return []
+    batches = sorted({row[3] for row in table.rows})
+    runtimes = list(dict.fromkeys(row[4] for row in table.rows))
+    fig, axes = new_figure(1, len(batches), (max(6.0, 1.6 * len(models) * len(batches) + 2), 4.4), squeeze=False)
+    width = 0.8 / len(runtimes)
+    for ax, batch in zip(axes[0], batches, strict=True):
+        x = np.arange(len(models))
+        for i, runtime in enumerate(runtimes):
+            fps = {(row[0], row[1]): row[6] for row in table.rows if row[3] == batch and row[4] == runtime}
+            values = [fps.get(model) or 0.0 for model in models]
+            ax.bar(x + (i - (len(runtimes) - 1) / 2) * width, values, width, label=runtime)
+        ax.set_xticks(x, [f"{name} @{size}" for name, size in models], rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"batch {batch}", fontsize=9)
+        ax.set_ylabel("fps (median over cells)")
+        ax.grid(alpha=0.3, axis="y")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(runtimes), fontsize=8, frameon=False)
+    return [Plot("deployment-fps", "Deployment: fps per runtime (median over cells, timed in the same run)", fig)]
+
+
 def all_plots(run: RunData) -> list[Plot]:
-    return [*fps_vs_size(run), *accuracy_vs_fps(run), *size_bars(run), *curves(run), *histograms(run),
-            *qualitative(run)]
+    return [*fps_vs_size(run), *accuracy_vs_fps(run), *size_bars(run), *deployment_fps(run), *curves(run),
+            *histograms(run), *qualitative(run)]

@@ -115,6 +115,9 @@ def definitions(tables: Iterable[Table]) -> list[tuple[str, str]]:
 
 
 def all_tables(run: RunData) -> list[Table]:
-    """Every table a report shows, in order: complexity, accuracy (mean, per class, Table 3), failures."""
-    return [t for t in [complexity_table(run), *accuracy_tables(run), *paired_tables(run),
+    """Every table a report shows, in order: complexity, deployment, accuracy (mean, per class, Table 3),
+    failures."""
+    from anobench.reports.deployment import deployment_table  # it builds on this module's rows and names
+
+    return [t for t in [complexity_table(run), deployment_table(run), *accuracy_tables(run), *paired_tables(run),
                         *per_class_paper_tables(run), failures_table(run)] if t is not None]

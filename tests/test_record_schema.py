@@ -21,10 +21,10 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 # The writers and readers of records (compare, reports and export read them through the schema).
 CHECKED = ["anobench.records", "anobench.cells", "anobench.environment", "anobench.memory", "anobench.speed",
-           "anobench.flops", "anobench.evaluation", "anobench.executors", "anobench.runner", "anobench.compare",
+           "anobench.flops", "anobench.deployment", "anobench.evaluation", "anobench.executors", "anobench.runner", "anobench.compare",
            "anobench.export", "anobench.aggregate", "anobench.reports.rows", "anobench.reports.accuracy",
            "anobench.reports.complexity", "anobench.reports.tables", "anobench.reports.plots", "anobench.reports.markdown",
-           "anobench.reports.html", "anobench.reports.latex", "anobench.reports.results",
+           "anobench.reports.deployment", "anobench.reports.html", "anobench.reports.latex", "anobench.reports.results",
            "anobench.reports.leaderboard", "anobench.track"]
 
 
