@@ -163,9 +163,9 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.what == "scale":
-        scale(args.work.resolve(), [int(c) for c in args.counts.split(",")], args.out)
+        scale(args.work.absolute(), [int(c) for c in args.counts.split(",")], args.out)
     else:
-        loco(args.work.resolve())
+        loco(args.work.absolute())
 
 
 if __name__ == "__main__":
