@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from anobench.metrics import METRIC_INFO
 from anobench.reports.accuracy import accuracy_tables, paired_tables, per_class_paper_tables
 from anobench.reports.complexity import complexity_table
+from anobench.reports.deployment import deployment_table
 from anobench.reports.rows import RunData, Table
 
 
@@ -117,7 +118,5 @@ def definitions(tables: Iterable[Table]) -> list[tuple[str, str]]:
 def all_tables(run: RunData) -> list[Table]:
     """Every table a report shows, in order: complexity, deployment, accuracy (mean, per class, Table 3),
     failures."""
-    from anobench.reports.deployment import deployment_table  # it builds on this module's rows and names
-
     return [t for t in [complexity_table(run), deployment_table(run), *accuracy_tables(run), *paired_tables(run),
                         *per_class_paper_tables(run), failures_table(run)] if t is not None]

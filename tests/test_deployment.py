@@ -195,7 +195,7 @@ def deployed_record(cls: str, fps: dict[str, float], ratio: float, map_rel: floa
 def test_the_deployment_table_is_recomputable_from_the_records(tmp_path):
     from anobench.reports.deployment import COLUMNS, deployment_table
     from anobench.reports.plots import deployment_fps
-    from anobench.reports.tables import RunData
+    from anobench.reports.rows import RunData
 
     records = [deployed_record("a", {"torch": 10.0, "onnxruntime": 12.0}, 1.2, 1e-7, 0.001, True),
                deployed_record("b", {"torch": 20.0, "onnxruntime": 30.0}, 1.4, 3e-4, -0.004, False),
