@@ -8,9 +8,9 @@ from collections import defaultdict
 from typing import Any
 
 from anobench.aggregate import median_over_cells
-from anobench.deployment import MAP_TOLERANCE_REL, METRIC_TOLERANCE_PP, RUNTIMES
 from anobench.records import Record, RuntimeResult
 from anobench.reports.rows import RunData, Table, ambiguous_rows, row_key, row_name
+from anobench.runtimes import MAP_TOLERANCE_REL, METRIC_TOLERANCE_PP, RUNTIMES
 
 COLUMNS = ["Model", "Input", "Timing", "Batch", "Runtime", "Precision", "fps", "× torch", "Latency (ms)",
            "Map diff (rel.)", "Score diff (rel.)", "Largest metric diff (pp)", "Parity", "Export (MB)", "Status"]
