@@ -53,8 +53,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--feature-cache-mb", type=int, help="Encoder features shared between cells, MB (default: the suite's, "
               "4096 unless it says otherwise; 0 turns the cache off).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the cells and their memory estimates; run nothing.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Run cells here one by one, or as Ray tasks across GPUs and nodes.")
+@click.option("--executor", type=click.Choice(["local", "inline", "ray"]), default="local", show_default=True,
+              help="Run cells one by one in a worker process (local; a cell the kernel kills is recorded as "
+                   "failed), in this process (inline: for a debugger), or as Ray tasks across GPUs and nodes.")
 @click.option("--address", help="Ray cluster to join (e.g. auto); without it a local Ray instance is started.")
 @click.option("--cpus-per-cell", default=1.0, show_default=True, help="CPUs a Ray task asks for.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the reports at the end.")

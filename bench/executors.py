@@ -6,6 +6,7 @@
   cell, and the run goes on. Workers are forked from a server process that has imported the harness but
   run nothing (a process that has run OpenMP-parallel torch code cannot be forked safely), so a worker
   starts in milliseconds; it dies with the driver.
+- ``inline``: one cell after another in this process (for a debugger, or a test that patches the process).
 - ``ray``: each cell is a Ray task asking for one GPU when the device is CUDA (CPUs otherwise), so Ray
   places cells on free GPUs across nodes; each worker process keeps its own feature cache. Data paths
   are resolved on the worker: the dataset must be on a shared filesystem or at the same path on every
@@ -98,6 +99,25 @@ def death_reason(exit_code: int | None, peak_rss: int) -> str:
         likely = ", most likely out of memory (the kernel's OOM killer sends it)" if signal_number == signal.SIGKILL else ""
         return f"worker killed by signal {signal_number} ({name}){likely}{peak}"
     return f"worker exited with code {exit_code} before returning its result{peak}"
+
+
+@dataclass
+class InlineExecutor:
+    """Cells one after another in this very process: a debugger can step into them and a test's patches
+    apply, but a cell that kills the process ends the run."""
+
+    name: str = "inline"
+    running: int = 0
+
+    def run(self, tasks: list[Task]) -> Iterator[Outcome]:
+        for task in tasks:
+            self.running = 1
+            record, arrays = execute(task)
+            self.running = 0
+            yield task.cell, record, arrays
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -224,6 +244,8 @@ class RayExecutor:
 def make_executor(name: str, address: str | None = None, cpus_per_cell: float = 1.0):
     if name == "local":
         return LocalExecutor()
+    if name == "inline":
+        return InlineExecutor()
     if name == "ray":
         return RayExecutor(address=address, cpus_per_cell=cpus_per_cell)
-    raise BenchError(f"Unknown executor '{name}'; valid executors: local, ray.")
+    raise BenchError(f"Unknown executor '{name}'; valid executors: local, inline, ray.")

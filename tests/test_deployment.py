@@ -107,13 +107,14 @@ def test_int8_calibrates_on_training_images_only(tiny_data, tmp_path, monkeypatc
         return quantize(model, dataset, **kwargs)
 
     monkeypatch.setattr(nncf, "quantize", recording)
+    from anobench.executors import InlineExecutor
     from anobench.runner import RunOptions, run_suite
     from anobench.suites import load_suite
 
     suite = load_suite(str(write_suite(tmp_path / "int8.toml", tiny_data, classes=("disc",), extra=(
         '[measure]\nruntimes = ["torch", "openvino-int8"]\nbatch_sizes = [4]\nwarmup = 0\niterations = 1\n'
         '[bootstrap]\nresamples = 0\n'))))
-    summary = run_suite(suite, tmp_path / "run", RunOptions(device="cpu"))
+    summary = run_suite(suite, tmp_path / "run", RunOptions(device="cpu"), InlineExecutor())  # the patch applies
     assert summary.ok == 1, summary.failures
     source = create_dataset("folder", tiny_data)
     train = [AnomalyDataset(source.samples("disc", "train"), Geometry(SIZE, SIZE))[i]["image"].numpy()
