@@ -10,17 +10,16 @@ publish.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from anobench.methods.base import EncoderMethod, tensor_bytes
+from anobench.methods.base import EncoderMethod
 from anobench.methods.postprocess import gaussian_blur, upsample
-from anobench_diaggauss.moments import diagonal_gaussian
+from anobench_diaggauss.moments import GaussianState, diagonal_gaussian
 
 
-class DiagGauss(EncoderMethod):
+class DiagGauss(GaussianState, EncoderMethod):
     """Per-position diagonal Gaussian on two encoder levels (example plugin).
 
     Parameters
@@ -76,13 +75,3 @@ class DiagGauss(EncoderMethod):
         positions = geometry.sizes[0][0] * geometry.sizes[0][1]
         return {**super().memory_estimate(geometry, n_train, batch_size),
                 "statistics": 4 * positions * sum(geometry.channels) * 8}
-
-    def _fitted_size(self) -> dict[str, int]:
-        return {"mean": tensor_bytes(self.mean_), "inverse_std": tensor_bytes(self.inv_std_)}
-
-    def _fitted_state(self) -> dict[str, Any]:
-        return {"mean": self.mean_, "inverse_std": self.inv_std_}
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.mean_ = state["mean"].to(self.device)
-        self.inv_std_ = state["inverse_std"].to(self.device)

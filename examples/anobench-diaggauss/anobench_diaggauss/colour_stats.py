@@ -10,18 +10,17 @@ the images are aligned and the defects change colour, which is why it is an exam
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 
-from anobench.methods.base import AnomalyMethod, tensor_bytes
+from anobench.methods.base import AnomalyMethod
 from anobench.methods.postprocess import gaussian_blur
-from anobench_diaggauss.moments import diagonal_gaussian
+from anobench_diaggauss.moments import GaussianState, diagonal_gaussian
 
 CHANNELS = 3
 
 
-class ColourStats(AnomalyMethod):
+class ColourStats(GaussianState, AnomalyMethod):
     """Per-pixel diagonal Gaussian of the colour, at the input resolution (example plugin).
 
     Parameters
@@ -69,13 +68,3 @@ class ColourStats(AnomalyMethod):
     def memory_plan(self, resolution: int, n_train: int, batch_size: int) -> dict[str, int]:
         pixels = CHANNELS * resolution * resolution
         return {"statistics": 2 * pixels * 4, "fit_sums": 2 * pixels * 8, "batch_images": batch_size * pixels * 8}
-
-    def _fitted_size(self) -> dict[str, int]:
-        return {"mean": tensor_bytes(self.mean_), "inverse_std": tensor_bytes(self.inv_std_)}
-
-    def _fitted_state(self) -> dict[str, Any]:
-        return {"mean": self.mean_, "inverse_std": self.inv_std_}
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.mean_ = state["mean"].to(self.device)
-        self.inv_std_ = state["inverse_std"].to(self.device)

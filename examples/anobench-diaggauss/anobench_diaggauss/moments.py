@@ -1,10 +1,14 @@
-"""The statistics both example methods fit: a diagonal Gaussian per position, from running sums."""
+"""The statistics both example methods fit: a diagonal Gaussian per position, from running sums, and the
+fitted state they keep of it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
+
+from anobench.methods.base import tensor_bytes
 
 
 def diagonal_gaussian(batches: Iterable[torch.Tensor], variance_floor: float,
@@ -22,3 +26,21 @@ def diagonal_gaussian(batches: Iterable[torch.Tensor], variance_floor: float,
         raise ValueError(f"{method} needs at least 2 training images, got {n}")
     mean = total / n
     return mean.float(), ((squares - n * mean**2) / (n - 1) + variance_floor).rsqrt().float()
+
+
+class GaussianState:
+    """Size, saving and restoring of a fitted ``mean_`` and ``inv_std_`` (a method's hooks, shared)."""
+
+    mean_: torch.Tensor
+    inv_std_: torch.Tensor
+    device: str
+
+    def _fitted_size(self) -> dict[str, int]:
+        return {"mean": tensor_bytes(self.mean_), "inverse_std": tensor_bytes(self.inv_std_)}
+
+    def _fitted_state(self) -> dict[str, Any]:
+        return {"mean": self.mean_, "inverse_std": self.inv_std_}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.mean_ = state["mean"].to(self.device)
+        self.inv_std_ = state["inverse_std"].to(self.device)
